@@ -1,0 +1,508 @@
+"""The on-disk puzzle dataset format shared by every builder and the loader.
+
+A dataset directory, interchangeable with what the official ``dataset/build_*_dataset.py``
+scripts write::
+
+    DIR/identifiers.json                      list: puzzle identifier id -> name ("<blank>" = 0)
+    DIR/{split}/dataset.json                  DatasetMetadata (split is "train" or "test")
+    DIR/{split}/{set}__inputs.npy             [num_examples, seq_len] token ids (uint8)
+    DIR/{split}/{set}__labels.npy             [num_examples, seq_len] token ids (uint8)
+    DIR/{split}/{set}__puzzle_identifiers.npy [num_puzzles] int32, one id per puzzle
+    DIR/{split}/{set}__puzzle_indices.npy     [num_puzzles + 1] int32, example offsets, starts at 0
+    DIR/{split}/{set}__group_indices.npy      [num_groups + 1] int32, puzzle offsets, starts at 0
+    DIR/<extra>.json                          e.g. ARC's test_puzzles.json (``extra_json``)
+
+Vocabulary: an *example* is one (input, label) pair; a *puzzle* is a run of consecutive
+examples sharing a puzzle identifier; a *group* is a run of consecutive puzzles (a puzzle and
+its augmentations). Puzzle ``p`` owns examples ``puzzle_indices[p]:puzzle_indices[p+1]``;
+group ``g`` owns puzzles ``group_indices[g]:group_indices[g+1]``.
+
+API for builders (the ARC builder uses the same one):
+
+* :class:`PuzzleBuilder` accumulates examples/puzzles/groups for one set and returns
+  :class:`SplitArrays` with the official bookkeeping.
+* :func:`make_metadata` computes the totals of :class:`DatasetMetadata` from the sets.
+* :func:`write_dataset` writes everything atomically (temp dir next to ``out_dir`` then
+  rename; on any error nothing is left at ``out_dir``).
+* :func:`read_metadata`, :func:`load_split`, :func:`read_identifiers` read it back with
+  errors naming the file and the problem (:class:`DatasetFormatError`).
+* :func:`read_puzzle_csv` / :func:`write_puzzle_csv` handle the official CSV sources
+  (``source,question,answer,rating``) used by Sudoku-Extreme, Maze-Hard and our generators;
+  :func:`hub_csv_path` fetches one from the Hugging Face hub when ``huggingface_hub`` is
+  installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+FIELDS: tuple[str, ...] = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+TOKEN_FIELDS: tuple[str, ...] = ("inputs", "labels")
+INDEX_FIELDS: tuple[str, ...] = ("puzzle_identifiers", "puzzle_indices", "group_indices")
+SPLITS: tuple[str, ...] = ("train", "test")
+BLANK_IDENTIFIER_NAME = "<blank>"
+CSV_HEADER: tuple[str, ...] = ("source", "question", "answer", "rating")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset directory, .npy/.json file or source CSV does not have the expected form."""
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """Contents of ``{split}/dataset.json`` (exactly the official fields)."""
+
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int
+    sets: list[str]
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The JSON object written to ``dataset.json``."""
+        d = dataclasses.asdict(self)
+        d["mean_puzzle_examples"] = float(self.mean_puzzle_examples)
+        d["sets"] = list(self.sets)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, object], source: str = "dataset.json") -> "DatasetMetadata":
+        """Validate and convert a parsed ``dataset.json`` object; errors name ``source`` and the field."""
+        if not isinstance(d, Mapping):
+            raise DatasetFormatError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise DatasetFormatError(f"{source}: missing field(s) {missing}")
+        values: dict[str, object] = {}
+        for name in names:
+            v = d[name]
+            if name == "ignore_label_id":
+                ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
+            elif name == "mean_puzzle_examples":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                v = float(v) if ok else v  # type: ignore[arg-type]
+            elif name == "sets":
+                ok = isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
+            else:
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            if not ok:
+                raise DatasetFormatError(f"{source}: field {name!r} has invalid value {v!r}")
+            values[name] = v
+        for name in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
+            if values[name] <= 0:  # type: ignore[operator]
+                raise DatasetFormatError(f"{source}: field {name!r} must be positive, got {values[name]}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+@dataclass
+class SplitArrays:
+    """The five arrays of one set of one split (see the module docstring for shapes/dtypes)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_identifiers: np.ndarray
+    puzzle_indices: np.ndarray
+    group_indices: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def num_puzzles(self) -> int:
+        return int(self.puzzle_identifiers.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_indices.shape[0]) - 1
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def validate(self, seq_len: int | None = None, where: str = "set") -> None:
+        """Check shapes, dtypes and index bookkeeping; raise DatasetFormatError naming ``where``."""
+        for name in FIELDS:
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.integer):
+                raise DatasetFormatError(f"{where}: {name} must be an integer numpy array")
+        for name in TOKEN_FIELDS:
+            arr = getattr(self, name)
+            if arr.ndim != 2:
+                raise DatasetFormatError(f"{where}: {name} must be 2-D [examples, seq_len], got shape {arr.shape}")
+            if seq_len is not None and arr.shape[1] != seq_len:
+                raise DatasetFormatError(f"{where}: {name} has seq_len {arr.shape[1]}, metadata says {seq_len}")
+        if self.inputs.shape != self.labels.shape:
+            raise DatasetFormatError(f"{where}: inputs {self.inputs.shape} and labels {self.labels.shape} differ in shape")
+        for name in INDEX_FIELDS:
+            if getattr(self, name).ndim != 1:
+                raise DatasetFormatError(f"{where}: {name} must be 1-D")
+        pi, gi = self.puzzle_indices, self.group_indices
+        if pi.shape[0] != self.num_puzzles + 1:
+            raise DatasetFormatError(
+                f"{where}: puzzle_indices has {pi.shape[0]} entries, expected num_puzzles + 1 = {self.num_puzzles + 1}")
+        if gi.shape[0] < 1:
+            raise DatasetFormatError(f"{where}: group_indices is empty (must start with 0)")
+        if pi[0] != 0 or pi[-1] != self.num_examples or np.any(np.diff(pi) <= 0):
+            raise DatasetFormatError(
+                f"{where}: puzzle_indices must start at 0, strictly increase and end at num_examples={self.num_examples}")
+        if gi[0] != 0 or gi[-1] != self.num_puzzles or np.any(np.diff(gi) <= 0):
+            raise DatasetFormatError(
+                f"{where}: group_indices must start at 0, strictly increase and end at num_puzzles={self.num_puzzles}")
+
+
+class PuzzleBuilder:
+    """Accumulates examples into puzzles and puzzles into groups, as the official builders do.
+
+    Usage::
+
+        b = PuzzleBuilder(seq_len=81)
+        for group in groups:
+            for puzzle in group:
+                b.add_puzzle(inputs, labels, identifier)   # inputs/labels: [n_examples, seq_len]
+            b.end_group()
+        arrays = b.build()
+
+    Token arrays are stored as uint8 (what the official builders write) when every value fits,
+    otherwise int32. Index arrays are int32.
+    """
+
+    def __init__(self, seq_len: int) -> None:
+        self.seq_len = int(seq_len)
+        self._inputs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._identifiers: list[int] = []
+        self._puzzle_indices: list[int] = [0]
+        self._group_indices: list[int] = [0]
+        self._num_examples = 0
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    @property
+    def num_puzzles(self) -> int:
+        return len(self._identifiers)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self._group_indices) - 1
+
+    def add_puzzle(self, inputs: np.ndarray, labels: np.ndarray, identifier: int) -> None:
+        """Append one puzzle made of ``len(inputs)`` examples (each already flattened to seq_len)."""
+        inputs = np.asarray(inputs)
+        labels = np.asarray(labels)
+        if inputs.ndim == 1:
+            inputs, labels = inputs[None], labels[None]
+        if inputs.shape != labels.shape or inputs.ndim != 2 or inputs.shape[1] != self.seq_len:
+            raise ValueError(
+                f"add_puzzle: expected inputs and labels of shape [n, {self.seq_len}], got {inputs.shape} and {labels.shape}")
+        if inputs.shape[0] == 0:
+            raise ValueError("add_puzzle: a puzzle needs at least one example")
+        self._inputs.append(inputs)
+        self._labels.append(labels)
+        self._num_examples += inputs.shape[0]
+        self._puzzle_indices.append(self._num_examples)
+        self._identifiers.append(int(identifier))
+
+    def end_group(self) -> None:
+        """Close the current group (the puzzles added since the previous ``end_group``)."""
+        if self.num_puzzles == self._group_indices[-1]:
+            raise ValueError("end_group: the group is empty (add a puzzle first)")
+        self._group_indices.append(self.num_puzzles)
+
+    def build(self) -> SplitArrays:
+        """Return the accumulated arrays (every added puzzle must belong to a closed group)."""
+        if self.num_puzzles != self._group_indices[-1]:
+            raise ValueError("build: the last group is not closed (call end_group)")
+
+        def stack(parts: list[np.ndarray]) -> np.ndarray:
+            if not parts:
+                return np.zeros((0, self.seq_len), np.uint8)
+            arr = np.concatenate(parts, axis=0)
+            if arr.size and (arr.min() < 0 or arr.max() > 255):
+                return arr.astype(np.int32)
+            return arr.astype(np.uint8)
+
+        arrays = SplitArrays(
+            inputs=stack(self._inputs),
+            labels=stack(self._labels),
+            puzzle_identifiers=np.asarray(self._identifiers, dtype=np.int32),
+            puzzle_indices=np.asarray(self._puzzle_indices, dtype=np.int32),
+            group_indices=np.asarray(self._group_indices, dtype=np.int32),
+        )
+        arrays.validate(self.seq_len)
+        return arrays
+
+
+def make_metadata(sets: Mapping[str, SplitArrays], *, pad_id: int, ignore_label_id: int | None,
+                  blank_identifier_id: int, vocab_size: int, seq_len: int,
+                  num_puzzle_identifiers: int) -> DatasetMetadata:
+    """Metadata of one split; totals (groups, puzzles, mean examples per puzzle) summed over its sets."""
+    total_groups = sum(a.num_groups for a in sets.values())
+    total_puzzles = sum(a.num_puzzles for a in sets.values())
+    total_examples = sum(a.num_examples for a in sets.values())
+    return DatasetMetadata(
+        pad_id=pad_id, ignore_label_id=ignore_label_id, blank_identifier_id=blank_identifier_id,
+        vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=num_puzzle_identifiers,
+        total_groups=total_groups, mean_puzzle_examples=(total_examples / total_puzzles) if total_puzzles else 0.0,
+        total_puzzles=total_puzzles, sets=list(sets.keys()))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temp directory next to ``out_dir``; on success rename it to ``out_dir``.
+
+    On any exception the temp directory is removed and ``out_dir`` is untouched. If ``out_dir``
+    exists, raise FileExistsError unless ``overwrite`` (then it is replaced after success).
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: output directory already exists (pass overwrite=True / --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise FileExistsError(f"{out}: output directory appeared while building")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "d")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_dataset(out_dir: str | os.PathLike, splits: Mapping[str, Mapping[str, SplitArrays]],
+                  metadata: Mapping[str, DatasetMetadata], identifiers: Sequence[str],
+                  extra_json: Mapping[str, object] | None = None, overwrite: bool = False) -> Path:
+    """Write a dataset directory atomically.
+
+    splits: split name ("train"/"test") -> set name -> arrays. metadata: split name -> metadata
+    (its ``sets`` must list the split's set names in order). identifiers: id -> name, written to
+    identifiers.json. extra_json: file stem -> JSON-able object, written to ``out_dir/<stem>.json``
+    (ARC's ``test_puzzles``). Everything is validated before anything becomes visible.
+    """
+    if set(splits) != set(metadata):
+        raise ValueError(f"write_dataset: splits {sorted(splits)} and metadata {sorted(metadata)} differ")
+    for split, sets in splits.items():
+        meta = metadata[split]
+        if list(sets.keys()) != list(meta.sets):
+            raise ValueError(f"write_dataset: split {split!r} has sets {list(sets)}, metadata lists {meta.sets}")
+        if len(identifiers) != meta.num_puzzle_identifiers:
+            raise ValueError(f"write_dataset: {len(identifiers)} identifiers but num_puzzle_identifiers="
+                             f"{meta.num_puzzle_identifiers}")
+        for set_name, arrays in sets.items():
+            arrays.validate(meta.seq_len, where=f"{split}/{set_name}")
+            if arrays.num_puzzles and int(arrays.puzzle_identifiers.max()) >= meta.num_puzzle_identifiers:
+                raise ValueError(f"write_dataset: {split}/{set_name} uses a puzzle identifier >= "
+                                 f"num_puzzle_identifiers={meta.num_puzzle_identifiers}")
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        for split, sets in splits.items():
+            split_dir = tmp / split
+            split_dir.mkdir()
+            for set_name, arrays in sets.items():
+                for name, arr in arrays.as_dict().items():
+                    np.save(split_dir / f"{set_name}__{name}.npy", arr)
+            _write_json(split_dir / "dataset.json", metadata[split].to_json_dict())
+        _write_json(tmp / "identifiers.json", list(identifiers))
+        for stem, obj in (extra_json or {}).items():
+            _write_json(tmp / f"{stem}.json", obj)
+    return Path(out_dir)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_metadata(split_dir: str | os.PathLike) -> DatasetMetadata:
+    """Read and validate ``split_dir/dataset.json``."""
+    path = Path(split_dir) / "dataset.json"
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing (not a dataset split directory?)")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: invalid JSON ({e})") from e
+    return DatasetMetadata.from_json_dict(d, source=str(path))
+
+
+def read_identifiers(dataset_dir: str | os.PathLike) -> list[str]:
+    """Read ``dataset_dir/identifiers.json`` (id -> puzzle name)."""
+    path = Path(dataset_dir) / "identifiers.json"
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing")
+    try:
+        with open(path) as f:
+            ids = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
+        raise DatasetFormatError(f"{path}: expected a JSON list of strings")
+    return ids
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+    """Load one .npy, checking first that the file holds as many bytes as its header promises."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise DatasetFormatError(f"{path}: unsupported .npy version {version}")
+            data_start = f.tell()
+    except DatasetFormatError:
+        raise
+    except Exception as e:  # numpy raises ValueError/EOFError on a damaged header
+        raise DatasetFormatError(f"{path}: not a valid .npy file ({e})") from e
+    if dtype.hasobject:
+        raise DatasetFormatError(f"{path}: object arrays are not allowed")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size - data_start
+    if actual < expected:
+        raise DatasetFormatError(
+            f"{path}: truncated: header promises shape {shape} {dtype} ({expected} bytes), file has {actual}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:
+        raise DatasetFormatError(f"{path}: could not be read ({e})") from e
+
+
+def load_split(split_dir: str | os.PathLike, set_name: str, mmap: bool = True,
+               metadata: DatasetMetadata | None = None) -> SplitArrays:
+    """Load one set of a split: inputs/labels memory-mapped (if ``mmap``), index arrays in memory.
+
+    The arrays are validated against each other (and against ``metadata.seq_len`` if given).
+    """
+    split_dir = Path(split_dir)
+    arrays = {}
+    for name in FIELDS:
+        arrays[name] = load_npy(split_dir / f"{set_name}__{name}.npy", mmap=mmap and name in TOKEN_FIELDS)
+    result = SplitArrays(**arrays)
+    result.validate(metadata.seq_len if metadata is not None else None, where=f"{split_dir}/{set_name}__*.npy")
+    return result
+
+
+# ----------------------------------------------------------------------------- source CSV
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One row of an official puzzle CSV (question/answer are the raw strings)."""
+
+    source: str
+    question: str
+    answer: str
+    rating: int
+    line: int = field(default=0, compare=False)
+
+
+def read_puzzle_csv(path: str | os.PathLike) -> list[CsvRow]:
+    """Read a ``source,question,answer,rating`` CSV; errors name the file, line and problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing")
+    rows: list[CsvRow] = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DatasetFormatError(f"{path}: empty file (expected header {','.join(CSV_HEADER)})") from None
+        if tuple(h.strip() for h in header) != CSV_HEADER:
+            raise DatasetFormatError(f"{path}: line 1: header {header}, expected {list(CSV_HEADER)}")
+        try:
+            for rec in reader:
+                line = reader.line_num
+                if not rec:
+                    continue
+                if len(rec) != 4:
+                    raise DatasetFormatError(f"{path}: line {line}: expected 4 columns "
+                                             f"(source,question,answer,rating), got {len(rec)}")
+                source, q, a, rating = rec
+                try:
+                    rating_i = int(rating)
+                except ValueError:
+                    raise DatasetFormatError(f"{path}: line {line}: rating {rating!r} is not an integer") from None
+                rows.append(CsvRow(source, q, a, rating_i, line))
+        except csv.Error as e:
+            raise DatasetFormatError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
+    return rows
+
+
+def write_puzzle_csv(path: str | os.PathLike, rows: Sequence[CsvRow | tuple[str, str, str, int]]) -> None:
+    """Write rows in the official CSV layout (header first), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_HEADER)
+            for r in rows:
+                if isinstance(r, CsvRow):
+                    r = (r.source, r.question, r.answer, r.rating)
+                w.writerow(r)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def hub_csv_path(repo_id: str, filename: str) -> Path:
+    """Download (or reuse the cache of) ``filename`` from the hub dataset ``repo_id``.
+
+    Needs the optional ``huggingface_hub`` package (``pip install trm-jax[hub]``) and a network
+    connection; raises RuntimeError saying which one is missing.
+    """
+    try:
+        from huggingface_hub import hf_hub_download  # optional dependency, imported lazily
+    except ImportError as e:
+        raise RuntimeError(
+            f"downloading {repo_id}/{filename} needs the optional package huggingface_hub "
+            "(pip install 'trm-jax[hub]'), or pass a local CSV directory instead") from e
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
+    except Exception as e:  # offline, unknown repo, ...
+        raise RuntimeError(f"could not download {filename} from hub dataset {repo_id}: {e}") from e
