@@ -227,6 +227,20 @@ class PuzzleBuilder:
         self._puzzle_indices.append(self._num_examples)
         self._identifiers.append(int(identifier))
 
+    def add_single_example_puzzles(self, inputs: np.ndarray, labels: np.ndarray, identifier: int) -> None:
+        """Append ``len(inputs)`` puzzles of one example each (Sudoku/Maze layout), in bulk."""
+        inputs = np.asarray(inputs)
+        labels = np.asarray(labels)
+        if inputs.shape != labels.shape or inputs.ndim != 2 or inputs.shape[1] != self.seq_len:
+            raise ValueError(
+                f"add_single_example_puzzles: expected [n, {self.seq_len}] arrays, got {inputs.shape} and {labels.shape}")
+        n = inputs.shape[0]
+        self._inputs.append(inputs)
+        self._labels.append(labels)
+        self._puzzle_indices.extend(range(self._num_examples + 1, self._num_examples + n + 1))
+        self._num_examples += n
+        self._identifiers.extend([int(identifier)] * n)
+
     def end_group(self) -> None:
         """Close the current group (the puzzles added since the previous ``end_group``)."""
         if self.num_puzzles == self._group_indices[-1]:
@@ -438,20 +452,28 @@ class CsvRow:
 
 
 def read_puzzle_csv(path: str | os.PathLike) -> list[CsvRow]:
-    """Read a ``source,question,answer,rating`` CSV; errors name the file, line and problem."""
+    """Read a whole ``source,question,answer,rating`` CSV (see :func:`iter_puzzle_csv`)."""
+    return list(iter_puzzle_csv(path))
+
+
+def iter_puzzle_csv(path: str | os.PathLike) -> Iterator[CsvRow]:
+    """Stream the rows of a ``source,question,answer,rating`` CSV.
+
+    Errors (missing file, wrong header, wrong column count, non-integer rating, broken quoting)
+    are DatasetFormatError naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetFormatError(f"{path}: missing")
-    rows: list[CsvRow] = []
     with open(path, newline="") as f:
         reader = csv.reader(f)
         try:
-            header = next(reader)
-        except StopIteration:
-            raise DatasetFormatError(f"{path}: empty file (expected header {','.join(CSV_HEADER)})") from None
-        if tuple(h.strip() for h in header) != CSV_HEADER:
-            raise DatasetFormatError(f"{path}: line 1: header {header}, expected {list(CSV_HEADER)}")
-        try:
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise DatasetFormatError(f"{path}: empty file (expected header {','.join(CSV_HEADER)})") from None
+            if tuple(h.strip() for h in header) != CSV_HEADER:
+                raise DatasetFormatError(f"{path}: line 1: header {header}, expected {list(CSV_HEADER)}")
             for rec in reader:
                 line = reader.line_num
                 if not rec:
@@ -464,10 +486,9 @@ def read_puzzle_csv(path: str | os.PathLike) -> list[CsvRow]:
                     rating_i = int(rating)
                 except ValueError:
                     raise DatasetFormatError(f"{path}: line {line}: rating {rating!r} is not an integer") from None
-                rows.append(CsvRow(source, q, a, rating_i, line))
+                yield CsvRow(source, q, a, rating_i, line)
         except csv.Error as e:
             raise DatasetFormatError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
-    return rows
 
 
 def write_puzzle_csv(path: str | os.PathLike, rows: Sequence[CsvRow | tuple[str, str, str, int]]) -> None:
@@ -506,3 +527,15 @@ def hub_csv_path(repo_id: str, filename: str) -> Path:
         return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
     except Exception as e:  # offline, unknown repo, ...
         raise RuntimeError(f"could not download {filename} from hub dataset {repo_id}: {e}") from e
+
+
+def source_csv(split: str, local_dir: str | os.PathLike | None = None, hub_repo: str | None = None) -> Path:
+    """Path of ``{split}.csv``: from ``local_dir`` if given, else downloaded from ``hub_repo``."""
+    if local_dir is not None:
+        path = Path(local_dir) / f"{split}.csv"
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing (expected {split}.csv in the source directory)")
+        return path
+    if hub_repo is None:
+        raise ValueError("source_csv: give a local directory or a hub dataset repo")
+    return hub_csv_path(hub_repo, f"{split}.csv")
