@@ -1,0 +1,219 @@
+"""Optimisers of TRM training: AdamATan2, the warm-up + cosine schedule and sparse sign-SGD.
+
+All functions are pure and jittable and work on arbitrary pytrees, so they can be used under a
+sharded ``jax.jit`` or ``jax.pmap`` unchanged.
+
+Step convention (shared by everything here and matching the reference trainer): the reference
+increments its step counter *before* it sets the learning rate, so its first optimiser step uses
+``lr_lambda(1)``. Our schedules are ordinary ``optax.Schedule``s of optax's ``count`` (the number of
+updates already applied, 0 at the first update) and evaluate the reference formula at ``count + 1``.
+The Adam bias corrections use ``t = count + 1`` as well.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "ScaleByAdamATan2State",
+    "scale_by_adam_atan2",
+    "adam_atan2",
+    "reference_lr_lambda",
+    "warmup_cosine_schedule",
+    "sparse_signsgd_update",
+    "SparseSignSGD",
+]
+
+
+class ScaleByAdamATan2State(NamedTuple):
+    """State of :func:`scale_by_adam_atan2`: update count and float32 first/second moments."""
+
+    count: jax.Array  # int32 scalar, number of updates already applied
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTransformation:
+    """Direction of the ``adam-atan2`` 0.0.3 kernel, without learning rate or weight decay.
+
+    With ``t = count + 1``::
+
+        m = m + (1 - b1) * (g - m)
+        v = v + (1 - b2) * (g**2 - v)
+        out = atan2(m, sqrt(v) / sqrt(1 - b2**t)) / (1 - b1**t)
+
+    There is no epsilon: atan2 is bounded, so a zero second moment is harmless. Moments are kept
+    in float32 whatever the parameter dtype; the output has the gradient's dtype.
+    """
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"scale_by_adam_atan2: betas must lie in [0, 1), got b1={b1}, b2={b2}")
+
+    def init_fn(params: optax.Params) -> ScaleByAdamATan2State:
+        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+        return ScaleByAdamATan2State(
+            count=jnp.zeros((), jnp.int32),
+            mu=jax.tree.map(zeros, params),
+            nu=jax.tree.map(zeros, params),
+        )
+
+    def update_fn(updates, state: ScaleByAdamATan2State, params=None):
+        del params
+        count = optax.safe_int32_increment(state.count)
+        t = count.astype(jnp.float32)
+        bias_correction1 = 1.0 - jnp.power(jnp.float32(b1), t)
+        bias_correction2_sqrt = jnp.sqrt(1.0 - jnp.power(jnp.float32(b2), t))
+
+        def moments(g, m, v):
+            g32 = g.astype(jnp.float32)
+            return m + (1.0 - b1) * (g32 - m), v + (1.0 - b2) * (g32 * g32 - v)
+
+        new = jax.tree.map(moments, updates, state.mu, state.nu)
+        is_pair = lambda x: isinstance(x, tuple)
+        mu = jax.tree.map(lambda mv: mv[0], new, is_leaf=is_pair)
+        nu = jax.tree.map(lambda mv: mv[1], new, is_leaf=is_pair)
+
+        def direction(g, m, v):
+            d = jnp.arctan2(m, jnp.sqrt(v) / bias_correction2_sqrt) / bias_correction1
+            return d.astype(g.dtype)
+
+        out = jax.tree.map(direction, updates, mu, nu)
+        return out, ScaleByAdamATan2State(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam_atan2(
+    learning_rate: float | optax.Schedule,
+    b1: float = 0.9,
+    b2: float = 0.95,
+    weight_decay: float = 0.1,
+) -> optax.GradientTransformation:
+    """AdamATan2 with decoupled weight decay, as the ``adam-atan2`` 0.0.3 CUDA kernel computes it.
+
+    With ``lr`` the (scheduled) learning rate of this update, ``optax.apply_updates`` gives::
+
+        p = p * (1 - lr * wd) - lr / (1 - b1**t) * atan2(m, sqrt(v) / sqrt(1 - b2**t))
+
+    i.e. the decay acts on the old parameter and is scaled by the scheduled lr. ``learning_rate``
+    may be a float or an ``optax.Schedule`` of the update count (see the module docstring).
+    Requires ``params`` in ``update``.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"adam_atan2: weight_decay must be >= 0, got {weight_decay}")
+    return optax.chain(
+        scale_by_adam_atan2(b1, b2),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def reference_lr_lambda(
+    step: int | jax.Array,
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 1.0,
+    num_cycles: float = 0.5,
+) -> jax.Array:
+    """The reference's warm-up + cosine learning rate at its (1-based) step number ``step``.
+
+    ``base_lr * step / warmup_steps`` during warm-up, then
+    ``base_lr * (min_ratio + max(0, (1 - min_ratio) * 0.5 * (1 + cos(pi * num_cycles * 2 * progress))))``
+    with ``progress = (step - warmup_steps) / (total_steps - warmup_steps)``.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    warm = base_lr * step / float(max(1, warmup_steps))
+    progress = (step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+    cosine = (1.0 - min_ratio) * 0.5 * (1.0 + jnp.cos(math.pi * float(num_cycles) * 2.0 * progress))
+    decayed = base_lr * (min_ratio + jnp.maximum(0.0, cosine))
+    return jnp.where(step < warmup_steps, warm, decayed)
+
+
+def warmup_cosine_schedule(
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 1.0,
+    num_cycles: float = 0.5,
+) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_steps``, then cosine to ``base_lr * min_ratio``.
+
+    Returns an ``optax.Schedule`` of the update count ``count`` (0 at the first update) whose value
+    is :func:`reference_lr_lambda` at ``count + 1``, which is the lr the reference uses for that
+    update. So the first update uses ``base_lr / warmup_steps``, not 0.
+    """
+    if warmup_steps < 0 or total_steps < 0:
+        raise ValueError(
+            f"warmup_cosine_schedule: warmup_steps and total_steps must be >= 0, "
+            f"got {warmup_steps} and {total_steps}"
+        )
+
+    def schedule(count: int | jax.Array) -> jax.Array:
+        return reference_lr_lambda(
+            jnp.asarray(count, jnp.int32) + 1, base_lr, warmup_steps, total_steps, min_ratio, num_cycles
+        )
+
+    return schedule
+
+
+def sparse_signsgd_update(
+    table: jax.Array,
+    ids: jax.Array,
+    row_grads: jax.Array,
+    lr: float | jax.Array,
+    weight_decay: float | jax.Array,
+) -> jax.Array:
+    """One sparse sign-SGD step with decoupled weight decay on an embedding table.
+
+    ``table`` [N, D]; ``ids`` [B] int, the row each batch element used; ``row_grads`` [B, D], the
+    gradient of the gathered rows. Gradients of repeated ids are summed *before* the sign; every
+    touched row becomes ``p * (1 - lr * wd) - lr * sign(g)``; untouched rows are left as they are
+    (not decayed). Shapes are static (the sum is taken over the whole table), so this is jittable;
+    under a data-parallel jit pass the global (sharded) ``ids`` and ``row_grads`` and XLA gathers.
+    """
+    if table.ndim != 2 or ids.ndim != 1 or row_grads.shape != (ids.shape[0], table.shape[1]):
+        raise ValueError(
+            "sparse_signsgd_update: expected table [N, D], ids [B], row_grads [B, D]; got "
+            f"table {table.shape}, ids {ids.shape}, row_grads {row_grads.shape}"
+        )
+    num_rows = table.shape[0]
+    grad_sum = jnp.zeros(table.shape, jnp.float32).at[ids].add(row_grads.astype(jnp.float32))
+    touched = jnp.zeros((num_rows,), jnp.bool_).at[ids].set(True)
+    lr = jnp.asarray(lr, jnp.float32)
+    decay = 1.0 - lr * jnp.asarray(weight_decay, jnp.float32)
+    updated = table.astype(jnp.float32) * decay - lr * jnp.sign(grad_sum)
+    return jnp.where(touched[:, None], updated, table.astype(jnp.float32)).astype(table.dtype)
+
+
+class SparseSignSGD(NamedTuple):
+    """Sparse sign-SGD of the puzzle-embedding table with its own lr schedule.
+
+    ``schedule`` is a float or an ``optax.Schedule`` of the update count (0 at the first update;
+    use :func:`warmup_cosine_schedule` to follow the reference). The step count lives in the
+    caller's train state (the train step counter before this update), so this object holds no
+    state and is safe to close over in a jitted step.
+    """
+
+    schedule: float | optax.Schedule
+    weight_decay: float
+
+    def learning_rate(self, step: int | jax.Array) -> jax.Array:
+        """The learning rate used by the update made when ``step`` updates were already applied."""
+        if callable(self.schedule):
+            return jnp.asarray(self.schedule(step), jnp.float32)
+        return jnp.asarray(self.schedule, jnp.float32)
+
+    def update(
+        self, table: jax.Array, ids: jax.Array, row_grads: jax.Array, step: int | jax.Array
+    ) -> jax.Array:
+        """Returns the table after one update with these rows' gradients.
+
+        ``step`` is the number of updates already applied (0 for the first one), the same count
+        optax passes to schedules, so AdamATan2 and this optimiser see the same lr step.
+        """
+        return sparse_signsgd_update(table, ids, row_grads, self.learning_rate(step), self.weight_decay)
