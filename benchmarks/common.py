@@ -1,0 +1,350 @@
+"""Shared pieces of the benchmark harness: named configs, synthetic batches, timing, reports.
+
+Nothing here imports the PyTorch reference; ``reference_torch`` does that, only when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from trm_jax.config import TRMConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+REFERENCE_ENV = "TRM_REFERENCE_DIR"
+IGNORE_LABEL_ID = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """The optimiser hyper-parameters of the official ``pretrain.py`` command lines."""
+
+    lr: float = 1e-4
+    puzzle_emb_lr: float = 1e-4
+    weight_decay: float = 1.0
+    puzzle_emb_weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    lr_warmup_steps: int = 2000
+    lr_min_ratio: float = 1.0
+    total_steps: int = 1_000_000  # only shapes the cosine, which min_ratio 1.0 flattens
+    ema: bool = True  # the paper's commands pass ema=True
+    ema_rate: float = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """A named benchmark setting: the model, its optimiser and the default batch size."""
+
+    name: str
+    description: str
+    model: Mapping[str, Any]  # TRMConfig fields except batch_size and forward_dtype
+    optim: OptimSettings
+    default_batch_size: int
+
+    def model_config(self, batch_size: int, dtype: str, **overrides: Any) -> TRMConfig:
+        """The ``TRMConfig`` of this setting at a batch size and forward dtype."""
+        fields = dict(self.model)
+        fields.update(overrides)
+        return TRMConfig(batch_size=batch_size, forward_dtype=dtype, **fields)
+
+
+_PAPER_NET = dict(L_layers=2, hidden_size=512, num_heads=8, expansion=4.0, halt_max_steps=16,
+                  halt_exploration_prob=0.1, puzzle_emb_ndim=512, puzzle_emb_len=16)
+
+# ARC-AGI-1 with concept: 960 puzzles (400 training + 400 evaluation + 160 concept in the
+# Kaggle "combined" files), each with at most 1000 augmentations + the original, + the blank id.
+# The built dataset has slightly fewer after de-duplication: this is an upper bound.
+ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND = 960 * 1001 + 1
+
+NAMED_CONFIGS: dict[str, BenchConfig] = {
+    "tiny": BenchConfig(
+        name="tiny",
+        description="smoke-test model: 1 attention block, hidden 32, T=2, n=2",
+        model=dict(seq_len=16, vocab_size=8, num_puzzle_identifiers=4, puzzle_emb_ndim=32,
+                   puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, hidden_size=32,
+                   num_heads=2, expansion=2.0, halt_max_steps=4, halt_exploration_prob=0.1,
+                   pos_encodings="rope"),
+        optim=OptimSettings(lr_warmup_steps=10), default_batch_size=8),
+    "sudoku_mlp": BenchConfig(
+        name="sudoku_mlp",
+        description="Sudoku-Extreme, mlp_t blocks, no positions, T=3, n=6 (paper: 87.4%)",
+        model=dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, H_cycles=3, L_cycles=6,
+                   mlp_t=True, pos_encodings="none", **_PAPER_NET),
+        optim=OptimSettings(), default_batch_size=768),
+    "sudoku_att": BenchConfig(
+        name="sudoku_att",
+        description="Sudoku-Extreme, attention + RoPE, T=3, n=6 (paper: 74.7%)",
+        model=dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, H_cycles=3, L_cycles=6,
+                   mlp_t=False, pos_encodings="rope", **_PAPER_NET),
+        optim=OptimSettings(), default_batch_size=768),
+    "maze": BenchConfig(
+        name="maze",
+        description="Maze-Hard 30x30, attention + RoPE, T=3, n=4 (paper: 85.3%)",
+        model=dict(seq_len=900, vocab_size=6, num_puzzle_identifiers=1, H_cycles=3, L_cycles=4,
+                   mlp_t=False, pos_encodings="rope", **_PAPER_NET),
+        optim=OptimSettings(), default_batch_size=768),
+    "arc": BenchConfig(
+        name="arc",
+        description="ARC-AGI-1 (+concept), attention + RoPE, T=3, n=4 (paper: 44.6% pass@2); "
+                    "puzzle table sized to an upper bound of the augmented puzzle count",
+        model=dict(seq_len=900, vocab_size=12,
+                   num_puzzle_identifiers=ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND, H_cycles=3,
+                   L_cycles=4, mlp_t=False, pos_encodings="rope", **_PAPER_NET),
+        optim=OptimSettings(puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1),
+        default_batch_size=768),
+}
+
+
+def get_config(name: str) -> BenchConfig:
+    """Looks a named config up, with an error listing the known names."""
+    if name not in NAMED_CONFIGS:
+        raise KeyError(f"unknown benchmark config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
+    return NAMED_CONFIGS[name]
+
+
+# --------------------------------------------------------------------------- batches
+
+def synthetic_batches(config: TRMConfig, batch_size: int, count: int, seed: int = 0
+                      ) -> list[dict[str, np.ndarray]]:
+    """``count`` random training batches in the reference's format (numpy, int32).
+
+    Tokens avoid the pad id 0; about 10% of labels are ignored (-100) so the loss divisor is
+    exercised; puzzle ids are drawn from the whole table (repeats included).
+    """
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        shape = (batch_size, config.seq_len)
+        inputs = rng.integers(1, config.vocab_size, size=shape, dtype=np.int32)
+        labels = rng.integers(1, config.vocab_size, size=shape, dtype=np.int32)
+        labels = np.where(rng.random(shape) < 0.1, IGNORE_LABEL_ID, labels).astype(np.int32)
+        ids = rng.integers(0, config.num_puzzle_identifiers, size=(batch_size,), dtype=np.int32)
+        batches.append({"inputs": inputs, "labels": labels, "puzzle_identifiers": ids})
+    return batches
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_calls(step: Callable[[int], Any], sync: Callable[[Any], None], count: int,
+               start_index: int = 0) -> list[float]:
+    """Wall-clock seconds of ``count`` calls ``step(i)``, each synchronised by ``sync(result)``.
+
+    Each call is timed on its own (start, call, wait for the device, stop), so the figure is
+    the latency of one training step including its host-side dispatch.
+    """
+    times = []
+    for i in range(start_index, start_index + count):
+        start = time.perf_counter()
+        sync(step(i))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize_times(times: Sequence[float]) -> dict[str, float]:
+    """Median / min / max / mean (seconds) of a list of step times."""
+    if not times:
+        raise ValueError("summarize_times: no timings (steps must be >= 1)")
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "mean_s": statistics.fmean(times), "n": len(times)}
+
+
+def host_peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux ``ru_maxrss`` is in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# --------------------------------------------------------------------------- FLOPs and MFU
+
+# Dense (no sparsity) peak tensor-core throughput in FLOP/s, by device-name substring.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100": {"bfloat16": 989e12, "float32": 494.5e12},   # SXM; fp32 = TF32 tensor cores
+    "H200": {"bfloat16": 989e12, "float32": 494.5e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """Peak FLOP/s of a device for a dtype, or None when unknown (CPUs, other GPUs)."""
+    for key, table in PEAK_FLOPS.items():
+        if key.lower() in device_kind.lower():
+            return table.get(dtype)
+    return None
+
+
+def xla_cost_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of an XLA-compiled executable from its cost analysis, if reported."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        return None
+    return float(analysis["flops"])
+
+
+def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
+    """Analytic matmul FLOPs of one ACT training step (2 per multiply-add).
+
+    Counts every linear layer and the attention score/value products: T*(n+1) network calls
+    forward, plus 2x forward for the backward of the last (differentiated) cycle's n+1 calls,
+    plus the heads. Element-wise work (norms, RoPE, SwiGLU gating, loss) is left out, as in
+    the usual MFU convention.
+    """
+    L, D, B = config.total_len, config.hidden_size, batch_size
+
+    def swiglu_flops(rows: int, width: int) -> float:
+        inner = _swiglu_inner(width, config.expansion)
+        return 2.0 * rows * (width * 2 * inner + inner * width)
+
+    block = swiglu_flops(B * L, D)
+    if config.mlp_t:
+        block += swiglu_flops(B * D, L)
+    else:
+        block += 2.0 * B * L * D * 3 * D + 2.0 * B * L * D * D  # qkv + out projections
+        block += 2.0 * 2.0 * B * L * L * D  # scores and weighted values
+    net = config.L_layers * block
+    calls_forward = config.H_cycles * (config.L_cycles + 1)
+    calls_backward = config.L_cycles + 1
+    heads = 2.0 * B * config.seq_len * D * config.vocab_size + 2.0 * B * D * 2
+    return net * (calls_forward + 2 * calls_backward) + 3 * heads
+
+
+def _swiglu_inner(width: int, expansion: float) -> int:
+    inner = round(expansion * width * 2 / 3)
+    return -(inner // -256) * 256
+
+
+# --------------------------------------------------------------------------- provenance
+
+def git_commit() -> str | None:
+    """The commit of this checkout (with ``-dirty`` if tracked files changed), or None."""
+    try:
+        head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "-uno",
+                                "--", "trm_jax", "benchmarks"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and the numeric libraries in play (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", None)
+        except ImportError:
+            versions[name] = None
+    return versions
+
+
+def host_description() -> dict[str, Any]:
+    """CPU model, core count and OS of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def run_metadata(argv: Sequence[str]) -> dict[str, Any]:
+    """Provenance block of every result file: command, commit, versions, host, time."""
+    return {
+        "command": " ".join([os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0] else "python",
+                             *argv]),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "host": host_description(),
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+    """Atomically writes a JSON document (sorted keys, 2-space indent)."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats printed with 4 significant digits, None as n/a."""
+    def cell(value: Any) -> str:
+        if value is None:
+            return "n/a"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_bytes(n: float | None) -> str | None:
+    """Bytes as MiB with one decimal, or None."""
+    return None if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def resolve_reference_dir(flag_value: str | None) -> str | None:
+    """The reference checkout from ``--reference-dir`` or ``$TRM_REFERENCE_DIR`` (flag wins).
+
+    Returns None when neither is given. A path that is given but is not a checkout of the
+    official repository is an error naming the path and what was expected.
+    """
+    path = flag_value or os.environ.get(REFERENCE_ENV) or None
+    if path is None:
+        return None
+    marker = os.path.join(path, "models", "recursive_reasoning", "trm.py")
+    if not os.path.isfile(marker):
+        raise FileNotFoundError(
+            f"reference checkout {path!r} (from {'--reference-dir' if flag_value else REFERENCE_ENV})"
+            f" has no models/recursive_reasoning/trm.py: expected a checkout of "
+            f"SamsungSAILMontreal/TinyRecursiveModels")
+    return os.path.abspath(path)
