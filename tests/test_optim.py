@@ -233,3 +233,14 @@ def test_ema_default_rate_matches_reference_float32_arithmetic() -> None:
     # The reference: (1. - mu) * param + mu * shadow with Python-float scalars on float32 tensors.
     expected = np.float32(1.0 - 0.999) * param + np.float32(0.999) * shadow
     np.testing.assert_array_equal(got, expected)
+
+
+def test_adam_atan2_on_tuple_and_namedtuple_trees() -> None:
+    params = (jnp.ones((2,)), {"x": (jnp.zeros((3,)), jnp.full((1,), 2.0))})
+    opt = adam_atan2(0.1, weight_decay=0.0)
+    grads = (jnp.array([1.0, -1.0]), {"x": (jnp.array([0.0, 2.0, -3.0]), jnp.array([0.5]))})
+    updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    # First step: m = 0.1 g, sqrt(v / 0.05) = |g|, so the direction is atan2(0.1 g, |g|) / 0.1; 0 for g = 0.
+    step = 0.1 * 10 * math.atan2(0.1, 1.0)
+    np.testing.assert_allclose(np.asarray(updates[0]), [-step, step], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(updates[1]["x"][0]), [0.0, -step, step], rtol=1e-5)

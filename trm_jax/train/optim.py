@@ -68,14 +68,9 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTran
         bias_correction1 = 1.0 - jnp.power(jnp.float32(b1), t)
         bias_correction2_sqrt = jnp.sqrt(1.0 - jnp.power(jnp.float32(b2), t))
 
-        def moments(g, m, v):
-            g32 = g.astype(jnp.float32)
-            return m + (1.0 - b1) * (g32 - m), v + (1.0 - b2) * (g32 * g32 - v)
-
-        new = jax.tree.map(moments, updates, state.mu, state.nu)
-        is_pair = lambda x: isinstance(x, tuple)
-        mu = jax.tree.map(lambda mv: mv[0], new, is_leaf=is_pair)
-        nu = jax.tree.map(lambda mv: mv[1], new, is_leaf=is_pair)
+        # The kernel's lerp(m, g, 1 - b1) with 1 - b1 formed in float64, as Python floats are here.
+        mu = jax.tree.map(lambda g, m: m + (1.0 - b1) * (g.astype(jnp.float32) - m), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: v + (1.0 - b2) * (jnp.square(g.astype(jnp.float32)) - v), updates, state.nu)
 
         def direction(g, m, v):
             d = jnp.arctan2(m, jnp.sqrt(v) / bias_correction2_sqrt) / bias_correction1
