@@ -1,0 +1,95 @@
+"""Losses and metrics of the ACT loss head (the reference's ``ACTLossHead``).
+
+``lm_loss`` sums over rows the mean token loss of each row (labels equal to -100 ignored);
+``q_halt_loss`` is a summed BCE between the halt logit and "this row is exactly right"; the
+total is ``lm_loss + 0.5 * (q_halt_loss + q_continue_loss)`` and is *not* divided by the
+batch size (the train step divides by the global batch). Metrics count only rows that halted
+this step and have labels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from trm_jax.config import TRMConfig
+
+Array = jax.Array
+IGNORE_LABEL_ID = -100
+
+
+def log_stablemax(logits: Array, axis: int = -1) -> Array:
+    """log of stablemax: ``s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0)``, normalised."""
+    s = jnp.where(logits < 0, 1.0 / (1.0 - logits + 1e-30), logits + 1.0)
+    return jnp.log(s / jnp.sum(s, axis=axis, keepdims=True))
+
+
+def _token_nll(logprobs: Array, labels: Array, mask: Array) -> Array:
+    safe = jnp.where(mask, labels, 0)
+    picked = jnp.take_along_axis(logprobs, safe[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return -jnp.where(mask, picked, 0.0)
+
+
+def stablemax_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
+    """Per-token stablemax cross-entropy [B, S] in float32, 0 where ``mask`` is False."""
+    return _token_nll(log_stablemax(logits.astype(jnp.float32)), labels, mask)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
+    """Per-token softmax cross-entropy [B, S] in float32, 0 where ``mask`` is False."""
+    return _token_nll(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), labels, mask)
+
+
+LOSS_FUNCTIONS = {
+    "stablemax_cross_entropy": stablemax_cross_entropy,
+    "softmax_cross_entropy": softmax_cross_entropy,
+}
+
+
+def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
+             outputs: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+    """(total loss, metrics) of one ACT step.
+
+    Args:
+      halted, steps: of the carry *after* the step [B].
+      labels: the rows' labels [B, S] (-100 = ignored).
+      outputs: ``act_step`` outputs.
+
+    Metrics (sums over valid rows, to be divided by ``count``): ``count``, ``accuracy``
+    (per-row token accuracy), ``exact_accuracy``, ``q_halt_accuracy``, ``steps``, and the
+    loss terms ``lm_loss``, ``q_halt_loss`` (+ ``q_continue_loss``).
+    """
+    logits = outputs["logits"]
+    mask = labels != IGNORE_LABEL_ID
+    loss_counts = mask.sum(-1)
+    divisor = jnp.maximum(loss_counts, 1)[:, None].astype(jnp.float32)
+
+    preds = jnp.argmax(logits, axis=-1)
+    is_correct = mask & (preds == labels)
+    seq_is_correct = is_correct.sum(-1) == loss_counts
+    valid = halted & (loss_counts > 0)
+
+    token_loss = LOSS_FUNCTIONS[config.loss_type](logits, labels, mask)
+    lm_loss = jnp.sum(token_loss / divisor)
+    q_halt = outputs["q_halt_logits"]
+    q_halt_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(
+        q_halt, seq_is_correct.astype(q_halt.dtype)))
+    total = lm_loss + 0.5 * q_halt_loss
+
+    metrics = {
+        "count": valid.sum(),
+        "accuracy": jnp.sum(jnp.where(valid, (is_correct / divisor).sum(-1), 0.0)),
+        "exact_accuracy": (valid & seq_is_correct).sum(),
+        "q_halt_accuracy": (valid & ((q_halt >= 0) == seq_is_correct)).sum(),
+        "steps": jnp.sum(jnp.where(valid, steps, 0)),
+        "lm_loss": lm_loss,
+        "q_halt_loss": q_halt_loss,
+    }
+    if "target_q_continue" in outputs:
+        q_continue_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(
+            outputs["q_continue_logits"], outputs["target_q_continue"]))
+        total = total + 0.5 * q_continue_loss
+        metrics["q_continue_loss"] = q_continue_loss
+    metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
+    return total, metrics

@@ -1,0 +1,128 @@
+"""Building blocks of the TRM network: init, RMSNorm, RoPE, attention, SwiGLU.
+
+Parameters are float32; each layer casts them to the compute dtype at use, as the official
+``CastedLinear`` / ``CastedEmbedding`` do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Standard deviation of a unit normal truncated to [-2, 2]; dividing by it makes the
+# truncated distribution have exactly the requested standard deviation.
+_TRUNC_NORMAL_2SIGMA_STD = 0.87962566103423978
+
+
+def truncated_normal_init(std: float) -> Initializer:
+    """Truncated normal (+-2 sigma) whose *actual* standard deviation is ``std``.
+
+    Matches the reference's ``trunc_normal_init_`` (itself a port of JAX's truncated
+    normal with the variance correction); ``std == 0`` gives zeros.
+    """
+
+    def init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        if std == 0:
+            return jnp.zeros(shape, dtype)
+        unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+        return (unit * (std / _TRUNC_NORMAL_2SIGMA_STD)).astype(dtype)
+
+    return init
+
+
+def lecun_init(fan_in: int) -> Initializer:
+    return truncated_normal_init(1.0 / np.sqrt(fan_in))
+
+
+def swiglu_inner_size(dim: int, expansion: float) -> int:
+    """Inner width of the reference SwiGLU: round(expansion*dim*2/3) up to a multiple of 256."""
+    inner = round(expansion * dim * 2 / 3)
+    return -(-inner // 256) * 256
+
+
+def rms_norm(x: Array, eps: float) -> Array:
+    """RMSNorm without a learned scale, computed in float32 and cast back."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return x32.astype(x.dtype)
+
+
+def rope_cos_sin(head_dim: int, length: int, theta: float) -> tuple[Array, Array]:
+    """RoPE tables [length, head_dim] in float32, 'rotate half' layout (freqs repeated)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = jnp.outer(jnp.arange(length, dtype=jnp.float32), inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def _rotate_half(x: Array) -> Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates x [B, S, H, hd] by position; the arithmetic runs in float32."""
+    x32 = x.astype(jnp.float32)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (x32 * cos + _rotate_half(x32) * sin).astype(x.dtype)
+
+
+class CastedDense(nn.Module):
+    """Linear layer with float32 parameters cast to ``dtype``; LeCun truncated-normal init."""
+
+    features: int
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer | None = None
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel_init = self.kernel_init or lecun_init(x.shape[-1])
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features), jnp.float32)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate) * up)`` with one fused input projection; no biases."""
+
+    expansion: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim = x.shape[-1]
+        inner = swiglu_inner_size(dim, self.expansion)
+        gate, up = jnp.split(CastedDense(2 * inner, dtype=self.dtype, name="gate_up_proj")(x), 2,
+                             axis=-1)
+        return CastedDense(dim, dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with a fused qkv projection and optional RoPE."""
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cos_sin: tuple[Array, Array] | None) -> Array:
+        batch, length, dim = x.shape
+        head_dim = dim // self.num_heads
+        qkv = CastedDense(3 * dim, dtype=self.dtype, name="qkv_proj")(x)
+        qkv = qkv.reshape(batch, length, 3 * self.num_heads, head_dim)
+        q, k, v = jnp.split(qkv, 3, axis=2)
+        if cos_sin is not None:
+            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=False)
+        return CastedDense(dim, dtype=self.dtype, name="o_proj")(out.reshape(batch, length, dim))

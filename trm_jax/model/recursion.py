@@ -1,0 +1,69 @@
+"""The recursion over (z_H, z_L) as pure functions and ``jax.lax.scan``.
+
+Paper names: z_H is the answer y, z_L the latent z, ``L_cycles`` is n and ``H_cycles`` is T.
+
+* :func:`latent_recursion` - one cycle: n updates of z_L, then one of z_H.
+* :func:`deep_recursion` - T-1 cycles through which no gradient flows (their inputs are
+  stop-gradiented, so autodiff neither traces them nor keeps their activations), then one
+  differentiated cycle; the carry is returned with ``stop_gradient``.
+
+The traced program has the same size for every n and T: both loops are scans.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+Array = jax.Array
+NetFn = Callable[[Array, Array], Array]  # net(h, injection) -> h
+
+
+def latent_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array,
+                     n: int) -> tuple[Array, Array]:
+    """n times ``z_L = net(z_L, z_H + x)``, then ``z_H = net(z_H, z_L)``."""
+    injection = z_H + x
+
+    def update_latent(z, _):
+        return net(z, injection), None
+
+    z_L, _ = jax.lax.scan(update_latent, z_L, None, length=n)
+    return net(z_H, z_L), z_L
+
+
+def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: int,
+                   L_cycles: int, remat: bool = False,
+                   frozen_net: NetFn | None = None) -> tuple[Array, Array, Array]:
+    """T-1 gradient-free cycles, then one differentiated cycle.
+
+    Args:
+      net: the shared network, closing over the parameters to differentiate.
+      z_H, z_L: the carry [B, L, D].
+      x: the input embedding [B, L, D].
+      H_cycles, L_cycles: T and n.
+      remat: wrap ``net`` in ``jax.checkpoint`` inside the differentiated cycle, trading
+        recomputation for activation memory.
+      frozen_net: ``net`` with stop-gradiented parameters, for the gradient-free cycles.
+        It must be given when ``net`` closes over parameters being differentiated;
+        otherwise the gradient-free cycles would still be linearised.
+
+    Returns:
+      (z_H, new carry z_H, new carry z_L); the first keeps its gradient path for the
+      heads, the carry is stop-gradiented.
+    """
+    frozen_net = frozen_net or net
+    if H_cycles > 1:
+        z_H0, z_L0, x0 = (jax.lax.stop_gradient(a) for a in (z_H, z_L, x))
+
+        def free_cycle(carry, _):
+            h, l = carry
+            h, l = latent_recursion(frozen_net, h, l, x0, L_cycles)
+            return (h, l), None
+
+        (z_H, z_L), _ = jax.lax.scan(free_cycle, (z_H0, z_L0), None, length=H_cycles - 1)
+        z_H, z_L = jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
+    grad_net = jax.checkpoint(net) if remat else net
+    z_H, z_L = latent_recursion(grad_net, z_H, z_L, x, L_cycles)
+    return z_H, jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
+
