@@ -231,3 +231,16 @@ def test_generated_csv_builds(tmp_path):
     gen.generate_sudoku_csvs(tmp_path / "csv", num_train=2, num_test=1, seed=11)
     out = build_sudoku_dataset(tmp_path / "ds", source_dir=tmp_path / "csv", num_aug=1)
     assert read_metadata(out / "train").total_puzzles == 4
+
+
+def test_build_cli(tmp_path, capsys):
+    from trm_jax.data import build
+
+    assert {"sudoku", "maze", "gen-sudoku", "gen-maze"} <= set(build.COMMANDS)
+    assert build.main(["sudoku", str(tmp_path / "ds"), "--source", str(SRC), "--num-aug", "1"]) == 0
+    assert read_metadata(tmp_path / "ds" / "train").total_puzzles == 10
+    assert build.main(["sudoku", str(tmp_path / "ds"), "--source", str(SRC)]) == 1  # exists
+    assert "already exists" in capsys.readouterr().err
+    assert build.main(["sudoku", str(tmp_path / "ds2"), "--source", str(tmp_path)]) == 1
+    assert "train.csv: missing" in capsys.readouterr().err
+    assert not (tmp_path / "ds2").exists()
