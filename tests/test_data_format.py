@@ -161,3 +161,18 @@ def test_csv_errors(tmp_path):
     rows = [fmt.CsvRow("s", "q,with comma", "a", 3)]
     fmt.write_puzzle_csv(p, rows)
     assert read_puzzle_csv(p) == rows
+
+
+def test_hub_without_package_gives_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *a, **k):
+        if name.startswith("huggingface_hub"):
+            raise ImportError("simulated: not installed")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    with pytest.raises(RuntimeError, match="needs the optional package huggingface_hub"):
+        fmt.source_csv("train", hub_repo="sapientinc/sudoku-extreme")
