@@ -362,29 +362,41 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
     splits: dict[str, dict[str, fmt.SplitArrays]] = {}
     metadata: dict[str, fmt.DatasetMetadata] = {}
     for split in split_names:
-        builder = fmt.PuzzleBuilder(seq_len=SEQ_LEN)
-        for group in groups:
-            pairs = split_pairs(group, split)
-            if not pairs:
-                continue
-            for index, aug in enumerate(group.augmentations):
-                origin_example = rng.randint(0, len(pairs))
-                inputs, labels = [], []
-                for example_index, (inp, out) in enumerate(pairs):
-                    translate = split == "train" and example_index != origin_example
-                    x, y = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
-                    inputs.append(x)
-                    labels.append(y)
-                builder.add_puzzle(np.stack(inputs), np.stack(labels),
-                                   identifier_of[_puzzle_name(group.puzzle, aug, index)])
-            builder.end_group()
-        sets = {SET_NAME: builder.build()}
+        sets = {SET_NAME: _split_arrays(groups, split, split_pairs, identifier_of, rng)}
         splits[split] = sets
         metadata[split] = fmt.make_metadata(sets, pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
                                             vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
                                             num_puzzle_identifiers=num_identifiers)
     return fmt.write_dataset(out_dir, splits, metadata, identifiers,
                              extra_json={TEST_PUZZLES_STEM: test_puzzles}, overwrite=overwrite)
+
+
+def _split_arrays(groups: Sequence[_GroupPlan], split: str, split_pairs: Any, identifier_of: Mapping[str, int],
+                  rng: np.random.RandomState) -> fmt.SplitArrays:
+    """The arrays of one split. Token arrays are preallocated (a full 1000-augmentation build is
+    gigabytes), so peak memory stays close to the output size."""
+    members = [(g, split_pairs(g, split)) for g in groups]
+    members = [(g, pairs) for g, pairs in members if pairs]
+    num_examples = sum(len(pairs) * len(g.augmentations) for g, pairs in members)
+    inputs = np.zeros((num_examples, SEQ_LEN), dtype=np.uint8)
+    labels = np.zeros((num_examples, SEQ_LEN), dtype=np.uint8)
+    identifiers: list[int] = []
+    puzzle_indices, group_indices = [0], [0]
+    row = 0
+    for group, pairs in members:
+        for index, aug in enumerate(group.augmentations):
+            origin_example = rng.randint(0, len(pairs))  # the one train example left untranslated
+            for example_index, (inp, out) in enumerate(pairs):
+                translate = split == "train" and example_index != origin_example
+                inputs[row], labels[row] = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
+                row += 1
+            puzzle_indices.append(row)
+            identifiers.append(identifier_of[_puzzle_name(group.puzzle, aug, index)])
+        group_indices.append(len(identifiers))
+    return fmt.SplitArrays(inputs=inputs, labels=labels,
+                           puzzle_identifiers=np.asarray(identifiers, dtype=np.int32),
+                           puzzle_indices=np.asarray(puzzle_indices, dtype=np.int32),
+                           group_indices=np.asarray(group_indices, dtype=np.int32))
 
 
 def build_arc_from_combined(input_prefix: str | os.PathLike, out_dir: str | os.PathLike, preset: str = "arc1",

@@ -233,6 +233,21 @@ def pair_to_canvases(inp: np.ndarray, out: np.ndarray,
     return grid_to_canvas(inp, row_offset, col_offset), grid_to_canvas(out, row_offset, col_offset)
 
 
+def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the evaluator's crop for a batch of canvases ``[..., 900]`` (see ``crop_canvas``)."""
+    canvas = np.asarray(tokens).reshape(-1, MAX_GRID_SIZE, MAX_GRID_SIZE)
+    not_colour = (canvas < COLOUR_OFFSET) | (canvas >= COLOUR_OFFSET + NUM_COLOURS)
+    # Width of the colour run starting at column 0 of each row, then the running minimum down
+    # the rows: the widest top-left rectangle with r rows has the smallest width of its rows.
+    run = np.where(not_colour.any(axis=2), not_colour.argmax(axis=2), MAX_GRID_SIZE)
+    widths = np.minimum.accumulate(run, axis=1)
+    areas = widths * np.arange(1, MAX_GRID_SIZE + 1)
+    best = areas.argmax(axis=1)  # first maximum: fewest rows among ties
+    batch = np.arange(canvas.shape[0])
+    found = areas[batch, best] > 0
+    return np.where(found, best + 1, 0), np.where(found, widths[batch, best], 0)
+
+
 def crop_canvas(tokens: np.ndarray, row_offset: int = 0, col_offset: int = 0) -> np.ndarray:
     """Reads a colour grid back from a canvas of 900 tokens (the evaluator's crop).
 
@@ -246,19 +261,14 @@ def crop_canvas(tokens: np.ndarray, row_offset: int = 0, col_offset: int = 0) ->
         shifted = np.full_like(canvas, PAD_ID)
         shifted[:MAX_GRID_SIZE - row_offset, :MAX_GRID_SIZE - col_offset] = canvas[row_offset:, col_offset:]
         canvas = shifted
-    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_COLOURS)
-    # Width of the colour run starting at column 0 of each row, then the running minimum down
-    # the rows: the widest rectangle with r rows has width min over its rows.
-    not_colour = ~is_colour
-    run = np.where(not_colour.any(axis=1), not_colour.argmax(axis=1), MAX_GRID_SIZE)
-    widths = np.minimum.accumulate(run)
-    areas = widths * np.arange(1, MAX_GRID_SIZE + 1)
-    best = int(np.argmax(areas))  # first maximum: fewest rows among ties
-    if areas[best] == 0:
-        return np.zeros((0, 0), dtype=np.uint8)
-    rows, cols = best + 1, int(widths[best])
-    return (canvas[:rows, :cols].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
+    rows, cols = crop_sizes(canvas)
+    return cropped_grid(canvas, int(rows[0]), int(cols[0]))
 
+
+def cropped_grid(tokens: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The top-left ``rows x cols`` cells of a canvas as colours 0..9 (uint8)."""
+    canvas = np.asarray(tokens).reshape(MAX_GRID_SIZE, MAX_GRID_SIZE)
+    return (canvas[:rows, :cols].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
 
 def locate_grid(tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """Finds a (possibly translated) grid on a well-formed canvas such as a dataset example.

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from trm_jax.data.arc_augment import crop_canvas, grid_from_json, grid_hash, parse_augmented_name
+from trm_jax.data.arc_augment import crop_sizes, cropped_grid, grid_from_json, grid_hash, parse_augmented_name
 
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
 SUBMISSION_FILENAME = "submission.json"
@@ -126,16 +126,17 @@ class ArcEvaluator:
         if inputs.shape[0] != batch or preds.shape[0] != batch or q.shape[0] != batch:
             raise ValueError(f"batch sizes differ: inputs {inputs.shape}, preds {preds.shape}, "
                              f"q_halt_logits {q.shape}, puzzle_identifiers {ids.shape}")
-        for row in range(batch):
-            identifier = int(ids[row])
-            if identifier == self.blank_identifier_id:
-                continue
-            if not 0 <= identifier < len(self.identifiers):
-                raise ValueError(f"puzzle identifier {identifier} is outside identifiers.json "
-                                 f"(0..{len(self.identifiers) - 1})")
-            original, augmentation = self._decoded_names[identifier]
-            input_grid = crop_canvas(inputs[row])
-            pred_grid = crop_canvas(preds[row])
+        keep = np.nonzero(ids != self.blank_identifier_id)[0]
+        bad = ids[keep][(ids[keep] < 0) | (ids[keep] >= len(self.identifiers))]
+        if bad.size:
+            raise ValueError(f"puzzle identifier {int(bad[0])} is outside identifiers.json "
+                             f"(0..{len(self.identifiers) - 1})")
+        input_rows, input_cols = crop_sizes(inputs[keep])
+        pred_rows, pred_cols = crop_sizes(preds[keep])
+        for i, row in enumerate(keep):
+            original, augmentation = self._decoded_names[int(ids[row])]
+            input_grid = cropped_grid(inputs[row], input_rows[i], input_cols[i])
+            pred_grid = cropped_grid(preds[row], pred_rows[i], pred_cols[i])
             if augmentation is not None:
                 input_grid = augmentation.invert(input_grid)
                 pred_grid = augmentation.invert(pred_grid)
