@@ -95,12 +95,32 @@ def inner_forward(config: TRMConfig, params: Any, z_H: Array, z_L: Array, inputs
     return (carry_H, carry_L), heads
 
 
+def exploration_min_steps(config: TRMConfig, rng: Array, row_index: Array) -> Array:
+    """Per-row minimum halting step: 0, or with probability ``halt_exploration_prob`` a
+    uniform draw in [2, halt_max_steps].
+
+    Each row's draw comes from ``fold_in(rng, row_index)``, so it depends on the row's
+    position in the *global* batch only: a run gives the same draws on one device, sharded
+    over many, or under pmap (where ``row_index`` is offset by the device's slice).
+    """
+
+    def draw(index):
+        k_explore, k_steps = jax.random.split(jax.random.fold_in(rng, index))
+        explore = jax.random.uniform(k_explore) < config.halt_exploration_prob
+        return explore * jax.random.randint(k_steps, (), 2, config.halt_max_steps + 1,
+                                            dtype=jnp.int32)
+
+    return jax.vmap(draw)(row_index)
+
+
 def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array | None,
-            rng: Array | None, *, training: bool) -> tuple[ACTCarry, dict[str, Array]]:
+            rng: Array | None, *, training: bool,
+            row_offset: Array | int = 0) -> tuple[ACTCarry, dict[str, Array]]:
     """One ACT step on a carry whose halted rows were already reset.
 
     Split from :func:`act_step` so that a train step can differentiate with respect to
-    ``params`` and the gathered ``puzzle_rows`` together.
+    ``params`` and the gathered ``puzzle_rows`` together. ``row_offset`` is the index of
+    this shard's first row in the global batch (pmap); see :func:`exploration_min_steps`.
     """
     data = carry.current_data
     (z_H, z_L), (logits, q_halt, q_continue) = inner_forward(
@@ -120,11 +140,8 @@ def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array 
             if rng is None:
                 raise ValueError("act_step(training=True) with halt_exploration_prob > 0 "
                                  "needs an rng key")
-            k_explore, k_steps = jax.random.split(rng)
-            explore = jax.random.uniform(k_explore, steps.shape) < config.halt_exploration_prob
-            min_halt_steps = explore * jax.random.randint(
-                k_steps, steps.shape, 2, config.halt_max_steps + 1, dtype=steps.dtype)
-            halted = halted & (steps >= min_halt_steps)
+            row_index = row_offset + jnp.arange(steps.shape[0], dtype=jnp.int32)
+            halted = halted & (steps >= exploration_min_steps(config, rng, row_index))
         if not config.no_ACT_continue:
             # Bootstrapped Q-continue target: the Q values one more step ahead, from the
             # carry this step produced (no replay buffer, no target network).

@@ -1,0 +1,159 @@
+"""Data parallelism: a sharded ``jax.jit`` over a 1-D device mesh (the main path), a thin
+``jax.pmap`` wrapper over the same step, and multi-host set-up.
+
+Sharding: the batch and the ACT carry are split along the batch axis over the mesh axis
+``"data"``; parameters, buffers, optimiser state, EMA, step and RNG are replicated. XLA
+inserts the gradient all-reduce and the gathers of the sparse puzzle-embedding update.
+
+Multi-host (TPU pod slices, multi-node GPU): call :func:`initialize_distributed` first; each
+process then loads only its slice of the global batch and :func:`shard_batch` assembles the
+global array with ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from trm_jax.config import TRMConfig
+from trm_jax.model.network import Variables
+from trm_jax.train import step as step_lib
+from trm_jax.train.state import OptimConfig, TrainState, create_train_state
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` for multi-host runs; a no-op for a single process.
+
+    On TPU pods and SLURM/Open MPI clusters JAX discovers the arguments itself; elsewhere pass
+    them or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    """
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """Shardings for a (possibly abstract) train state: carry split by rows, rest replicated."""
+    shard_rows, repl = batch_sharding(mesh), replicated(mesh)
+    sharded = jax.tree_util.tree_map(lambda _: repl, state)
+    return sharded.replace(carry=jax.tree_util.tree_map(lambda _: shard_rows, state.carry))
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    if global_batch % mesh.size:
+        raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
+                         f"devices of the mesh")
+
+
+def create_sharded_train_state(model_config: TRMConfig, optim_config: OptimConfig,
+                               rng: jax.Array, mesh: Mesh,
+                               variables: Variables | None = None,
+                               batch_size: int | None = None) -> TrainState:
+    """The train state created directly with its shardings (no host-side full copy)."""
+    batch_size = batch_size or optim_config.global_batch_size
+    check_batch_divisible(batch_size, mesh)
+    create = functools.partial(create_train_state, model_config, optim_config,
+                               batch_size=batch_size)
+    abstract = jax.eval_shape(create, rng, variables)
+    return jax.jit(create, out_shardings=state_shardings(abstract, mesh))(rng, variables)
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global batch arrays from this process's slice of the batch (rows in process order)."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def jit_train_step(model_config: TRMConfig, optim_config: OptimConfig, mesh: Mesh,
+                   state: TrainState) -> Callable:
+    """The train step jitted over ``mesh`` with the state donated."""
+    shardings = state_shardings(state, mesh)
+    return jax.jit(step_lib.make_train_step(model_config, optim_config),
+                   in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated(mesh)),
+                   donate_argnums=0)
+
+
+def jit_eval_step(model_config: TRMConfig, mesh: Mesh, state: TrainState, *,
+                  use_ema: bool = True, num_steps: int | None = None) -> Callable:
+    """The eval step jitted over ``mesh``: predictions sharded by rows, metrics replicated."""
+    shardings = state_shardings(state, mesh)
+    step = step_lib.make_eval_step(model_config, use_ema=use_ema, num_steps=num_steps)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(batch_sharding(mesh), replicated(mesh)))
+
+
+# --- pmap: a thin wrapper over the same step functions ---------------------------------
+
+def _split_rows(x: jax.Array, devices: int) -> jax.Array:
+    return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
+
+
+def replicate_for_pmap(state: TrainState, devices: list | None = None) -> TrainState:
+    """State laid out for pmap: carry rows split over devices, everything else copied."""
+    devices = jax.local_devices() if devices is None else devices
+    n = len(devices)
+    check = state.carry.steps.shape[0]
+    if check % n:
+        raise ValueError(f"carry batch {check} is not divisible by {n} devices")
+    stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state)
+    stacked = stacked.replace(carry=jax.tree_util.tree_map(lambda x: _split_rows(x, n),
+                                                           state.carry))
+    return jax.device_put_sharded([jax.tree_util.tree_map(lambda x: x[i], stacked)
+                                   for i in range(n)], devices)
+
+
+def unreplicate_from_pmap(state: TrainState) -> TrainState:
+    """Inverse of :func:`replicate_for_pmap` (device 0's copy; carry rows joined)."""
+    first = jax.tree_util.tree_map(lambda x: x[0], state)
+    return first.replace(carry=jax.tree_util.tree_map(
+        lambda x: x.reshape((-1,) + x.shape[2:]), state.carry))
+
+
+def split_batch_for_pmap(batch: dict[str, Any], devices: int) -> dict[str, Any]:
+    return {k: _split_rows(jnp.asarray(v), devices) for k, v in batch.items()}
+
+
+def pmap_train_step(model_config: TRMConfig, optim_config: OptimConfig) -> Callable:
+    """``train_step`` under ``jax.pmap`` (axis ``"data"``), state donated.
+
+    Inputs: a state from :func:`replicate_for_pmap` and a batch from
+    :func:`split_batch_for_pmap`; metrics come back identical on every device.
+    """
+    return jax.pmap(step_lib.make_train_step(model_config, optim_config, axis_name=DATA_AXIS),
+                    axis_name=DATA_AXIS, donate_argnums=0)
+
+
+def pmap_eval_step(model_config: TRMConfig, *, use_ema: bool = True,
+                   num_steps: int | None = None) -> Callable:
+    return jax.pmap(step_lib.make_eval_step(model_config, use_ema=use_ema, num_steps=num_steps,
+                                            axis_name=DATA_AXIS), axis_name=DATA_AXIS)
