@@ -1,0 +1,214 @@
+"""Smoke tests of the benchmark harness (benchmarks/), CPU, tiny config.
+
+The comparison against the official PyTorch step runs only when ``TRM_REFERENCE_DIR`` points
+at a checkout of SamsungSAILMontreal/TinyRecursiveModels; otherwise that test is skipped
+with a message and the rest runs our half alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # ``benchmarks`` is a top-level folder, not an installed package
+    sys.path.insert(0, REPO_ROOT)
+
+from benchmarks import common, depth_scaling, step_time  # noqa: E402
+
+REFERENCE_DIR = os.environ.get(common.REFERENCE_ENV)
+NEEDS_REFERENCE = pytest.mark.skipif(
+    not REFERENCE_DIR,
+    reason=f"set {common.REFERENCE_ENV} to a checkout of the official TRM repository to run "
+           f"the comparison with the PyTorch reference step")
+
+
+def _check_impl_block(block: dict) -> None:
+    times = block["times"]
+    assert times["n"] >= 1
+    assert 0 < times["min_s"] <= times["median_s"] <= times["max_s"]
+    assert block["tokens_per_s"] > 0
+    for key in ("compile_s", "first_call_s", "peak_memory_bytes", "mfu", "mfu_xla"):
+        assert key in block
+    assert block["mfu"] is None  # CPU: no peak-FLOPs figure, so no MFU
+
+
+def _check_step_time_document(doc: dict, with_reference: bool) -> None:
+    assert doc["schema"] == step_time.SCHEMA
+    for key in ("command", "git_commit", "versions", "host", "timestamp_utc"):
+        assert key in doc["meta"]
+    assert doc["meta"]["versions"]["jax"]
+    assert doc["config"]["name"] == "tiny" and doc["config"]["batch_size"] == 4
+    assert doc["config"]["model"]["forward_dtype"] == "float32"
+    assert doc["device"]["jax_platform"] == "cpu"
+    assert doc["flops_per_step_analytic"] > 0
+    _check_impl_block(doc["ours"])
+    assert doc["ours"]["compile_s"] > 0
+    assert doc["ours"]["xla_memory"] is None or doc["ours"]["xla_memory"]["total_bytes"] > 0
+    if with_reference:
+        _check_impl_block(doc["reference"])
+        assert doc["loss_check"]["status"] == "passed"
+        assert doc["loss_check"]["rel_diff"] <= step_time.LOSS_RTOL
+        assert math.isfinite(doc["loss_check"]["ours"])
+        assert doc["ratio_ours_over_reference"] > 0
+    else:
+        assert doc["reference"] is None and doc["ratio_ours_over_reference"] is None
+        assert doc["loss_check"]["status"] == "skipped" and doc["loss_check"]["reason"]
+
+
+def _run_step_time(tmp_path, extra: list[str]) -> dict:
+    argv = ["--config", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+            "--device", "cpu", "--out-dir", str(tmp_path), *extra]
+    result = step_time.main(argv)
+    stem = tmp_path / "step_time_tiny_cpu_float32_b4"
+    on_disk = json.loads((stem.with_suffix(".json")).read_text())
+    assert on_disk["ours"]["times"] == result["ours"]["times"]
+    assert "| ours |" in stem.with_suffix(".md").read_text()
+    return on_disk
+
+
+def test_step_time_ours_only(tmp_path, capsys):
+    doc = _run_step_time(tmp_path, ["--skip-reference"])
+    _check_step_time_document(doc, with_reference=False)
+    assert "reference skipped" in capsys.readouterr().err
+
+
+@NEEDS_REFERENCE
+def test_step_time_against_reference(tmp_path):
+    doc = _run_step_time(tmp_path, ["--reference-dir", REFERENCE_DIR])
+    _check_step_time_document(doc, with_reference=True)
+
+
+def test_loss_check_refuses_different_computations():
+    assert step_time.check_same_loss(10.0, 10.0 + 1e-5)["status"] == "passed"
+    with pytest.raises(step_time.LossMismatchError, match="refusing to time"):
+        step_time.check_same_loss(10.0, 10.01)
+    with pytest.raises(step_time.LossMismatchError):
+        step_time.check_same_loss(float("nan"), 1.0)
+
+
+def test_depth_scaling_2x2_grid(tmp_path):
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--L-cycles", "1,2",
+            "--H-cycles", "1,2", "--steps", "1", "--warmup", "0", "--device", "cpu",
+            "--skip-reference", "--out-dir", str(tmp_path)]
+    result = depth_scaling.main(argv)
+    stem = tmp_path / "depth_scaling_tiny_cpu_float32_b4"
+    doc = json.loads(stem.with_suffix(".json").read_text())
+    assert doc["schema"] == depth_scaling.TRAIN_SCHEMA
+    assert [(p["H_cycles"], p["L_cycles"]) for p in doc["points"]] == [(1, 1), (1, 2), (2, 1),
+                                                                         (2, 2)]
+    assert [p["net_calls"] for p in doc["points"]] == [2, 3, 4, 6]
+    for p in doc["points"]:
+        assert p["ours"]["median_s"] > 0 and p["ours"]["compile_s"] > 0
+        assert "reference" not in p
+    assert doc["fits"]["ours"]["slope"] is not None
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["points"][0]["ours"]["median_s"] == doc["points"][0]["ours"]["median_s"]
+
+
+def test_inference_sweep_counts_steps(tmp_path):
+    argv = ["inference", "--config", "tiny", "--max-examples", "6", "--batch-size", "4",
+            "--max-steps", "5", "--device", "cpu", "--no-plot", "--out-dir", str(tmp_path)]
+    doc = depth_scaling.main(argv)
+    assert doc["schema"] == depth_scaling.INFERENCE_SCHEMA
+    assert [c["steps"] for c in doc["curve"]] == [1, 2, 3, 4, 5]
+    assert doc["rows"] == 8  # two synthetic batches of 4 (every row has labels)
+    for c in doc["curve"]:
+        for key in ("exact_accuracy", "token_accuracy", "q_halt_positive_fraction"):
+            assert 0.0 <= c[key] <= 1.0
+    assert (tmp_path / "inference_depth_tiny_random.json").is_file()
+
+
+def test_dataset_batches_pad_and_map_ignore_label(tmp_path):
+    from trm_jax.data.format import PuzzleBuilder, make_metadata, write_dataset
+
+    builder = PuzzleBuilder(seq_len=3)
+    for i in range(5):
+        builder.add_puzzle(np.array([[1, 2, 3]]) + i % 2, np.array([[0, 4, 5]]), identifier=0)
+        builder.end_group()
+    sets = {"all": builder.build()}
+    meta = make_metadata(sets, pad_id=0, ignore_label_id=0, blank_identifier_id=0,
+                         vocab_size=8, seq_len=3, num_puzzle_identifiers=1)
+    write_dataset(tmp_path / "d", {"train": sets, "test": sets}, metadata={"train": meta,
+                                                                          "test": meta},
+                  identifiers=["<blank>"])
+    batches = list(depth_scaling.dataset_batches(str(tmp_path / "d"), batch_size=4,
+                                                 max_examples=5))
+    assert len(batches) == 2
+    assert batches[0]["labels"][0].tolist() == [-100, 4, 5]
+    assert batches[1]["inputs"][0].tolist() == [1, 2, 3]
+    assert (batches[1]["labels"][1:] == -100).all()  # padding rows are fully ignored
+
+
+def test_linear_fit_recovers_a_line():
+    fit = depth_scaling.linear_fit([2, 3, 4, 6], [0.5 + 2 * x for x in (2, 3, 4, 6)])
+    assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(0.5)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert depth_scaling.linear_fit([3, 3], [1.0, 2.0])["slope"] is None
+
+
+def test_analytic_flops_scale_with_recursion():
+    bench = common.get_config("tiny")
+    f = {(T, n): common.model_flops_per_step(bench.model_config(4, "float32", H_cycles=T,
+                                                                L_cycles=n), 4)
+         for T in (1, 2) for n in (1, 3)}
+    # forward T(n+1) network calls + 2x for the backward of the last cycle's (n+1) calls
+    per_call = (f[(2, 1)] - f[(1, 1)]) / 2
+    assert f[(2, 3)] - f[(1, 3)] == pytest.approx(4 * per_call)
+    assert f[(1, 3)] - f[(1, 1)] == pytest.approx(2 * 3 * per_call)
+
+
+def test_pure_pytorch_adam_atan2_matches_kernel_formula_and_ours():
+    torch = pytest.importorskip("torch")
+    from benchmarks.reference_torch import AdamATan2Torch, warmup_cosine_lr
+    from trm_jax.train.optim import adam_atan2, warmup_cosine_schedule
+    import jax.numpy as jnp
+    import optax
+
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
+    lr0, wd, b1, b2, warmup = 1e-2, 0.1, 0.9, 0.95, 2
+
+    param = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    opt = AdamATan2Torch([param], lr=0, betas=(b1, b2), weight_decay=wd)
+    p, m, v = p0.astype(np.float64), np.zeros((3, 4)), np.zeros((3, 4))
+    tx = adam_atan2(warmup_cosine_schedule(lr0, warmup, 100, 1.0), b1, b2, wd)
+    jp = jnp.asarray(p0)
+    state = tx.init(jp)
+    for t, g in enumerate(grads, start=1):
+        lr = warmup_cosine_lr(t, lr0, warmup, 100, 1.0)
+        param.grad = torch.from_numpy(g.copy())
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        p = p * (1 - lr * wd)
+        m = m + (1 - b1) * (g - m)
+        v = v + (1 - b2) * (g * g - v)
+        p = p - lr / (1 - b1 ** t) * np.arctan2(m, np.sqrt(v) / np.sqrt(1 - b2 ** t))
+        updates, state = tx.update(jnp.asarray(g), state, jp)
+        jp = optax.apply_updates(jp, updates)
+    np.testing.assert_allclose(param.detach().numpy(), p, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(jp), p, rtol=1e-6, atol=1e-7)
+    assert warmup_cosine_lr(1, 1.0, 4, 10, 0.0) == pytest.approx(0.25)
+    assert warmup_cosine_lr(10, 1.0, 4, 10, 0.0) == pytest.approx(0.0)
+
+
+def test_named_configs_are_valid_and_reference_dir_is_checked(tmp_path, monkeypatch):
+    for name, bench in common.NAMED_CONFIGS.items():
+        config = bench.model_config(bench.default_batch_size, "bfloat16")
+        assert config.H_cycles >= 1 and bench.name == name
+    assert common.get_config("sudoku_mlp").model_config(8, "float32").mlp_t
+    with pytest.raises(KeyError, match="known: tiny"):
+        common.get_config("nope")
+    monkeypatch.delenv(common.REFERENCE_ENV, raising=False)
+    assert common.resolve_reference_dir(None) is None
+    with pytest.raises(FileNotFoundError, match="models/recursive_reasoning/trm.py"):
+        common.resolve_reference_dir(str(tmp_path))
+    batches = common.synthetic_batches(common.get_config("tiny").model_config(4, "float32"), 4, 2)
+    assert len(batches) == 2 and batches[0]["inputs"].dtype == np.int32
+    assert (batches[0]["inputs"] >= 1).all() and (batches[0]["labels"] == -100).any()
