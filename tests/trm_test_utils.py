@@ -1,0 +1,34 @@
+"""Small configs and batches shared by the model and engine tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trm_jax.config import TRMConfig
+from trm_jax.train.state import OptimConfig
+
+
+def tiny_model_config(**overrides) -> TRMConfig:
+    values = dict(seq_len=16, vocab_size=12, num_puzzle_identifiers=7, puzzle_emb_ndim=32,
+                  puzzle_emb_len=2, hidden_size=32, num_heads=2, expansion=2.0, H_cycles=2,
+                  L_cycles=2, halt_max_steps=3, halt_exploration_prob=0.3,
+                  forward_dtype="float32")
+    values.update(overrides)
+    return TRMConfig(**values)
+
+
+def tiny_optim_config(**overrides) -> OptimConfig:
+    values = dict(global_batch_size=8, total_steps=50, lr=1e-3, lr_warmup_steps=2,
+                  puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+    values.update(overrides)
+    return OptimConfig(**values)
+
+
+def random_batch(config: TRMConfig, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    """A batch whose labels are a fixed function of the inputs (so it is learnable)."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(1, config.vocab_size, (batch_size, config.seq_len)).astype(np.int32)
+    labels = ((inputs * 3 + 1) % config.vocab_size).astype(np.int32)
+    labels[:, -2:] = -100  # some ignored cells
+    ids = rng.integers(0, config.num_puzzle_identifiers, (batch_size,)).astype(np.int32)
+    return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
