@@ -128,8 +128,10 @@ def replicate_for_pmap(state: TrainState, devices: list | None = None) -> TrainS
     stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state)
     stacked = stacked.replace(carry=jax.tree_util.tree_map(lambda x: _split_rows(x, n),
                                                            state.carry))
-    return jax.device_put_sharded([jax.tree_util.tree_map(lambda x: x[i], stacked)
-                                   for i in range(n)], devices)
+    # pmap is built on jit + shard_map: a leading device axis sharded over a mesh of the
+    # same devices is its native input layout.
+    return jax.device_put(stacked, NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)),
+                                                 P(DATA_AXIS)))
 
 
 def unreplicate_from_pmap(state: TrainState) -> TrainState:
