@@ -1,0 +1,138 @@
+"""The training loop on a tiny generated Sudoku dataset (trm_jax.train.loop)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from trm_jax import configs as configs_lib
+from trm_jax.data.sudoku import build_sudoku_dataset
+from trm_jax.train import loop
+from trm_jax.train.checkpoint import Checkpointer
+from trm_jax.train.metrics_log import read_metrics
+
+SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Identical steps compiled by successive train() calls are loaded from a persistent cache."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """5 training puzzles x 4 (3 augmentations), 3 test puzzles."""
+    out = tmp_path_factory.mktemp("loop") / "sudoku"
+    return build_sudoku_dataset(out, source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3, seed=0)
+
+
+def tiny_config(dataset: Path, **overrides):
+    """A very small TRM: batch 4, 12 steps, evaluation every 6."""
+    values = {
+        "model.hidden_size": 16, "model.num_heads": 2, "model.expansion": 1.0, "model.H_cycles": 1,
+        "model.L_cycles": 1, "model.L_layers": 1, "model.halt_max_steps": 2, "model.puzzle_emb_ndim": 16,
+        "model.puzzle_emb_len": 1, "optim.global_batch_size": 4, "optim.total_steps": 12,
+        "optim.lr_warmup_steps": 2, "optim.lr": 1e-3, "train.eval_every_steps": 6, "train.log_every": 3,
+        "train.eval_batch_size": 4, "train.progress_bar": False, "data.dataset_dir": str(dataset),
+        "data.generate.kind": "", "train.tensorboard": False,
+    }
+    values.update(overrides)
+    return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)
+
+
+def final_state(workdir: Path) -> tuple[dict, dict]:
+    with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
+        return ckpt.restore(ckpt.latest_step())
+
+
+def test_train_writes_run_directory(dataset, tmp_path):
+    result = loop.train(tiny_config(dataset, **{"train.tensorboard": True}), tmp_path / "run")
+    run = tmp_path / "run"
+    assert (result.step, result.total_steps, result.interrupted) == (12, 12, False)
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"]["seq_len"], config["model"]["vocab_size"]) == (81, 11)
+    assert config["optim"]["total_steps"] == 12
+    with Checkpointer(run / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [6, 12]
+    _, extras = final_state(run)
+    assert extras["loader"]["batch"] + 0 >= 0 and extras["step"] == 12
+    series = read_metrics(run / "metrics.csv")
+    assert [s for s, _ in series["train/loss"]] == [3, 6, 9, 12]
+    assert [s for s, _ in series["eval/accuracy"]] == [6, 12]
+    assert all(np.isfinite(v) for _, v in series["train/loss"])
+    assert 0.0 <= result.eval_metrics["accuracy"] <= 1.0 and result.eval_metrics["count"] == 3
+    assert (run / "curves.png").stat().st_size > 0
+    assert list((run / "tensorboard").iterdir())  # tensorboardX is installed in this environment
+
+    # The same run again without resume: refused, nothing overwritten.
+    before = (run / "config.json").read_text(), (run / "metrics.csv").read_text()
+    with pytest.raises(loop.RunDirError, match="already holds checkpoints: pass --resume"):
+        loop.train(tiny_config(dataset), run)
+    assert ((run / "config.json").read_text(), (run / "metrics.csv").read_text()) == before
+
+
+def test_resume_is_bit_exact(dataset, tmp_path):
+    config = tiny_config(dataset, **{"train.eval_every_steps": 12})
+    loop.train(config, tmp_path / "straight")
+    first = loop.train(config, tmp_path / "split", stop_at=6)
+    assert first.interrupted and first.step == 6
+    second = loop.train(config, tmp_path / "split", resume=True)
+    assert second.step == 12 and not second.interrupted
+    (a, extras_a), (b, extras_b) = final_state(tmp_path / "straight"), final_state(tmp_path / "split")
+    assert extras_a["loader"] == extras_b["loader"]
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
+    assert len(leaves_a) == len(leaves_b)
+    for path, value in leaves_a:
+        other = leaves_b[path]
+        if jax.dtypes.issubdtype(getattr(value, "dtype", None), jax.dtypes.prng_key):
+            value, other = jax.random.key_data(value), jax.random.key_data(other)
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(other), err_msg=jax.tree_util.keystr(path))
+
+
+def test_batch_larger_than_dataset_fails_clearly(dataset, tmp_path):
+    with pytest.raises(loop.RunDirError, match="fewer examples than config.optim.global_batch_size=64"):
+        loop.train(tiny_config(dataset, **{"optim.global_batch_size": 64}), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_dataset(tmp_path):
+    with pytest.raises(loop.RunDirError, match="does not exist"):
+        loop.train(tiny_config(tmp_path / "nowhere"), tmp_path / "run")
+
+
+def test_nan_loss_stops_the_run(dataset, tmp_path):
+    config = tiny_config(dataset, **{"optim.lr": float("nan"), "optim.lr_warmup_steps": 0,
+                                     "optim.total_steps": 4})
+    with pytest.raises(loop.TrainingError, match="loss is nan at step 2"):
+        loop.train(config, tmp_path)
+
+
+def test_pmap_mode_trains(dataset, tmp_path):
+    config = tiny_config(dataset, **{"train.parallel": "pmap", "optim.total_steps": 4,
+                                     "train.eval_every_steps": 4})
+    result = loop.train(config, tmp_path)
+    assert result.step == 4 and np.isfinite(result.train_metrics["loss"])
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [4]
+
+
+def test_eval_interval_in_epochs():
+    config = configs_lib.load_config("sudoku_mlp")
+    # 50k epochs, evaluation every 5k epochs: ten evaluations over the run.
+    assert loop.eval_every_steps(config, 1_000_000) == 100_000
+    config.train.eval_every_steps = 7
+    assert loop.eval_every_steps(config, 1_000_000) == 7

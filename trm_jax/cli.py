@@ -1,0 +1,323 @@
+"""The ``trm-jax`` command (also ``python -m trm_jax``).
+
+Subcommands::
+
+    trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} ...      build datasets (trm_jax.data.build)
+    trm-jax train --config configs/x.py [--config.a.b=v ...] --workdir DIR [--resume]
+    trm-jax evaluate --workdir DIR [--step N]
+    trm-jax evaluate --checkpoint DIR/checkpoints --config configs/x.py
+    trm-jax evaluate --torch model.pt --config configs/x.py    an official PyTorch checkpoint
+    trm-jax predict --workdir DIR --puzzle '5.3..7....'        (or --file PUZZLE.txt) [--png OUT.png]
+
+Bad input (an unknown config key, a missing dataset directory, a checkpoint written for
+another architecture, an unreadable puzzle) prints one ``error: ...`` line on stderr and exits
+with status 2, before anything is written. A non-finite loss stops training with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together."""
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", help="a run directory of `trm-jax train` (its config.json and checkpoints)")
+    p.add_argument("--checkpoint", help="an orbax checkpoint directory (WORKDIR/checkpoints); needs --config "
+                                        "unless WORKDIR/config.json is next to it")
+    p.add_argument("--torch", metavar="PATH.pt", help="an official PyTorch state_dict; needs --config")
+    p.add_argument("--config", help="config file or name (configs/x.py, x); --config.a.b=v overrides follow")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--dataset", help="dataset directory (default: the config's data.dataset_dir)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trm-jax", description="Tiny Recursive Models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("data", help="build datasets: trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} --help",
+                   add_help=False)
+
+    p = sub.add_parser("train", help="train a config in a run directory")
+    p.add_argument("--config", help="config file or name; optional with --resume (WORKDIR/config.json)")
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, plots)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
+    _add_model_source(p)
+    p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches (0: all)")
+    p.add_argument("--num-steps", type=int, default=0, help="ACT steps per puzzle (0: halt_max_steps)")
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+
+    p = sub.add_parser("predict", help="solve one Sudoku or maze, print it and write a PNG")
+    _add_model_source(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--puzzle", help="Sudoku: 81 characters, digits and '.' (or 0) for blanks; "
+                                       "maze: 900 characters of '# SGo'")
+    what.add_argument("--file", help="a text file holding the puzzle (whitespace ignored)")
+    p.add_argument("--png", default="prediction.png", help="where to write the picture (default prediction.png)")
+    p.add_argument("--num-steps", type=int, default=0, help="ACT steps (0: halt_max_steps)")
+    return parser
+
+
+def _split_overrides(rest: Sequence[str]) -> list[str]:
+    from trm_jax.configs import OVERRIDE_PREFIX  # noqa: PLC0415
+
+    bad = [a for a in rest if not a.startswith(OVERRIDE_PREFIX)]
+    if bad:
+        raise UsageError(f"unrecognised argument {bad[0]!r} (config overrides look like --config.train.seed=1)")
+    return list(rest)
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from trm_jax import configs as configs_lib  # noqa: PLC0415
+    from trm_jax.train import loop  # noqa: PLC0415
+
+    workdir = Path(args.workdir)
+    if args.config:
+        config = configs_lib.load_config(args.config, overrides)
+    elif args.resume and (workdir / loop.CONFIG_NAME).is_file():
+        config = configs_lib.config_from_json(workdir / loop.CONFIG_NAME)
+        configs_lib.apply_overrides(config, overrides)
+    else:
+        raise UsageError("train needs --config (or --resume with a run directory holding config.json)")
+    result = loop.train(config, workdir, resume=args.resume)
+    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted}
+    summary.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
+    print(json.dumps(summary))
+    return 0
+
+
+# ------------------------------------------------------------------------- loading a model
+
+
+def _resolve_model(args: argparse.Namespace, overrides: list[str]):
+    """(config, model config, optim config, dataset path, variables) for evaluate/predict."""
+    import jax  # noqa: PLC0415
+
+    from trm_jax import configs as configs_lib  # noqa: PLC0415
+    from trm_jax.data.format import read_metadata  # noqa: PLC0415
+    from trm_jax.train import loop, parallel  # noqa: PLC0415
+    from trm_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
+
+    sources = [name for name in ("workdir", "checkpoint", "torch") if getattr(args, name)]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --workdir, --checkpoint, --torch")
+    run_config = None
+    if args.workdir:
+        run_config = configs_lib.config_from_json(Path(args.workdir) / loop.CONFIG_NAME)
+        ckpt_dir = Path(args.workdir) / loop.CHECKPOINT_DIR
+    elif args.checkpoint:
+        ckpt_dir = Path(args.checkpoint)
+        beside = ckpt_dir.parent / loop.CONFIG_NAME
+        if beside.is_file():
+            run_config = configs_lib.config_from_json(beside)
+    if args.config:
+        config = configs_lib.load_config(args.config, overrides)
+        if run_config is not None:  # the carry is sized for the run's batch
+            config.optim.global_batch_size = run_config.optim.global_batch_size
+    elif run_config is not None:
+        config = configs_lib.apply_overrides(run_config, overrides)
+    else:
+        raise UsageError(f"--{sources[0]} needs --config (the model's config file)")
+    if args.dataset:
+        config.data.dataset_dir = args.dataset
+
+    data_path = loop.dataset_dir(config, args.workdir or ".")
+    metadata = None
+    if (data_path / "test" / "dataset.json").is_file():
+        metadata = read_metadata(data_path / "test")
+    elif any(config.model[name] == 0 for name in configs_lib.DATASET_FIELDS):
+        raise loop.RunDirError(f"dataset directory {data_path} does not exist (needed for the model's "
+                               f"{', '.join(configs_lib.DATASET_FIELDS)})")
+    model_config = configs_lib.model_config(config, metadata)
+    optim_config = configs_lib.optim_config(config, total_steps=1)  # the schedule is unused here
+    mesh = parallel.make_mesh()
+
+    if args.torch:
+        from trm_jax.interop import load_torch_checkpoint  # noqa: PLC0415
+        variables = load_torch_checkpoint(args.torch, model_config)
+        state = parallel.create_sharded_train_state(model_config, optim_config, jax.random.key(0), mesh,
+                                                    variables=variables)
+        return config, model_config, optim_config, data_path, state, f"PyTorch checkpoint {args.torch}"
+    if not ckpt_dir.is_dir():
+        raise loop.RunDirError(f"checkpoint directory {ckpt_dir} does not exist")
+    checkpointer = Checkpointer(ckpt_dir, max_to_keep=None, async_save=False)
+    try:
+        state, _ = loop.restore_checkpoint(checkpointer, model_config, optim_config, mesh, args.step)
+        step = args.step if args.step is not None else checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    return config, model_config, optim_config, data_path, state, f"{ckpt_dir} step {step}"
+
+
+# ------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from trm_jax.train import loop, parallel  # noqa: PLC0415
+
+    config, model_config, optim_config, data_path, state, source = _resolve_model(args, overrides)
+    if args.max_batches:
+        config.train.eval_max_batches = args.max_batches
+    if not (data_path / "test" / "dataset.json").is_file():
+        raise loop.RunDirError(f"dataset directory {data_path} does not exist (no test/dataset.json)")
+    mesh = parallel.make_mesh()
+    eval_fn = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
+                                     num_steps=args.num_steps or None)
+    eval_loader = loop.make_eval_loader(config, data_path)
+    arc = loop.make_arc_evaluator(config, data_path)
+    step = int(state.step)
+    out_dir = Path(args.workdir) if args.workdir else None
+    metrics = loop.run_evaluation(config, state, eval_fn, eval_loader, step=step, out_dir=out_dir,
+                                  arc_evaluator=arc)
+    result = {"source": source, "dataset": str(data_path), **metrics}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+# -------------------------------------------------------------------------------- predict
+
+
+def _read_puzzle(args: argparse.Namespace) -> str:
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"puzzle file {path} does not exist")
+        text = path.read_text()
+    else:
+        text = args.puzzle
+    return text
+
+
+def parse_sudoku(text: str) -> np.ndarray:
+    """81 cells (digits, '.' or '0' blank; whitespace and grid lines '|', '-', '+' ignored) -> [81] tokens."""
+    cells = [ch for ch in text if ch not in " \t\r\n|-+"]
+    if len(cells) != 81:
+        raise UsageError(f"a Sudoku needs 81 cells, got {len(cells)}")
+    bad = [ch for ch in cells if ch not in ".0123456789"]
+    if bad:
+        raise UsageError(f"Sudoku cell {bad[0]!r}: expected a digit 1-9 or '.'/'0' for a blank")
+    digits = np.array([0 if ch in ".0" else int(ch) for ch in cells], np.int32)
+    return digits + 1  # dataset tokens: blank 1, digit d -> d + 1
+
+
+def parse_maze(text: str, side: int) -> np.ndarray:
+    """side*side characters of '# SGo' (line breaks ignored) -> tokens 1..5."""
+    from trm_jax.data.maze import encode_maze  # noqa: PLC0415
+
+    cells = "".join(line for line in text.replace("\r", "").split("\n"))
+    if len(cells) != side * side:
+        raise UsageError(f"a {side}x{side} maze needs {side * side} characters, got {len(cells)}")
+    try:
+        return encode_maze(cells).astype(np.int32)
+    except ValueError as err:
+        raise UsageError(f"maze: {err}") from None
+
+
+def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from trm_jax.data import render  # noqa: PLC0415
+    from trm_jax.model.act import evaluate_to_halt  # noqa: PLC0415
+
+    config, model_config, optim_config, _, state, source = _resolve_model(args, overrides)
+    text = _read_puzzle(args)
+    if model_config.seq_len == 81 and model_config.vocab_size == 11:
+        kind, tokens = "sudoku", parse_sudoku(text)
+    elif model_config.seq_len == 900 and model_config.vocab_size == 6:
+        kind, tokens = "maze", parse_maze(text, 30)
+    else:
+        raise UsageError(f"predict handles Sudoku (seq 81, vocab 11) and maze (seq 900, vocab 6) models; "
+                         f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}")
+    batch = {"inputs": jnp.asarray(tokens[None]),
+             "labels": jnp.full((1, tokens.shape[0]), -100, jnp.int32),
+             "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
+    variables = jax.device_get(state.variables(use_ema=optim_config.ema))
+    solve = jax.jit(lambda v, b: evaluate_to_halt(model_config, v, b, args.num_steps or None))
+    _, outputs = solve(variables, batch)
+    pred = np.asarray(jnp.argmax(outputs["logits"], -1))[0]
+    confidence = float(jax.nn.sigmoid(outputs["q_halt_logits"][0]))
+
+    if kind == "sudoku":
+        from trm_jax.data.sudoku import is_valid_solution  # noqa: PLC0415
+        grid = np.clip(pred - 1, 0, 9).reshape(9, 9)
+        given = (tokens - 1).reshape(9, 9)
+        valid = bool(is_valid_solution(grid)) and bool(np.all((given == 0) | (grid == given)))
+        for r in range(9):
+            row = " ".join(str(d) for d in grid[r])
+            print(" | ".join(row[i:i + 6].strip() for i in range(0, 18, 6)))
+            if r in (2, 5):
+                print("------+-------+------")
+        print(f"valid solution: {'yes' if valid else 'no'}; model confidence (sigmoid q_halt): {confidence:.3f}")
+        fig = render.render_sudoku(tokens, prediction=pred, title=f"TRM ({'valid' if valid else 'invalid'})")
+    else:
+        from trm_jax.data.maze import decode_maze  # noqa: PLC0415
+        out = decode_maze(pred)
+        for r in range(30):
+            print(out[r * 30:(r + 1) * 30])
+        print(f"model confidence (sigmoid q_halt): {confidence:.3f}")
+        fig = render.render_maze(tokens, prediction=pred)
+    path = render.save_png(fig, args.png)
+    print(f"model: {source}; picture: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from trm_jax.config import ConfigError  # noqa: PLC0415
+    from trm_jax.configs import ConfigLoadError  # noqa: PLC0415
+    from trm_jax.data.format import DatasetFormatError  # noqa: PLC0415
+    from trm_jax.interop import CheckpointMismatchError as TorchMismatch  # noqa: PLC0415
+    from trm_jax.train.checkpoint import CheckpointMismatchError  # noqa: PLC0415
+    from trm_jax.train.loop import RunDirError  # noqa: PLC0415
+
+    return (UsageError, ConfigError, ConfigLoadError, DatasetFormatError, TorchMismatch,
+            CheckpointMismatchError, RunDirError, FileNotFoundError)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (2: bad input, 1: the run failed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":
+        from trm_jax.data.build import main as build_main  # noqa: PLC0415
+        return build_main(argv[1:])
+    args, rest = make_parser().parse_known_args(argv)
+    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+    bad_input = _bad_input_errors()
+    from trm_jax.train.loop import TrainingError  # noqa: PLC0415
+    try:
+        return commands[args.command](args, _split_overrides(rest))
+    except bad_input as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

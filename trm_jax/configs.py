@@ -1,0 +1,269 @@
+"""Experiment configs: the shared defaults, loading a config file, command-line overrides.
+
+A config is an ``ml_collections.ConfigDict`` with four sections: ``model`` (every
+:class:`~trm_jax.config.TRMConfig` field), ``optim`` (every
+:class:`~trm_jax.train.state.OptimConfig` field), ``data`` and ``train``. Config files live in
+the repository's ``configs/`` directory and define ``get_config()`` (big_vision style); they
+start from :func:`base_config` and change what their experiment changes.
+
+:func:`load_config` accepts a path (``configs/sudoku_mlp.py``) or a bare name (``sudoku_mlp``)
+and applies ``--config.a.b=value`` overrides. An unknown key, a value of the wrong type or a
+missing file raises :class:`ConfigLoadError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from trm_jax.config import ConfigError, TRMConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+OVERRIDE_PREFIX = "--config."
+DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
+
+
+class ConfigLoadError(ValueError):
+    """A config file or override cannot be used (message names the file/key and the problem)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with the reference's defaults (ARC-style optimiser)."""
+    c = ml_collections.ConfigDict()
+
+    # Every TRMConfig field. seq_len, vocab_size and num_puzzle_identifiers set to 0 are read
+    # from the dataset's metadata; a non-zero value must match it.
+    c.model = ml_collections.ConfigDict(dict(
+        seq_len=0, vocab_size=0, num_puzzle_identifiers=0,
+        batch_size=768,  # informational; the trainer sets it to optim.global_batch_size
+        puzzle_emb_ndim=512, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
+        hidden_size=512, expansion=4.0, num_heads=8, pos_encodings="rope",
+        rms_norm_eps=1e-5, rope_theta=10000.0, halt_max_steps=16, halt_exploration_prob=0.1,
+        forward_dtype="bfloat16", mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True,
+        loss_type="stablemax_cross_entropy", remat=False,
+    ))
+
+    # Every OptimConfig field. total_steps = 0: epochs * total_groups * mean_puzzle_examples
+    # / global_batch_size, as the reference computes it.
+    c.optim = ml_collections.ConfigDict(dict(
+        global_batch_size=768, total_steps=0, lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=2000,
+        beta1=0.9, beta2=0.95, weight_decay=0.1, puzzle_emb_lr=1e-2,
+        puzzle_emb_weight_decay=0.1, ema=True, ema_rate=0.999,
+    ))
+
+    c.data = ml_collections.ConfigDict(dict(
+        dataset_dir="",  # a directory written by `trm-jax data ...`
+        evaluator="",  # "arc": ARC pass@k and submission.json at every evaluation
+        # Built into `dataset_dir` (or WORKDIR/data when empty) if missing; kind "" = never.
+        generate=ml_collections.ConfigDict(dict(
+            kind="", num_train=0, num_test=0, num_aug=0, seed=0, workers=1)),
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=100_000,
+        eval_interval=10_000,  # epochs between evaluations (0: only at the end)
+        min_eval_interval=0,  # evaluations before this many intervals are skipped
+        eval_every_steps=0,  # > 0 overrides eval_interval with a step count
+        checkpoint_every_eval=True,  # else only at the end (and on SIGINT/SIGTERM)
+        max_to_keep=3,
+        async_checkpoint=True,
+        seed=0,
+        log_every=50,  # steps between stdout/TensorBoard lines (averages over them)
+        eval_batch_size=0,  # 0: optim.global_batch_size
+        eval_max_batches=0,  # 0: the whole test split
+        eval_num_steps=0,  # ACT steps at evaluation; 0: model.halt_max_steps
+        parallel="jit",  # "jit" (sharded over all devices) or "pmap"
+        distributed=False,  # call jax.distributed.initialize() (multi-host)
+        progress_bar=True,
+        tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
+    ))
+    return c
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """``configs/x.py`` as given, or a bare name looked up in the repository's ``configs/``."""
+    path = Path(name_or_path)
+    if path.suffix == ".py" or os.sep in name_or_path:
+        if not path.is_file():
+            raise ConfigLoadError(f"config file {name_or_path} does not exist")
+        return path
+    candidate = CONFIGS_DIR / f"{name_or_path}.py"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise ConfigLoadError(f"no config named {name_or_path!r} (known: {', '.join(known) or 'none'})")
+    return candidate
+
+
+def load_config_file(name_or_path: str) -> ml_collections.ConfigDict:
+    """Imports a config file and returns its ``get_config()``."""
+    path = resolve_config_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"trm_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as err:  # a broken config file: report where
+        raise ConfigLoadError(f"config file {path} failed to load: {type(err).__name__}: {err}") from err
+    if not hasattr(module, "get_config"):
+        raise ConfigLoadError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigLoadError(f"{path}: get_config() returned {type(config).__name__}, expected a ConfigDict")
+    return config
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    """``text`` converted to the type of the field's current value."""
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigLoadError(f"--config.{key}={text}: expected true or false")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigLoadError(f"--config.{key}={text}: expected an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigLoadError(f"--config.{key}={text}: expected a number") from None
+    if isinstance(current, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigLoadError(f"--config.{key}={text}: expected a Python literal "
+                              f"like the current value {current!r}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+    """Sets ``a.b=value`` (strings ``--config.a.b=value`` / ``a.b=value``, or a mapping of values).
+
+    Only existing leaf keys can be set; the value takes the type of the current one.
+    """
+    items: list[tuple[str, Any, bool]] = []
+    if isinstance(overrides, Mapping):
+        items = [(k, v, False) for k, v in overrides.items()]
+    else:
+        for arg in overrides:
+            text = arg[len(OVERRIDE_PREFIX):] if arg.startswith(OVERRIDE_PREFIX) else arg
+            if "=" not in text:
+                raise ConfigLoadError(f"override {arg!r}: expected --config.key=value")
+            key, value = text.split("=", 1)
+            items.append((key, value, True))
+    for key, value, from_text in items:
+        *parents, leaf = key.split(".")
+        node = config
+        for depth, name in enumerate(parents):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                raise ConfigLoadError(f"unknown config key config.{'.'.join(parents[:depth + 1])} "
+                                      f"(in override of config.{key})")
+            node = node[name]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            section = ".".join(parents)
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+            raise ConfigLoadError(f"unknown config key config.{key}"
+                                  + (f" (config.{section} has: {known})" if section and known else ""))
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            raise ConfigLoadError(f"config.{key} is a section, not a value")
+        current = node[leaf]
+        new = _parse_value(key, value, current) if from_text else value
+        if isinstance(current, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        try:
+            node[leaf] = new
+        except TypeError as err:
+            raise ConfigLoadError(f"config.{key}={value!r}: {err}") from None
+    return config
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] = ()
+                ) -> ml_collections.ConfigDict:
+    """A config file's ``get_config()`` with overrides applied and its sections checked."""
+    config = apply_overrides(load_config_file(name_or_path), overrides)
+    check_sections(config, str(name_or_path))
+    return config
+
+
+def check_sections(config: ml_collections.ConfigDict, where: str) -> None:
+    """Every key the trainer reads is present and no unknown key is (compares with base_config)."""
+    problems = _compare(base_config(), config, "config")
+    if problems:
+        raise ConfigLoadError(f"{where}: " + "; ".join(problems[:3])
+                              + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+
+
+def _compare(expected: ml_collections.ConfigDict, got: Any, prefix: str) -> list[str]:
+    if not isinstance(got, (ml_collections.ConfigDict, Mapping)):
+        return [f"{prefix} should be a section"]
+    problems = [f"unknown config key {prefix}.{k}" for k in got.keys() if k not in expected]
+    for key, value in expected.items():
+        if key not in got:
+            problems.append(f"missing config key {prefix}.{key}")
+        elif isinstance(value, ml_collections.ConfigDict):
+            problems += _compare(value, got[key], f"{prefix}.{key}")
+    return problems
+
+
+def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A resolved config written by the trainer (``WORKDIR/config.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigLoadError(f"{path} does not exist (no resolved config in that run directory)")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigLoadError(f"{path}: malformed JSON ({err})") from None
+    config = ml_collections.ConfigDict(values)
+    check_sections(config, str(path))
+    return config
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Plain JSON-able nested dict of a config."""
+    return json.loads(config.to_json())
+
+
+def model_config(config: ml_collections.ConfigDict, metadata: Any = None) -> TRMConfig:
+    """The :class:`TRMConfig` of ``config.model``, dataset fields filled from ``metadata``.
+
+    ``metadata`` is anything with ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers``
+    (a :class:`~trm_jax.data.format.DatasetMetadata`, a loader). A non-zero config value that
+    differs from the dataset's is an error.
+    """
+    values = dict(config_to_dict(config.model))
+    values["batch_size"] = int(config.optim.global_batch_size)
+    for name in DATASET_FIELDS:
+        if metadata is None:
+            continue
+        actual = int(getattr(metadata, name))
+        if values[name] not in (0, actual):
+            raise ConfigError(f"config.model.{name}={values[name]} but the dataset has {name}={actual} "
+                              f"(set it to 0 to take the dataset's value)")
+        values[name] = actual
+    missing = [f"config.model.{n}" for n in DATASET_FIELDS if values[n] == 0]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} unknown: give a dataset or set them")
+    return TRMConfig.from_dict(values)
+
+
+def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None):
+    """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there."""
+    from trm_jax.train.state import OptimConfig  # noqa: PLC0415 - keeps this module light
+
+    values = config_to_dict(config.optim)
+    if values["total_steps"] == 0:
+        if total_steps is None:
+            raise ConfigError("config.optim.total_steps is 0 (derived from the dataset): give total_steps")
+        values["total_steps"] = int(total_steps)
+    return OptimConfig.from_dict(values)

@@ -1,0 +1,116 @@
+"""Metrics of a run: TensorBoard (tensorboardX, when installed), a CSV file, stdout, PNG curves.
+
+Every scalar goes to ``WORKDIR/metrics.csv`` (long format ``step,tag,value``, appended across
+resumed runs) so the curves can be plotted and read without TensorBoard; with tensorboardX
+installed the same scalars also go to ``WORKDIR/tensorboard/``. After a resume, steps logged
+after the last checkpoint appear twice in the CSV; readers keep the last value per
+(tag, step).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Mapping
+
+CSV_NAME = "metrics.csv"
+PLOT_NAME = "curves.png"
+TB_DIR = "tensorboard"
+
+
+class MetricsWriter:
+    """Writes scalars to CSV (always), TensorBoard (when tensorboardX imports) and stdout."""
+
+    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True):
+        self.workdir = Path(workdir)
+        self.enabled = enabled  # False on non-zero processes of a multi-host run
+        self.csv_path = self.workdir / CSV_NAME
+        self._tb = None
+        if not enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        new = not self.csv_path.exists()
+        self._csv_file = open(self.csv_path, "a", newline="")
+        self._csv = csv.writer(self._csv_file)
+        if new:
+            self._csv.writerow(["step", "tag", "value"])
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional
+            except ImportError:
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(str(self.workdir / TB_DIR))
+
+    @property
+    def has_tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
+        """Record ``scalars`` (tags ``prefix + name``) at ``step``."""
+        if not self.enabled:
+            return
+        for name, value in scalars.items():
+            tag = prefix + name
+            self._csv.writerow([int(step), tag, repr(float(value))])
+            if self._tb is not None:
+                self._tb.add_scalar(tag, float(value), int(step))
+        self._csv_file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def format_scalars(scalars: Mapping[str, float]) -> str:
+    """``name=value`` pairs for a stdout line, short names and 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Series per tag from a metrics CSV, sorted by step, the last value kept per step."""
+    series: dict[str, dict[int, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            series.setdefault(row["tag"], {})[int(row["step"])] = float(row["value"])
+    return {tag: sorted(values.items()) for tag, values in series.items()}
+
+
+def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
+    """One PNG with a panel per metric (train and eval on the same axes); None without data."""
+    from trm_jax.data.render import save_png  # noqa: PLC0415 - matplotlib only when plotting
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    workdir = Path(workdir)
+    csv_path = workdir / CSV_NAME
+    if not csv_path.exists():
+        return None
+    series = read_metrics(csv_path)
+    names = [n for n in ("loss", "lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
+             if f"train/{n}" in series or f"eval/{n}" in series]
+    names += sorted({t.split("/", 1)[1] for t in series if t.startswith("eval/ARC")})
+    if not names:
+        return None
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for split, style in (("train", "-"), ("eval", "o-")):
+            points = series.get(f"{split}/{name}")
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], style, label=split, ms=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_png(fig, out or workdir / PLOT_NAME)
