@@ -268,7 +268,15 @@ def host_description() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            # Other work on a shared machine slows every figure: record how busy it was.
+            "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def load_text(host: Mapping[str, Any]) -> str:
+    """The recorded 1/5/15-minute load averages as text."""
+    load = host.get("load_average_1_5_15")
+    return "n/a" if not load else "/".join(f"{x:.1f}" for x in load)
 
 
 def run_metadata(argv: Sequence[str]) -> dict[str, Any]:

@@ -132,12 +132,30 @@ def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         "timing": {"steps": args.steps, "warmup": args.warmup},
         "reference_included": reference_dir is not None,
         "points": points,
-        "fits": {"ours": linear_fit([p["net_calls"] for p in points],
-                                    [p["ours"]["median_s"] for p in points])},
     }
-    if reference_dir is not None:
-        result["fits"]["reference"] = linear_fit(
-            [p["net_calls"] for p in points], [p["reference"]["median_s"] for p in points])
+    return add_fits(result)
+
+
+def forward_equivalent_calls(H_cycles: int, L_cycles: int) -> int:
+    """Network calls of one step counting the backward of the differentiated last cycle as
+    two forward calls: (T-1)(n+1) + 3(n+1) = (T+2)(n+1)."""
+    return (H_cycles + 2) * (L_cycles + 1)
+
+
+def add_fits(result: dict[str, Any]) -> dict[str, Any]:
+    """Adds least-squares fits of median step time against T(n+1) and (T+2)(n+1)."""
+    fits: dict[str, Any] = {}
+    for name in ("ours", "reference"):
+        points = [p for p in result["points"] if name in p]
+        if not points:
+            continue
+        times = [p[name]["median_s"] for p in points]
+        fits[name] = {
+            "net_calls": linear_fit([p["net_calls"] for p in points], times),
+            "forward_equivalent_calls": linear_fit(
+                [forward_equivalent_calls(p["H_cycles"], p["L_cycles"]) for p in points], times),
+        }
+    result["fits"] = fits
     return result
 
 
@@ -213,62 +231,67 @@ def train_markdown(result: dict[str, Any]) -> str:
             row += [r["median_s"] * 1e3, r["first_call_s"],
                     common.format_bytes(r["peak_memory_bytes"]), o["median_s"] / r["median_s"]]
         rows.append(row)
-    fit_lines = [f"- linear fit of median step time vs T(n+1), {name}: "
-                 f"{_fit_text(fit)}" for name, fit in result["fits"].items()]
+    fit_lines = [f"- linear fit of median step time, {name}: vs T(n+1): "
+                 f"{_fit_text(fit['net_calls'])}; vs (T+2)(n+1) (backward = 2 forward): "
+                 f"{_fit_text(fit['forward_equivalent_calls'])}"
+                 for name, fit in result["fits"].items()]
     return "\n".join([
         f"## depth scaling: `{cfg['name']}`, batch {cfg['batch_size']}, {cfg['dtype']}, "
         f"{result['device']['kind']}", "", common.markdown_table(header, rows), *fit_lines,
         f"- command: `{meta['command']}`",
         f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus)",
+        f"({meta['host']['cpu_count']} cpus, load average at start "
+        f"{common.load_text(meta['host'])})",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""])
 
 
 def _fit_text(fit: dict[str, float | None]) -> str:
     if fit["slope"] is None:
         return "n/a (fewer than two distinct T(n+1))"
-    return (f"{fit['slope'] * 1e3:.4g} ms per network call + {fit['intercept'] * 1e3:.4g} ms, "
+    return (f"{fit['slope'] * 1e3:.4g} ms per call + {fit['intercept'] * 1e3:.4g} ms, "
             f"R^2 {fit['r2']:.4f}")
 
 
 def train_plot(result: dict[str, Any], path: str) -> None:
-    """Three panels against T(n+1): step time (with the fit), compile time, memory."""
+    """Step time against (T+2)(n+1) with its fit, compile time against T(n+1), and XLA
+    temporary memory against n with one line per T (flat in T = the lines coincide)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    calls = np.array([p["net_calls"] for p in result["points"]])
+    points = result["points"]
+    fwd = np.array([forward_equivalent_calls(p["H_cycles"], p["L_cycles"]) for p in points])
+    calls = np.array([p["net_calls"] for p in points])
     series = [("ours", "o", "tab:blue")]
     if result["reference_included"]:
         series.append(("reference", "s", "tab:orange"))
     for name, marker, colour in series:
-        ms = np.array([p[name]["median_s"] * 1e3 for p in result["points"]])
-        axes[0].plot(calls, ms, marker, color=colour, label=name)
-        fit = result["fits"][name]
+        ms = np.array([p[name]["median_s"] * 1e3 for p in points])
+        axes[0].plot(fwd, ms, marker, color=colour, label=name)
+        fit = result["fits"][name]["forward_equivalent_calls"]
         if fit["slope"] is not None:
-            xs = np.linspace(0, calls.max(), 50)
+            xs = np.linspace(0, fwd.max(), 50)
             axes[0].plot(xs, 1e3 * (fit["intercept"] + fit["slope"] * xs), "-", color=colour,
                          alpha=0.5, label=f"{name} fit (R²={fit['r2']:.3f})")
-    compile_s = [p["ours"]["compile_s"] for p in result["points"]]
-    axes[1].plot(calls, compile_s, "o", color="tab:blue", label="ours (XLA compile)")
+        if name == "ours":
+            for x, y, p in zip(fwd, ms, points):
+                axes[0].annotate(f"T{p['H_cycles']}n{p['L_cycles']}", (x, y), fontsize=7)
+    axes[1].plot(calls, [p["ours"]["compile_s"] for p in points], "o", color="tab:blue",
+                 label="ours (XLA compile)")
     if result["reference_included"]:
-        axes[1].plot(calls, [p["reference"]["first_call_s"] for p in result["points"]], "s",
+        axes[1].plot(calls, [p["reference"]["first_call_s"] for p in points], "s",
                      color="tab:orange", label="reference (first call)")
-    for key, label, marker in (("xla_temp_bytes", "ours XLA temp", "o"),
-                               ("peak_memory_bytes", "ours device peak", "^")):
-        values = [p["ours"][key] for p in result["points"]]
-        if all(v is not None for v in values):
-            axes[2].plot(calls, np.array(values) / 2**20, marker, label=label)
-    if result["reference_included"]:
-        values = [p["reference"]["peak_memory_bytes"] for p in result["points"]]
-        if all(v is not None for v in values):
-            axes[2].plot(calls, np.array(values) / 2**20, "s", label="reference device peak")
-    for point_index, p in enumerate(result["points"]):
-        axes[0].annotate(f"T{p['H_cycles']}n{p['L_cycles']}",
-                         (calls[point_index], p["ours"]["median_s"] * 1e3), fontsize=7)
-    titles = ("median step time (ms)", "compile / first-call time (s)", "memory (MiB)")
-    for ax, title in zip(axes, titles):
+    for T in sorted({p["H_cycles"] for p in points}):
+        row = sorted((p["L_cycles"], p["ours"]["xla_temp_bytes"]) for p in points
+                     if p["H_cycles"] == T and p["ours"]["xla_temp_bytes"] is not None)
+        if row:
+            axes[2].plot([n for n, _ in row], [b / 2**20 for _, b in row], "o-",
+                         label=f"ours XLA temp, T={T}", alpha=0.7)
+    labels = (("median step time (ms)", "forward-equivalent network calls, (T+2)(n+1)"),
+              ("compile / first-call time (s)", "network calls per step, T(n+1)"),
+              ("XLA temporary memory (MiB)", "n (L_cycles)"))
+    for ax, (title, xlabel) in zip(axes, labels):
         ax.set_title(title)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("network calls per step, T(n+1)")
+        ax.set_xlabel(xlabel)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     cfg = result["config"]

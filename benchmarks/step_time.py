@@ -116,16 +116,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         ref32 = ReferenceTrainStep(reference_dir, config32, bench.optim, state_dict, torch_device,
                                    compile_model=on_gpu and not args.no_compile_reference)
         ours32.compile(batches[0])
-        loss_ours = ours32.loss(ours32(ours32.put(batches[0])))
+        first_batch = ours32.put(batches[0])
+        timer = _Stopwatch()
+        with timer:
+            loss_ours = ours32.loss(ours32(first_batch))
+        ours_first_call = timer.seconds
         ref_batch = ref32.to_device(batches[0])
         timer = _Stopwatch()
         with timer:
             loss_ref = float(ref32(ref_batch))
             ref32.synchronize()
+        ref_first_call = timer.seconds
         loss_check = check_same_loss(loss_ours, loss_ref)
         if dtype == "float32":
-            ours, ref, ref_first_call = ours32, ref32, timer.seconds
+            ours, ref = ours32, ref32
         else:
+            ours_first_call = ref_first_call = None  # the float32 check's, not this dtype's
             del ours32, ref32
             ref = ReferenceTrainStep(reference_dir, config, bench.optim, state_dict, torch_device,
                                      compile_model=on_gpu and not args.no_compile_reference)
@@ -245,10 +251,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         rows.append([name, t["median_s"] * 1e3, t["min_s"] * 1e3, t["max_s"] * 1e3,
                      r["tokens_per_s"], r["compile_s"], r["first_call_s"],
                      common.format_bytes(r["peak_memory_bytes"]),
+                     common.format_bytes((r.get("xla_memory") or {}).get("total_bytes")),
                      None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"])
     table = common.markdown_table(
         ["impl", "median ms", "min ms", "max ms", "tokens/s", "compile s", "first call s",
-         "peak mem", "MFU"], rows)
+         "device peak mem", "XLA memory plan", "MFU"], rows)
     check = result["loss_check"]
     check_line = (f"loss check (float32, first batch): ours {check['ours']:.8g}, reference "
                   f"{check['reference']:.8g}, rel diff {check['rel_diff']:.2g} "
@@ -267,9 +274,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"analytic (matmuls) {_fmt(result['flops_per_step_analytic'])}. MFU uses the analytic "
         f"figure for both implementations (XLA counts a scan body once, so its figure "
         f"undercounts the recursion); n/a without a known peak (CPUs)",
+        f"- memory: device peak from the allocators (CUDA only); XLA memory plan = arguments"
+        f" + outputs - donated + temporaries of our compiled step; host peak RSS of the whole"
+        f" process (both implementations): {common.format_bytes(result['host_peak_rss_bytes'])}",
         f"- command: `{meta['command']}`",
         f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus)",
+        f"({meta['host']['cpu_count']} cpus, load average at start "
+        f"{common.load_text(meta['host'])})",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "",
     ]

@@ -92,6 +92,7 @@ def test_loss_check_refuses_different_computations():
         step_time.check_same_loss(float("nan"), 1.0)
 
 
+@pytest.mark.slow  # four compiles of the tiny step (~40 s on a busy 2-core machine)
 def test_depth_scaling_2x2_grid(tmp_path):
     argv = ["train", "--config", "tiny", "--batch-size", "4", "--L-cycles", "1,2",
             "--H-cycles", "1,2", "--steps", "1", "--warmup", "0", "--device", "cpu",
@@ -106,7 +107,8 @@ def test_depth_scaling_2x2_grid(tmp_path):
     for p in doc["points"]:
         assert p["ours"]["median_s"] > 0 and p["ours"]["compile_s"] > 0
         assert "reference" not in p
-    assert doc["fits"]["ours"]["slope"] is not None
+    assert doc["fits"]["ours"]["net_calls"]["slope"] is not None
+    assert doc["fits"]["ours"]["forward_equivalent_calls"]["r2"] is not None
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["points"][0]["ours"]["median_s"] == doc["points"][0]["ours"]["median_s"]
 
@@ -150,6 +152,12 @@ def test_linear_fit_recovers_a_line():
     assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(0.5)
     assert fit["r2"] == pytest.approx(1.0)
     assert depth_scaling.linear_fit([3, 3], [1.0, 2.0])["slope"] is None
+
+
+def test_forward_equivalent_calls():
+    # T-1 undifferentiated cycles + the last one forward and backward (2x): (T+2)(n+1)
+    assert depth_scaling.forward_equivalent_calls(1, 1) == 6
+    assert depth_scaling.forward_equivalent_calls(3, 6) == 35
 
 
 def test_analytic_flops_scale_with_recursion():
