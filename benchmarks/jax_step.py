@@ -8,6 +8,7 @@ batches and reports the loss in the reference's convention.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Mapping
 
@@ -142,6 +143,9 @@ def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool =
                               step: int | None = None) -> dict[str, Any]:
     """Model variables from one of our train-state checkpoints (``trm_jax.train.checkpoint``).
 
+    ``directory`` is a checkpoint directory or a training run's work dir (its
+    ``checkpoints/`` sub-directory is used); ``step`` defaults to the latest.
+
     Takes the EMA weights when the state has them and ``use_ema`` (the reference evaluates
     with EMA weights), else the raw parameters, plus the buffers. The shapes must fit
     ``config``; a mismatch names the parameter and both shapes.
@@ -149,6 +153,9 @@ def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool =
     from trm_jax.model.network import init_variables
     from trm_jax.train.checkpoint import Checkpointer
 
+    run_subdir = os.path.join(directory, "checkpoints")  # a training run's work dir
+    if os.path.isdir(run_subdir):
+        directory = run_subdir
     with Checkpointer(directory, async_save=False) as checkpointer:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"{directory}: no checkpoint found")

@@ -56,6 +56,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--no-compile-reference", action="store_true",
                         help="run the reference eagerly on GPU too (it is compiled by default)")
+    parser.add_argument("--profile-dir", default=None,
+                        help="after timing, trace 3 more steps of each implementation here "
+                             "(jax.profiler for ours -> TensorBoard/Perfetto; torch.profiler "
+                             "chrome trace for the reference)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -202,8 +206,36 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         result["reference"] = None
         result["reference_skipped"] = skip_reason
         result["ratio_ours_over_reference"] = None
+    if args.profile_dir:
+        result["profiles"] = profile_steps(args.profile_dir, ours, device_batches, ref,
+                                           ref_batches if ref is not None else None)
     result["host_peak_rss_bytes"] = common.host_peak_rss_bytes()
     return result
+
+
+def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref: Any,
+                  ref_batches: list | None, steps: int = 3) -> dict[str, str]:
+    """Traces ``steps`` more steps of each implementation; returns where the traces are."""
+    out = {}
+    jax_dir = os.path.join(profile_dir, "jax")
+    with jax.profiler.trace(jax_dir):
+        for i in range(steps):
+            ours.sync(ours(ours_batches[i % len(ours_batches)]))
+    out["ours"] = jax_dir
+    if ref is not None and ref_batches is not None:
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if ref.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for i in range(steps):
+                ref.synchronize(ref(ref_batches[i % len(ref_batches)]))
+        path = os.path.join(profile_dir, "torch_trace.json")
+        os.makedirs(profile_dir, exist_ok=True)
+        prof.export_chrome_trace(path)
+        out["reference"] = path
+    return out
 
 
 class _Stopwatch(contextlib.AbstractContextManager):

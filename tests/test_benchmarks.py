@@ -220,3 +220,28 @@ def test_named_configs_are_valid_and_reference_dir_is_checked(tmp_path, monkeypa
     batches = common.synthetic_batches(common.get_config("tiny").model_config(4, "float32"), 4, 2)
     assert len(batches) == 2 and batches[0]["inputs"].dtype == np.int32
     assert (batches[0]["inputs"] >= 1).all() and (batches[0]["labels"] == -100).any()
+
+
+def test_inference_weights_from_our_checkpoint(tmp_path):
+    import jax
+    from benchmarks.jax_step import optim_config_for
+    from trm_jax.train.checkpoint import Checkpointer
+    from trm_jax.train.state import create_train_state
+
+    bench = common.get_config("tiny")
+    config = bench.model_config(4, "float32")
+    state = create_train_state(config, optim_config_for(bench, 4), jax.random.key(1),
+                               batch_size=4)
+    state = state.replace(ema=jax.tree_util.tree_map(lambda x: x + 1.0, state.ema))
+    with Checkpointer(tmp_path / "checkpoints", async_save=False) as checkpointer:
+        checkpointer.save(7, state)
+    variables, description = depth_scaling.load_weights(f"checkpoint:{tmp_path}", config, 0)
+    assert "checkpoint" in description
+    for got, want in zip(jax.tree_util.tree_leaves(variables["params"]),
+                         jax.tree_util.tree_leaves(state.ema)):  # EMA weights, as evaluated
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(ValueError, match="has shape"):
+        depth_scaling.load_weights(f"checkpoint:{tmp_path}", config.replace(hidden_size=64,
+                                                                           puzzle_emb_ndim=64), 0)
+    with pytest.raises(ValueError, match="expected 'random'"):
+        depth_scaling.load_weights("bogus", config, 0)
