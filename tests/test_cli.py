@@ -1,0 +1,134 @@
+"""The trm-jax command line, in process: train/evaluate/predict/data and bad input (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from trm_jax import cli
+from trm_jax.data.sudoku import build_sudoku_dataset
+from trm_jax.train.checkpoint import Checkpointer
+
+SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
+TINY = ["--config.model.hidden_size=16", "--config.model.num_heads=2", "--config.model.expansion=1",
+        "--config.model.H_cycles=1", "--config.model.L_cycles=1", "--config.model.L_layers=1",
+        "--config.model.halt_max_steps=2", "--config.model.puzzle_emb_ndim=16", "--config.model.puzzle_emb_len=1",
+        "--config.optim.global_batch_size=4", "--config.optim.total_steps=4", "--config.train.eval_every_steps=4",
+        "--config.train.eval_batch_size=4", "--config.train.progress_bar=false",
+        "--config.train.tensorboard=false", "--config.data.generate.kind="]
+PUZZLE = "..3.2.6..9..3.5..1..18.64....81.29..7.......8..67.82....26.95..8..2.3..9..5.1.3.."
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset, workdir) of a 4-step tiny run trained through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    dataset = build_sudoku_dataset(root / "sudoku", source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3)
+    workdir = root / "run"
+    rc = cli.main(["train", "--config", "quickstart", *TINY, f"--config.data.dataset_dir={dataset}",
+                   "--workdir", str(workdir)])
+    assert rc == 0
+    return dataset, workdir
+
+
+def bad_input(capsys, argv) -> str:
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    err = bad_input(capsys, ["train", "--config", "quickstart", "--config.model.hiden_size=8",
+                             "--workdir", str(tmp_path / "w")])
+    assert "config.model.hiden_size" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_unrecognised_argument(capsys, tmp_path):
+    err = bad_input(capsys, ["train", "--config", "quickstart", "--lr=1", "--workdir", str(tmp_path)])
+    assert "'--lr=1'" in err
+
+
+def test_missing_dataset_directory(capsys, tmp_path):
+    err = bad_input(capsys, ["train", "--config", "sudoku_mlp", "--config.data.dataset_dir=/nonexistent/sudoku",
+                             "--workdir", str(tmp_path / "w")])
+    assert "/nonexistent/sudoku does not exist" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_workdir(run, capsys):
+    _, workdir = run
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_checkpoint_from_another_architecture(run, capsys):
+    dataset, workdir = run
+    config_before = (workdir / "config.json").read_text()
+    wide = [a.replace("hidden_size=16", "hidden_size=32").replace("puzzle_emb_ndim=16", "puzzle_emb_ndim=32")
+            for a in TINY]
+    err = bad_input(capsys, ["evaluate", "--checkpoint", str(workdir / "checkpoints"), "--config", "quickstart",
+                             *wide, f"--config.data.dataset_dir={dataset}"])
+    assert "different architecture" in err
+    # Resuming the run with another architecture: refused before anything is written.
+    err = bad_input(capsys, ["train", "--resume", "--workdir", str(workdir), "--config", "quickstart", *wide,
+                             "--config.optim.total_steps=8", f"--config.data.dataset_dir={dataset}"])
+    assert "different architecture" in err
+    assert (workdir / "config.json").read_text() == config_before
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [4]
+
+
+def test_evaluate_torch_checkpoint_matches(run, capsys, tmp_path):
+    pytest.importorskip("torch")
+    from trm_jax.interop import save_torch_checkpoint
+    dataset, workdir = run
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        state, _ = ckpt.restore()
+    variables = {"params": state["ema"], "buffers": state["buffers"]}
+    save_torch_checkpoint(jax.tree_util.tree_map(np.asarray, variables), tmp_path / "model.pt")
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", "--torch", str(tmp_path / "model.pt"), "--config", "quickstart", *TINY,
+                     f"--config.data.dataset_dir={dataset}"]) == 0
+    theirs = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "exact_accuracy", "lm_loss", "count"):
+        assert theirs[key] == pytest.approx(ours[key], rel=1e-6), key
+
+
+def test_predict_sudoku(run, capsys, tmp_path):
+    _, workdir = run
+    png = tmp_path / "out.png"
+    assert cli.main(["predict", "--workdir", str(workdir), "--puzzle", PUZZLE, "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "valid solution:" in out and png.stat().st_size > 0
+    rows = [line for line in out.splitlines() if line.count("|") == 2]
+    assert len(rows) == 9
+    puzzle_file = tmp_path / "puzzle.txt"
+    puzzle_file.write_text("\n".join(PUZZLE[i:i + 9] for i in range(0, 81, 9)))
+    assert cli.main(["predict", "--workdir", str(workdir), "--file", str(puzzle_file), "--png", str(png)]) == 0
+
+
+@pytest.mark.parametrize("puzzle, message", [(PUZZLE[:80], "needs 81 cells, got 80"),
+                                             (PUZZLE[:80] + "x", "cell 'x'")])
+def test_predict_bad_puzzle(run, capsys, tmp_path, puzzle, message):
+    _, workdir = run
+    err = bad_input(capsys, ["predict", "--workdir", str(workdir), "--puzzle", puzzle,
+                             "--png", str(tmp_path / "p.png")])
+    assert message in err and not (tmp_path / "p.png").exists()
+
+
+def test_evaluate_needs_a_model_source(capsys):
+    err = bad_input(capsys, ["evaluate", "--config", "quickstart"])
+    assert "exactly one of --workdir, --checkpoint, --torch" in err
+
+
+def test_data_forwards_to_the_builders(tmp_path, capsys):
+    assert cli.main(["data", "gen-sudoku", str(tmp_path / "csv"), "--num-train", "2", "--num-test", "1"]) == 0
+    assert (tmp_path / "csv" / "train.csv").is_file()
