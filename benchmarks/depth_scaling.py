@@ -513,4 +513,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ModuleNotFoundError, KeyError, ValueError, RuntimeError) as err:
+        print(f"[depth_scaling] error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -346,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except LossMismatchError as err:
+    except (LossMismatchError, FileNotFoundError, ModuleNotFoundError, KeyError,
+            RuntimeError) as err:
         print(f"[step_time] error: {err}", file=sys.stderr)
         sys.exit(2)
