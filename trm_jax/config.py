@@ -15,6 +15,7 @@ from typing import Any, Mapping
 POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("bfloat16", "float32")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,8 @@ class TRMConfig:
     no_ACT_continue: bool = True
     loss_type: str = "stablemax_cross_entropy"
     remat: bool = False  # jax.checkpoint the differentiated cycle (memory for compute)
+    # "auto": cuDNN fused attention on GPUs in bfloat16 (no [L, L] scores kept), else XLA.
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -71,6 +74,8 @@ class TRMConfig:
         need(self.pos_encodings in POS_ENCODINGS, "pos_encodings", f"one of {POS_ENCODINGS}")
         need(self.forward_dtype in FORWARD_DTYPES, "forward_dtype", f"one of {FORWARD_DTYPES}")
         need(self.loss_type in LOSS_TYPES, "loss_type", f"one of {LOSS_TYPES}")
+        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+             f"one of {ATTENTION_IMPLS}")
         need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob",
              "a probability in [0, 1]")
         need(self.rms_norm_eps > 0, "rms_norm_eps", "a positive number")

@@ -109,11 +109,30 @@ class SwiGLU(nn.Module):
         return CastedDense(dim, dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
 
 
+def attention(q: Array, k: Array, v: Array, impl: str) -> Array:
+    """Non-causal scaled dot-product attention of [B, L, H, hd] tensors.
+
+    ``impl="auto"`` uses cuDNN's fused (flash) attention on a GPU for 16-bit inputs, which
+    keeps no [L, L] score matrix for the backward pass, and XLA's otherwise (JAX's own
+    default is XLA everywhere).
+    """
+    if impl == "auto":
+        use_cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+        if use_cudnn:
+            try:
+                return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+            except Exception:  # noqa: BLE001 - unsupported shape/version: XLA is always valid
+                pass
+        return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
 class Attention(nn.Module):
     """Non-causal multi-head self-attention with a fused qkv projection and optional RoPE."""
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, cos_sin: tuple[Array, Array] | None) -> Array:
@@ -124,5 +143,5 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=2)
         if cos_sin is not None:
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=False)
+        out = attention(q, k, v, self.impl)
         return CastedDense(dim, dtype=self.dtype, name="o_proj")(out.reshape(batch, length, dim))

@@ -55,8 +55,8 @@ class TRMBlock(nn.Module):
             ht = rms_norm(ht + SwiGLU(c.expansion, dtype, name="mlp_t")(ht), c.rms_norm_eps)
             h = jnp.swapaxes(ht, 1, 2)
         else:
-            h = rms_norm(h + Attention(c.num_heads, dtype, name="self_attn")(h, cos_sin),
-                         c.rms_norm_eps)
+            attn = Attention(c.num_heads, dtype, c.attention_impl, name="self_attn")
+            h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
         return rms_norm(h + SwiGLU(c.expansion, dtype, name="mlp")(h), c.rms_norm_eps)
 
 
