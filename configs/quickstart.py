@@ -23,7 +23,7 @@ def get_config():
     c.model.halt_max_steps = 4
     c.model.forward_dtype = "float32"  # bfloat16 is slow on most CPUs
     c.optim.global_batch_size = 32
-    c.optim.total_steps = 2000
+    c.optim.total_steps = 1500
     c.optim.lr, c.optim.lr_warmup_steps = 5e-4, 200
     c.optim.puzzle_emb_lr = 1e-3
     c.optim.weight_decay, c.optim.puzzle_emb_weight_decay = 0.1, 0.1

@@ -411,10 +411,13 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
         log(f"training {model_config.hidden_size}-wide TRM for {total} steps "
             f"(batch {optim_config.global_batch_size}, {mesh.size} device(s), evaluation every {eval_every} steps)")
 
+    saved_steps = set(checkpointer.all_steps())
+
     def save(step: int, state: TrainState) -> None:
         extras = {"loader": loader.state(), "config": configs_lib.config_to_dict(config),
                   "model_config": model_config.to_dict(), "step": step}
-        if step not in checkpointer.all_steps():
+        if step not in saved_steps:  # an evaluation and a signal may both ask at one step
+            saved_steps.add(step)
             checkpointer.save(step, stepper.to_canonical(state), extras, force=True)
 
     def evaluate(step: int, state: TrainState) -> dict[str, float]:
