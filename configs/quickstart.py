@@ -5,8 +5,13 @@ Nothing to download: the first run generates 300 training puzzles (x 8 augmentat
 
     trm-jax train --config configs/quickstart.py --workdir /tmp/qs
 
-Expected result: see the README's measured quickstart run (wall time, token and exact
-accuracy on the generated test puzzles, loss curve in /tmp/qs/curves.png).
+Expected result, measured once with exactly that command on a 2-core CPU machine shared with
+other jobs (JAX 0.10.2): 8 min 59 s wall time in all (about 1.5 min generating the data, 7 min
+for the 1500 steps at 3.6 steps/s); token accuracy on the 100 generated test puzzles 43.6% /
+62.4% / 67.4% at steps 500 / 1000 / 1500 (chance is about 11%; the givens alone are about 30%),
+exact accuracy 0% (whole-grid solutions need the paper-sized model and run); training loss
+2.56 at step 50 -> 1.51 at 500 -> 0.99 at 1000 -> 0.83 at 1500. Curves: /tmp/qs/curves.png.
+Deterministic: a second run on this machine gave the same numbers.
 """
 
 from trm_jax.configs import base_config

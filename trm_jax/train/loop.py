@@ -170,6 +170,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the run directory is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
