@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
         rms_norm_eps=1e-5, rope_theta=10000.0, halt_max_steps=16, halt_exploration_prob=0.1,
         forward_dtype="bfloat16", mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True,
         loss_type="stablemax_cross_entropy", remat=False,
+        attention_impl="auto",  # "auto": cuDNN fused attention on GPU in bfloat16, else XLA
     ))
 
     # Every OptimConfig field. total_steps = 0: epochs * total_groups * mean_puzzle_examples
