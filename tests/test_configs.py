@@ -122,3 +122,15 @@ def test_json_round_trip(tmp_path):
     again = configs_lib.config_from_json(path)
     assert isinstance(again, ml_collections.ConfigDict)
     assert configs_lib.config_to_dict(again) == configs_lib.config_to_dict(config)
+
+
+def test_run_config_from_before_a_new_field_still_loads(tmp_path):
+    values = configs_lib.config_to_dict(configs_lib.load_config("quickstart"))
+    del values["model"]["attention_impl"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    assert configs_lib.config_from_json(path).model.attention_impl == "auto"
+    values["train"]["typo"] = 1
+    path.write_text(json.dumps(values))
+    with pytest.raises(configs_lib.ConfigLoadError, match="unknown config key config.train.typo"):
+        configs_lib.config_from_json(path)

@@ -225,7 +225,13 @@ def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigLoadError(f"{path}: malformed JSON ({err})") from None
-    config = ml_collections.ConfigDict(values)
+    stored = ml_collections.ConfigDict(values)
+    unknown = [p for p in _compare(base_config(), stored, "config") if p.startswith("unknown")]
+    if unknown:
+        raise ConfigLoadError(f"{path}: " + "; ".join(unknown[:3]))
+    # Fields added to the project after the run was written take their defaults.
+    config = base_config()
+    config.update(stored)
     check_sections(config, str(path))
     return config
 
