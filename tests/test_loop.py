@@ -109,6 +109,12 @@ def test_batch_larger_than_dataset_fails_clearly(dataset, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_zero_puzzle_embedding_fails_before_training(dataset, tmp_path):
+    with pytest.raises(loop.RunDirError, match="puzzle_emb_ndim=0"):
+        loop.train(tiny_config(dataset, **{"model.puzzle_emb_ndim": 0}), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_missing_dataset(tmp_path):
     with pytest.raises(loop.RunDirError, match="does not exist"):
         loop.train(tiny_config(tmp_path / "nowhere"), tmp_path / "run")
