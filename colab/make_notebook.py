@@ -31,7 +31,8 @@ checkpoint to evaluate it and solve a brand-new puzzle.
 
 **Accelerator:** *Runtime → Change runtime type* picks CPU, GPU or TPU. Training shards every
 batch over **all** devices JAX sees (one GPU, or the 8 cores of a TPU), so nothing else changes.
-The default settings are the repository's `configs/quickstart.py` (2,000 steps of a 48-wide TRM).
+The default settings are the repository's `configs/quickstart.py`, a small TRM meant to learn
+visibly within minutes.
 """
 
 INSTALL_MD = """\
