@@ -217,3 +217,18 @@ def test_async_save_survives_donation_of_the_state(tmp_path) -> None:
         ck.wait_until_finished()
         restored, _ = ck.restore(target={"a": jax.ShapeDtypeStruct((100_000,), jnp.float32)})
     np.testing.assert_array_equal(np.asarray(restored["a"]), np.arange(100_000, dtype=np.float32))
+
+
+def test_zero_size_arrays_round_trip(tmp_path):
+    """A model without puzzle embeddings has a [N, 0] table; orbax cannot write it itself."""
+    state = {"table": jnp.zeros((7, 0), jnp.float32), "w": jnp.arange(3.0)}
+    with Checkpointer(tmp_path / "ckpt", async_save=False) as ckpt:
+        ckpt.save(1, state)
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        restored, _ = ckpt.restore(target=target)
+        assert restored["table"].shape == (7, 0) and restored["table"].dtype == jnp.float32
+        np.testing.assert_array_equal(restored["w"], state["w"])
+        bad = dict(target, table=jax.ShapeDtypeStruct((8, 0), jnp.float32))
+        with pytest.raises(CheckpointMismatchError, match="table.*shape"):
+            ckpt.restore(target=bad)

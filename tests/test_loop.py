@@ -109,10 +109,15 @@ def test_batch_larger_than_dataset_fails_clearly(dataset, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_zero_puzzle_embedding_fails_before_training(dataset, tmp_path):
-    with pytest.raises(loop.RunDirError, match="puzzle_emb_ndim=0"):
-        loop.train(tiny_config(dataset, **{"model.puzzle_emb_ndim": 0}), tmp_path)
-    assert not (tmp_path / "checkpoints").exists()
+def test_model_without_puzzle_embeddings_trains_and_resumes(dataset, tmp_path):
+    """puzzle_emb_ndim=0 leaves an empty [N, 0] table in the state; it checkpoints and resumes."""
+    config = tiny_config(dataset, **{"model.puzzle_emb_ndim": 0, "optim.total_steps": 6,
+                                     "train.eval_every_steps": 3})
+    loop.train(config, tmp_path / "run", stop_at=3)
+    result = loop.train(config, tmp_path / "run", resume=True)
+    assert result.step == 6
+    state, _ = final_state(tmp_path / "run")
+    assert np.asarray(state["buffers"]["puzzle_emb"]).shape[1] == 0
 
 
 def test_missing_dataset(tmp_path):

@@ -140,8 +140,14 @@ class Checkpointer:
             raise TypeError(f"Checkpointer.save: extras must be JSON-serialisable ({err})") from err
 
         pairs, _ = _flatten(state)
-        stored, prng_keys = [], {}
+        stored, prng_keys, empty = [], {}, []
         for path, leaf in pairs:
+            if isinstance(leaf, (jax.Array, np.ndarray)) and leaf.size == 0:
+                # orbax cannot write zero-size arrays (e.g. the [N, 0] puzzle table of a model
+                # without puzzle embeddings): their shape and dtype go to the metadata instead.
+                empty.append({"path": list(path), "shape": list(leaf.shape),
+                              "dtype": str(np.dtype(leaf.dtype))})
+                continue
             if isinstance(leaf, jax.Array) and _is_key_dtype(leaf.dtype):
                 prng_keys[path] = str(jax.random.key_impl(leaf))
                 leaf = jax.random.key_data(leaf)
@@ -154,6 +160,7 @@ class Checkpointer:
         meta = {
             "format_version": _FORMAT_VERSION,
             "prng_keys": [{"path": list(path), "impl": impl} for path, impl in prng_keys.items()],
+            "empty_arrays": empty,
         }
         return self._manager.save(
             int(step),
@@ -195,6 +202,8 @@ class Checkpointer:
         step = self._resolve_step(step)
         meta = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
         prng_keys = {tuple(entry["path"]): entry["impl"] for entry in meta.get("prng_keys", [])}
+        empty = {tuple(e["path"]): (tuple(e["shape"]), np.dtype(e["dtype"]))
+                 for e in meta.get("empty_arrays", [])}
 
         if target is None:
             restored = self._manager.restore(
@@ -206,9 +215,13 @@ class Checkpointer:
             flat = _flatten_nested(restored[_STATE])
             for path, impl in prng_keys.items():
                 flat[path] = jax.random.wrap_key_data(flat[path], impl=impl)
+            for path, (shape, dtype) in empty.items():
+                flat[path] = np.zeros(shape, dtype)
             return _nest(list(flat.items())), dict(restored[_EXTRAS] or {})
 
-        pairs, treedef = _flatten(target)
+        all_pairs, treedef = _flatten(target)
+        self._check_empty(step, all_pairs, empty)
+        pairs = [(path, leaf) for path, leaf in all_pairs if path not in empty]
         on_disk = _flatten_nested(self._manager.item_metadata(step)[_STATE].tree)
         try:
             abstract = [(path, self._abstract_leaf(path, leaf, prng_keys)) for path, leaf in pairs]
@@ -226,7 +239,13 @@ class Checkpointer:
         )
         flat = _flatten_nested(restored[_STATE])
         leaves = []
-        for path, leaf in pairs:
+        for path, leaf in all_pairs:
+            if path in empty:
+                sharding = getattr(leaf, "sharding", None)
+                value = (np.zeros(leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
+                         else jax.device_put(np.zeros(leaf.shape, leaf.dtype), sharding))
+                leaves.append(value)
+                continue
             value = flat[path]
             if path in prng_keys:
                 value = jax.random.wrap_key_data(value, impl=prng_keys[path])
@@ -275,6 +294,23 @@ class Checkpointer:
         if isinstance(leaf, (bool, int, float)):
             return leaf
         raise TypeError(f"Checkpointer.restore: target leaf {_show(path)} has unsupported type {type(leaf).__name__}")
+
+    def _check_empty(self, step: int, pairs: Sequence[tuple[Path, Any]],
+                     empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]]) -> None:
+        """Zero-size arrays of the checkpoint must be zero-size arrays of the target."""
+        problems = []
+        targets = dict(pairs)
+        for path, (shape, dtype) in empty.items():
+            leaf = targets.get(path)
+            if leaf is None:
+                problems.append(f"param {_show(path)} is in the checkpoint but not in the target")
+            elif tuple(np.shape(leaf)) != shape:
+                problems.append(f"param {_show(path)} has shape {shape}, expected "
+                                f"{tuple(np.shape(leaf))}")
+        if problems:
+            raise CheckpointMismatchError(
+                f"checkpoint at {self.directory} step {step} was written by a different "
+                f"architecture: " + "; ".join(problems[:3]))
 
     def _check_matches(
         self, step: int, abstract: Sequence[tuple[Path, Any]], on_disk: Mapping[Path, Any], prng_keys: Mapping[Path, str]

@@ -147,11 +147,6 @@ def resolve_configs(config: ml_collections.ConfigDict, loader: PuzzleLoader
                           f"for this dataset and batch size")
     model_config = configs_lib.model_config(config, loader.metadata)
     optim_config = configs_lib.optim_config(config, total)
-    if model_config.puzzle_emb_ndim == 0:
-        # orbax refuses zero-size arrays, and the puzzle table is [num_ids, 0]: fail now, not
-        # at the first checkpoint.
-        raise RunDirError("config.model.puzzle_emb_ndim=0: the checkpointer cannot store the empty "
-                          "puzzle-embedding table; set puzzle_emb_ndim >= 1 (e.g. with puzzle_emb_len=1)")
     resolved = ml_collections.ConfigDict(configs_lib.config_to_dict(config))
     for name in configs_lib.DATASET_FIELDS:
         resolved.model[name] = getattr(model_config, name)
