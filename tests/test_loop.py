@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -75,7 +76,10 @@ def test_train_writes_run_directory(dataset, tmp_path):
     assert all(np.isfinite(v) for _, v in series["train/loss"])
     assert 0.0 <= result.eval_metrics["accuracy"] <= 1.0 and result.eval_metrics["count"] == 3
     assert (run / "curves.png").stat().st_size > 0
-    assert list((run / "tensorboard").iterdir())  # tensorboardX is installed in this environment
+    if importlib.util.find_spec("tensorboardX") is not None:  # the dev extra installs it
+        assert list((run / "tensorboard").iterdir())
+    else:
+        assert not (run / "tensorboard").exists()
 
     # The same run again without resume: refused, nothing overwritten.
     before = (run / "config.json").read_text(), (run / "metrics.csv").read_text()
