@@ -12,16 +12,12 @@ Expected result (reported in the paper, not measured by this project): 7.8% pass
 Hyper-parameters as ARC-AGI-1 (``configs/arc1.py``); only the data differ.
 """
 
-from trm_jax.configs import base_config
+from pathlib import Path
+
+from trm_jax.configs import load_config_file
 
 
 def get_config():
-    c = base_config()
-    c.model.H_cycles, c.model.L_cycles, c.model.L_layers = 3, 4, 2
-    c.optim.lr, c.optim.puzzle_emb_lr = 1e-4, 1e-2
-    c.optim.weight_decay, c.optim.puzzle_emb_weight_decay = 0.1, 0.1
-    c.optim.ema = True
+    c = load_config_file(str(Path(__file__).with_name("arc1.py")))
     c.data.dataset_dir = "data/arc2concept-aug-1000"
-    c.data.evaluator = "arc"
-    c.train.epochs, c.train.eval_interval = 100_000, 10_000
     return c

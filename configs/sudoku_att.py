@@ -11,19 +11,17 @@ Train::
 Expected result (reported in the paper, not measured by this project): 74.7% exact accuracy.
 Hyper-parameters: the official command ``epochs=50000 eval_interval=5000 lr=1e-4
 puzzle_emb_lr=1e-4 weight_decay=1.0 puzzle_emb_weight_decay=1.0 arch.L_layers=2
-arch.H_cycles=3 arch.L_cycles=6 ema=True``.
+arch.H_cycles=3 arch.L_cycles=6 ema=True``: those of ``configs/sudoku_mlp.py``; only the
+network differs.
 """
 
-from trm_jax.configs import base_config
+from pathlib import Path
+
+from trm_jax.configs import load_config_file
 
 
 def get_config():
-    c = base_config()
+    c = load_config_file(str(Path(__file__).with_name("sudoku_mlp.py")))
+    c.model.mlp_t = False
     c.model.pos_encodings = "rope"
-    c.model.H_cycles, c.model.L_cycles, c.model.L_layers = 3, 6, 2
-    c.optim.lr, c.optim.puzzle_emb_lr = 1e-4, 1e-4
-    c.optim.weight_decay, c.optim.puzzle_emb_weight_decay = 1.0, 1.0
-    c.optim.ema = True
-    c.data.dataset_dir = "data/sudoku-extreme-1k-aug-1000"
-    c.train.epochs, c.train.eval_interval = 50_000, 5_000
     return c
