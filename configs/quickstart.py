@@ -5,13 +5,15 @@ Nothing to download: the first run generates 300 training puzzles (x 8 augmentat
 
     trm-jax train --config configs/quickstart.py --workdir /tmp/qs
 
-Expected result, measured once with exactly that command on a 2-core CPU machine shared with
-other jobs (JAX 0.10.2): 8 min 59 s wall time in all (about 1.5 min generating the data, 7 min
-for the 1500 steps at 3.6 steps/s); token accuracy on the 100 generated test puzzles 43.6% /
-62.4% / 67.4% at steps 500 / 1000 / 1500 (chance is about 11%; the givens alone are about 30%),
-exact accuracy 0% (whole-grid solutions need the paper-sized model and run); training loss
-2.56 at step 50 -> 1.51 at 500 -> 0.99 at 1000 -> 0.83 at 1500. Curves: /tmp/qs/curves.png.
-Deterministic: a second run on this machine gave the same numbers.
+Expected result, measured on a 2-core CPU machine (JAX 0.10.2) in a fresh clone with
+``pip install -e . && trm-jax train --config configs/quickstart.py --workdir runs/quickstart``:
+4 min 17 s wall time in all (install with the dependencies already present, data generation,
+1500 steps at about 6.3 steps/s; 9 min when the machine was shared with other jobs); token
+accuracy on the 100 generated test puzzles 43.6% / 62.4% / 67.4% at steps 500 / 1000 / 1500
+(chance is about 11%; the givens alone are about 30%), exact accuracy 0% (whole-grid solutions
+need the paper-sized model and run); training loss 2.56 at step 50 -> 1.51 at 500 -> 0.99 at
+1000 -> 0.83 at 1500. Curves: WORKDIR/curves.png. Deterministic: three runs on this machine
+gave the same numbers.
 """
 
 from trm_jax.configs import base_config
@@ -23,7 +25,7 @@ def get_config():
     c.model.pos_encodings = "none"
     c.model.hidden_size, c.model.num_heads, c.model.expansion = 48, 2, 2.0
     c.model.H_cycles, c.model.L_cycles, c.model.L_layers = 2, 2, 1
-    # One puzzle-embedding position (zero-size tables cannot be checkpointed).
+    # One puzzle-embedding position, as in the paper's models.
     c.model.puzzle_emb_ndim, c.model.puzzle_emb_len = 48, 1
     c.model.halt_max_steps = 4
     c.model.forward_dtype = "float32"  # bfloat16 is slow on most CPUs
