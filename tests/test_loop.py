@@ -15,6 +15,7 @@ from trm_jax.data.sudoku import build_sudoku_dataset
 from trm_jax.train import loop
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.metrics_log import read_metrics
+from trm_test_utils import tiny_run_config as tiny_config
 
 SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
 
@@ -38,20 +39,6 @@ def dataset(tmp_path_factory) -> Path:
     """5 training puzzles x 4 (3 augmentations), 3 test puzzles."""
     out = tmp_path_factory.mktemp("loop") / "sudoku"
     return build_sudoku_dataset(out, source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3, seed=0)
-
-
-def tiny_config(dataset: Path, **overrides):
-    """A very small TRM: batch 4, 12 steps, evaluation every 6."""
-    values = {
-        "model.hidden_size": 16, "model.num_heads": 2, "model.expansion": 1.0, "model.H_cycles": 1,
-        "model.L_cycles": 1, "model.L_layers": 1, "model.halt_max_steps": 2, "model.puzzle_emb_ndim": 16,
-        "model.puzzle_emb_len": 1, "optim.global_batch_size": 4, "optim.total_steps": 12,
-        "optim.lr_warmup_steps": 2, "optim.lr": 1e-3, "train.eval_every_steps": 6, "train.log_every": 3,
-        "train.eval_batch_size": 4, "train.progress_bar": False, "data.dataset_dir": str(dataset),
-        "data.generate.kind": "", "train.tensorboard": False,
-    }
-    values.update(overrides)
-    return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)
 
 
 def final_state(workdir: Path) -> tuple[dict, dict]:

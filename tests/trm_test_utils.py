@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+import ml_collections
 import numpy as np
 
+from trm_jax import configs as configs_lib
 from trm_jax.config import TRMConfig
 from trm_jax.train.state import OptimConfig
 
@@ -32,3 +36,17 @@ def random_batch(config: TRMConfig, batch_size: int, seed: int) -> dict[str, np.
     labels[:, -2:] = -100  # some ignored cells
     ids = rng.integers(0, config.num_puzzle_identifiers, (batch_size,)).astype(np.int32)
     return {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
+
+
+def tiny_run_config(dataset: str | os.PathLike, **overrides) -> ml_collections.ConfigDict:
+    """A trainer config (the quickstart's, shrunk): batch 4, 12 steps, evaluation every 6."""
+    values = {
+        "model.hidden_size": 16, "model.num_heads": 2, "model.expansion": 1.0, "model.H_cycles": 1,
+        "model.L_cycles": 1, "model.L_layers": 1, "model.halt_max_steps": 2, "model.puzzle_emb_ndim": 16,
+        "model.puzzle_emb_len": 1, "optim.global_batch_size": 4, "optim.total_steps": 12,
+        "optim.lr_warmup_steps": 2, "optim.lr": 1e-3, "train.eval_every_steps": 6, "train.log_every": 3,
+        "train.eval_batch_size": 4, "train.progress_bar": False, "data.dataset_dir": str(dataset),
+        "data.generate.kind": "", "train.tensorboard": False,
+    }
+    values.update(overrides)
+    return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)

@@ -79,17 +79,26 @@ def dataset_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
 
 
 def prepare_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-    """The run's dataset directory, generated first when the config has a generator spec."""
+    """The run's dataset directory, generated first when the config has a generator spec.
+
+    Multi-host: process 0 generates (WORKDIR must be on a filesystem all hosts share) while the
+    others wait for it at a barrier.
+    """
     path = dataset_dir(config, workdir)
     gen = config.data.generate
-    if (path / "train" / "dataset.json").is_file():
-        return path
-    if not gen.kind:
+    built = (path / "train" / "dataset.json").is_file()
+    if not built and not gen.kind:
         if not path.exists():
             raise RunDirError(f"dataset directory {path} does not exist (build it with `trm-jax data ...`)")
         raise RunDirError(f"{path} is not a dataset directory (no train/dataset.json)")
-    if jax.process_index() == 0:
+    if not built and jax.process_index() == 0:
         _generate_dataset(gen, path)
+    if gen.kind and jax.process_count() > 1:  # every process reaches it, whatever it saw on disk
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+        multihost_utils.sync_global_devices(f"trm_jax generated dataset {path}")
+        if not (path / "train" / "dataset.json").is_file():
+            raise RunDirError(f"{path}: process 0 generated the dataset but process "
+                              f"{jax.process_index()} cannot see it (is WORKDIR on a shared filesystem?)")
     return path
 
 
