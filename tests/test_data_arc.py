@@ -289,6 +289,7 @@ def test_build_is_deterministic_given_seed(built, tmp_path):
     c = fmt.load_split(other / "train", "all", mmap=False)
     for name in fmt.FIELDS:
         assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert not all(np.array_equal(getattr(a, name), getattr(c, name)) for name in fmt.FIELDS)
     assert fmt.read_identifiers(built) == fmt.read_identifiers(again)
     assert fmt.read_identifiers(built) != fmt.read_identifiers(other)
 
