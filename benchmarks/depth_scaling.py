@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.jax_step import JaxTrainStep, jax_device  # noqa: E402
+from benchmarks.jax_step import JaxTrainStep, bench_setup  # noqa: E402
 from trm_jax.config import TRMConfig  # noqa: E402
 
 TRAIN_SCHEMA = "trm-jax/depth_scaling/v1"
@@ -101,10 +101,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Times our step (and the reference's) at every (n, T) of the grid."""
-    bench = common.get_config(args.config)
-    device = jax_device(args.device)
+    bench, device, dtype = bench_setup(args)
     on_gpu = device.platform == "gpu"
-    dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     batch_size = args.batch_size or bench.default_batch_size
     reference_dir = None if args.skip_reference else common.resolve_reference_dir(args.reference_dir)
     if reference_dir is None:
@@ -389,9 +387,7 @@ def load_weights(spec: str, config: TRMConfig, seed: int) -> tuple[Any, str]:
 
 def inference_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Accuracy after 1 .. max_steps supervision steps, over the chosen examples."""
-    bench = common.get_config(args.config)
-    device = jax_device(args.device)
-    dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
+    bench, device, dtype = bench_setup(args)
     batch_size = args.batch_size or min(bench.default_batch_size, args.max_examples)
     config = bench.model_config(batch_size, dtype)
     max_steps = args.max_steps or 4 * config.halt_max_steps

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from trm_jax.config import TRMConfig
-from benchmarks.common import BenchConfig, xla_cost_flops
+from benchmarks.common import BenchConfig, get_config, xla_cost_flops
 
 
 def jax_device(kind: str) -> jax.Device:
@@ -27,6 +27,14 @@ def jax_device(kind: str) -> jax.Device:
         return jax.devices(kind)[0]
     except RuntimeError as err:
         raise RuntimeError(f"--device {kind}: JAX has no {kind} backend here ({err})") from err
+
+
+def bench_setup(args: Any) -> tuple[BenchConfig, jax.Device, str]:
+    """``(config, device, dtype)`` of the ``--config/--device/--dtype`` arguments; the dtype
+    defaults to bfloat16 on a GPU and float32 elsewhere."""
+    device = jax_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
+    return get_config(args.config), device, dtype
 
 
 def precision_for(config: TRMConfig) -> str:

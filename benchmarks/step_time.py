@@ -31,7 +31,7 @@ from typing import Any, Sequence  # noqa: E402
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.jax_step import JaxTrainStep, jax_device  # noqa: E402
+from benchmarks.jax_step import JaxTrainStep, bench_setup  # noqa: E402
 
 SCHEMA = "trm-jax/step_time/v1"
 LOSS_RTOL = 1e-4
@@ -84,10 +84,8 @@ def check_same_loss(ours: float, reference: float, rtol: float = LOSS_RTOL) -> d
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Builds, checks, warms up and times both steps; returns the result document."""
-    bench = common.get_config(args.config)
-    device = jax_device(args.device)
+    bench, device, dtype = bench_setup(args)
     on_gpu = device.platform == "gpu"
-    dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     batch_size = args.batch_size or bench.default_batch_size
     config = bench.model_config(batch_size, dtype)
     config32 = config.replace(forward_dtype="float32")
