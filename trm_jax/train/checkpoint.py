@@ -220,11 +220,10 @@ class Checkpointer:
             return _nest(list(flat.items())), dict(restored[_EXTRAS] or {})
 
         all_pairs, treedef = _flatten(target)
-        self._check_empty(step, all_pairs, empty)
-        pairs = [(path, leaf) for path, leaf in all_pairs if path not in empty]
         on_disk = _flatten_nested(self._manager.item_metadata(step)[_STATE].tree)
+        on_disk.update({path: jax.ShapeDtypeStruct(shape, dtype) for path, (shape, dtype) in empty.items()})
         try:
-            abstract = [(path, self._abstract_leaf(path, leaf, prng_keys)) for path, leaf in pairs]
+            abstract = [(path, self._abstract_leaf(path, leaf, prng_keys)) for path, leaf in all_pairs]
         except CheckpointMismatchError as err:
             raise CheckpointMismatchError(
                 f"checkpoint at {self.directory} step {step} was written by a different architecture: {err}"
@@ -234,7 +233,9 @@ class Checkpointer:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(_nest(abstract)), _EXTRAS: ocp.args.JsonRestore()}
+                **{_STATE: ocp.args.StandardRestore(_nest([(path, leaf) for path, leaf in abstract
+                                                           if path not in empty])),
+                   _EXTRAS: ocp.args.JsonRestore()}
             ),
         )
         flat = _flatten_nested(restored[_STATE])
@@ -294,23 +295,6 @@ class Checkpointer:
         if isinstance(leaf, (bool, int, float)):
             return leaf
         raise TypeError(f"Checkpointer.restore: target leaf {_show(path)} has unsupported type {type(leaf).__name__}")
-
-    def _check_empty(self, step: int, pairs: Sequence[tuple[Path, Any]],
-                     empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]]) -> None:
-        """Zero-size arrays of the checkpoint must be zero-size arrays of the target."""
-        problems = []
-        targets = dict(pairs)
-        for path, (shape, dtype) in empty.items():
-            leaf = targets.get(path)
-            if leaf is None:
-                problems.append(f"param {_show(path)} is in the checkpoint but not in the target")
-            elif tuple(np.shape(leaf)) != shape:
-                problems.append(f"param {_show(path)} has shape {shape}, expected "
-                                f"{tuple(np.shape(leaf))}")
-        if problems:
-            raise CheckpointMismatchError(
-                f"checkpoint at {self.directory} step {step} was written by a different "
-                f"architecture: " + "; ".join(problems[:3]))
 
     def _check_matches(
         self, step: int, abstract: Sequence[tuple[Path, Any]], on_disk: Mapping[Path, Any], prng_keys: Mapping[Path, str]
