@@ -22,6 +22,7 @@ from trm_jax import configs as configs_lib
 from trm_jax.train import loop, parallel
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.metrics_log import read_metrics
+from trm_test_utils import numpy_leaves
 
 TESTS_DIR = Path(__file__).parent
 WORKER = TESTS_DIR / "multihost_worker.py"
@@ -63,12 +64,7 @@ def restore_run(workdir: Path) -> tuple[dict[str, np.ndarray], dict]:
     with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
         state, extras = loop.restore_checkpoint(ckpt, model_config, optim_config,
                                                 parallel.make_mesh(jax.devices()[:1]))
-    leaves = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        leaves[jax.tree_util.keystr(path)] = np.asarray(leaf, np.float64)
-    return leaves, extras
+    return numpy_leaves(state), extras
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from trm_jax.train.state import OptimConfig, create_train_state
 from trm_jax.train.step import compute_gradients
 
 from test_parity import FIXTURE_DIR, Fixture, assert_close, GRAD_RTOL
-from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
+from trm_test_utils import numpy_leaves, random_batch, tiny_model_config, tiny_optim_config
 
 TESTS_DIR = pathlib.Path(__file__).parent
 
@@ -188,15 +188,6 @@ def train_and_save(directory, start: int, stop: int, resume: bool = False) -> No
     ckpt.close()
 
 
-def _leaves(tree) -> dict[str, np.ndarray]:
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out[jax.tree_util.keystr(path)] = np.asarray(leaf)
-    return out
-
-
 def test_resume_is_bit_exact(tmp_path):
     """2k steps straight == k steps, save, a new process restores and trains k more."""
     k = 3
@@ -210,8 +201,8 @@ def test_resume_is_bit_exact(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
     from trm_jax.train.checkpoint import Checkpointer
-    a = _leaves(Checkpointer(straight).restore(2 * k)[0])
-    b = _leaves(Checkpointer(split).restore(2 * k)[0])
+    a = numpy_leaves(Checkpointer(straight).restore(2 * k)[0])
+    b = numpy_leaves(Checkpointer(split).restore(2 * k)[0])
     assert a.keys() == b.keys() and len(a) > 20
     for path, value in a.items():
         np.testing.assert_array_equal(value, b[path], err_msg=path)

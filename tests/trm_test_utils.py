@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -50,3 +51,13 @@ def tiny_run_config(dataset: str | os.PathLike, **overrides) -> ml_collections.C
     }
     values.update(overrides)
     return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)
+
+
+def numpy_leaves(tree) -> dict[str, np.ndarray]:
+    """A train state's leaves as numpy arrays by path (PRNG keys as their key data)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out[jax.tree_util.keystr(path)] = np.asarray(leaf)
+    return out
