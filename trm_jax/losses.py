@@ -20,8 +20,18 @@ IGNORE_LABEL_ID = -100
 
 
 def log_stablemax(logits: Array, axis: int = -1) -> Array:
-    """log of stablemax: ``s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0)``, normalised."""
-    s = jnp.where(logits < 0, 1.0 / (1.0 - logits + 1e-30), logits + 1.0)
+    """log of stablemax: ``s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0)``, normalised.
+
+    The gradient is finite everywhere. ``jnp.where`` differentiates both branches at every
+    element, so the reciprocal branch only ever sees inputs valid for it (``x < 0``, else 0):
+    evaluated at ``x = 1`` it would divide by zero, and ``inf * 0`` is a NaN gradient (the
+    reference adds ``1e-30`` and runs in float64, where ``1e60`` is still finite; in float32
+    it is not). For ``x < 0`` the reference's ``1e-30`` is below half an ulp of ``1 - x >= 1``,
+    so leaving it out changes no value.
+    """
+    negative = logits < 0
+    safe_negative = jnp.where(negative, logits, 0.0)
+    s = jnp.where(negative, 1.0 / (1.0 - safe_negative), logits + 1.0)
     return jnp.log(s / jnp.sum(s, axis=axis, keepdims=True))
 
 
