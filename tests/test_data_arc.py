@@ -416,7 +416,7 @@ def test_command_line_subcommand(tmp_path, capsys):
     out = tmp_path / "cli"
     assert build.main(["arc", str(out), "--input-prefix", str(PREFIX), "--num-aug", "1", "--seed", "3"]) == 0
     assert fmt.read_metadata(out / "test").total_groups == 2
-    assert build.main(["arc", str(tmp_path / "x"), "--input-prefix", str(tmp_path / "none")]) == 1
+    assert build.main(["arc", str(tmp_path / "x"), "--input-prefix", str(tmp_path / "none")]) == 2  # bad input
     assert "none_training_challenges.json: file not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

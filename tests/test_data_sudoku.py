@@ -239,8 +239,8 @@ def test_build_cli(tmp_path, capsys):
     assert {"sudoku", "maze", "gen-sudoku", "gen-maze"} <= set(build.COMMANDS)
     assert build.main(["sudoku", str(tmp_path / "ds"), "--source", str(SRC), "--num-aug", "1"]) == 0
     assert read_metadata(tmp_path / "ds" / "train").total_puzzles == 10
-    assert build.main(["sudoku", str(tmp_path / "ds"), "--source", str(SRC)]) == 1  # exists
-    assert "already exists" in capsys.readouterr().err
-    assert build.main(["sudoku", str(tmp_path / "ds2"), "--source", str(tmp_path)]) == 1
+    assert build.main(["sudoku", str(tmp_path / "ds"), "--source", str(SRC)]) == 2  # exists
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert build.main(["sudoku", str(tmp_path / "ds2"), "--source", str(tmp_path)]) == 2
     assert "train.csv: missing" in capsys.readouterr().err
     assert not (tmp_path / "ds2").exists()

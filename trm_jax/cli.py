@@ -3,15 +3,22 @@
 Subcommands::
 
     trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} ...      build datasets (trm_jax.data.build)
-    trm-jax train --config configs/x.py [--config.a.b=v ...] --workdir DIR [--resume]
+    trm-jax train --config configs/x.py [--config.a.b=v ...] --workdir DIR [--resume [--step N]]
     trm-jax evaluate --workdir DIR [--step N]
     trm-jax evaluate --checkpoint DIR/checkpoints --config configs/x.py
     trm-jax evaluate --torch model.pt --config configs/x.py    an official PyTorch checkpoint
     trm-jax predict --workdir DIR --puzzle '5.3..7....'        (or --file PUZZLE.txt) [--png OUT.png]
 
-Bad input (an unknown config key, a missing dataset directory, a checkpoint written for
-another architecture, an unreadable puzzle) prints one ``error: ...`` line on stderr and exits
-with status 2, before anything is written. A non-finite loss stops training with status 1.
+Bad input (an unknown config key or invalid config value, a missing dataset directory, a
+checkpoint written for another architecture or damaged on disk, a missing optional package, an
+unreadable puzzle) prints one ``error: ...`` line on stderr and exits with status 2, before
+anything is written. A non-finite loss stops training with status 1.
+
+A damaged newest checkpoint: ``evaluate``/``predict`` take an older step with ``--step N``;
+``train --resume`` continues from the newest step, so move the damaged step directory aside
+(``mv DIR/checkpoints/N DIR/checkpoints/N.damaged``; orbax ignores that name) and resume again.
+``train --resume --step N`` restores step N and refuses while newer steps are in the directory
+(later saves would meet them).
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file or name; optional with --resume (WORKDIR/config.json)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    p.add_argument("--step", type=int, default=None,
+                   help="with --resume: continue from this step (no newer step may be in the directory)")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
     _add_model_source(p)
@@ -94,7 +103,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         configs_lib.apply_overrides(config, overrides)
     else:
         raise UsageError("train needs --config (or --resume with a run directory holding config.json)")
-    result = loop.train(config, workdir, resume=args.resume)
+    if args.step is not None and not args.resume:
+        raise UsageError("--step needs --resume (it names the checkpoint to continue from)")
+    result = loop.train(config, workdir, resume=args.resume, step=args.step)
     summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted}
     summary.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
     print(json.dumps(summary))
@@ -102,6 +113,14 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------- loading a model
+
+
+def _require_torch() -> None:
+    """Fails with a one-line install hint when the optional PyTorch dependency is missing."""
+    try:
+        import torch  # noqa: F401, PLC0415 - optional dependency
+    except ImportError:
+        raise UsageError("--torch needs PyTorch, which is not installed: pip install 'trm-jax[torch]'") from None
 
 
 def _resolve_model(args: argparse.Namespace, overrides: list[str]):
@@ -116,6 +135,8 @@ def _resolve_model(args: argparse.Namespace, overrides: list[str]):
     sources = [name for name in ("workdir", "checkpoint", "torch") if getattr(args, name)]
     if len(sources) != 1:
         raise UsageError("give exactly one of --workdir, --checkpoint, --torch")
+    if args.torch:
+        _require_torch()
     run_config = None
     if args.workdir:
         run_config = configs_lib.config_from_json(Path(args.workdir) / loop.CONFIG_NAME)
@@ -135,6 +156,7 @@ def _resolve_model(args: argparse.Namespace, overrides: list[str]):
         raise UsageError(f"--{sources[0]} needs --config (the model's config file)")
     if args.dataset:
         config.data.dataset_dir = args.dataset
+    configs_lib.validate_config(config)
 
     data_path = loop.dataset_dir(config, args.workdir or ".")
     metadata = None
@@ -288,14 +310,39 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from trm_jax.configs import ConfigLoadError  # noqa: PLC0415
     from trm_jax.data.format import DatasetFormatError  # noqa: PLC0415
     from trm_jax.interop import CheckpointMismatchError as TorchMismatch  # noqa: PLC0415
-    from trm_jax.train.checkpoint import CheckpointMismatchError  # noqa: PLC0415
+    from trm_jax.train.checkpoint import CheckpointDamagedError, CheckpointMismatchError  # noqa: PLC0415
     from trm_jax.train.loop import RunDirError  # noqa: PLC0415
 
     return (UsageError, ConfigError, ConfigLoadError, DatasetFormatError, TorchMismatch,
-            CheckpointMismatchError, RunDirError, FileNotFoundError)
+            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError)
 
 
-def _one_line(err: BaseException) -> str:
+def damaged_checkpoint_message(err, command: str) -> str:
+    """The CLI's advice for a :class:`~trm_jax.train.checkpoint.CheckpointDamagedError`.
+
+    ``evaluate``/``predict`` can pick an older step with ``--step``; ``train --resume`` continues
+    from the newest step, so the damaged directory has to be moved aside first (never done for
+    the user: it is their data).
+    """
+    head = f"checkpoint step {err.step} in {err.directory} is damaged ({err.reason})"
+    older = err.intact_steps
+    if command == "train":
+        if older:
+            return (f"{head}; older steps that look intact: {', '.join(map(str, older))}. To continue from step "
+                    f"{older[-1]}, move the damaged step aside (mv {err.step_dir} {err.step_dir}.damaged) and run "
+                    f"train --resume again")
+        return f"{head}; no older step to continue from: start a new run in another --workdir"
+    if older:
+        return (f"{head}; older steps that look intact: {', '.join(map(str, older))}; "
+                f"use one with --step {older[-1]}")
+    return f"{head}; no older step to fall back on"
+
+
+def _one_line(err: BaseException, command: str = "") -> str:
+    from trm_jax.train.checkpoint import CheckpointDamagedError  # noqa: PLC0415
+
+    if isinstance(err, CheckpointDamagedError):
+        return damaged_checkpoint_message(err, command)
     return " ".join(str(err).split())
 
 
@@ -312,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args, _split_overrides(rest))
     except bad_input as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {_one_line(err, args.command)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)

@@ -264,6 +264,82 @@ def model_config(config: ml_collections.ConfigDict, metadata: Any = None) -> TRM
     return TRMConfig.from_dict(values)
 
 
+_PARALLEL_MODES = ("jit", "pmap")
+_EVALUATORS = ("", "arc")
+_GENERATORS = ("", "sudoku", "maze")
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Checks every value that can be checked without the dataset; raises :class:`ConfigError`.
+
+    Run before any data is generated or any file written. The message is one line naming
+    ``config.section.field`` and what was expected. The model section is checked by building a
+    :class:`TRMConfig` with placeholder dataset fields (where they are 0), the optim section by
+    an :class:`~trm_jax.train.state.OptimConfig` with a placeholder ``total_steps`` (where it is
+    0); ``optim.global_batch_size`` must divide evenly over ``device_count`` devices (default:
+    ``jax.device_count()``).
+    """
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            section, field = key.split(".")
+            raise ConfigError(f"config.{key}={config[section][field]!r}: expected {expected}")
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    need(integer(config.optim.total_steps) and config.optim.total_steps >= 0, "optim.total_steps",
+         "an integer >= 0 (0: derived from the dataset and train.epochs)")
+    for name in DATASET_FIELDS:
+        need(integer(config.model[name]) and config.model[name] >= 0, f"model.{name}",
+             "an integer >= 0 (0: read from the dataset)")
+    for section, build in (("model", lambda: model_config(_with_placeholders(config))),
+                           ("optim", lambda: optim_config(config, total_steps=1))):
+        try:
+            build()
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("TRMConfig.", "config.model.")
+                              .replace("OptimConfig.", "config.optim.")) from None
+        except (TypeError, ValueError) as err:  # a value of the wrong type in a dataclass check
+            raise ConfigError(f"config.{section}: {err}") from None
+
+    train, data, gen = config.train, config.data, config.data.generate
+    need(train.parallel in _PARALLEL_MODES, "train.parallel", f"one of {_PARALLEL_MODES}")
+    need(data.evaluator in _EVALUATORS, "data.evaluator", f"one of {_EVALUATORS}")
+    for name in ("epochs", "log_every", "max_to_keep"):
+        need(integer(train[name]) and train[name] >= 1, f"train.{name}", "a positive integer")
+    for name in ("eval_interval", "min_eval_interval", "eval_every_steps", "eval_batch_size",
+                 "eval_max_batches", "eval_num_steps"):
+        need(integer(train[name]) and train[name] >= 0, f"train.{name}", "an integer >= 0")
+    need(isinstance(data.dataset_dir, str), "data.dataset_dir", "a path (a string)")
+    if gen.kind not in _GENERATORS:
+        raise ConfigError(f"config.data.generate.kind={gen.kind!r}: expected one of {_GENERATORS}")
+    if gen.kind:
+        for name in ("num_train", "num_test", "workers"):
+            if not (integer(gen[name]) and gen[name] >= 1):
+                raise ConfigError(f"config.data.generate.{name}={gen[name]!r}: expected a positive "
+                                  f"integer (data.generate.kind={gen.kind!r} builds the dataset)")
+        if not (integer(gen.num_aug) and gen.num_aug >= 0):
+            raise ConfigError(f"config.data.generate.num_aug={gen.num_aug!r}: expected an integer >= 0")
+
+    if device_count is None:
+        import jax  # noqa: PLC0415 - keeps this module light
+        device_count = jax.device_count()
+    batch = config.optim.global_batch_size
+    need(batch % device_count == 0, "optim.global_batch_size", f"a multiple of the {device_count} devices")
+    eval_batch = train.eval_batch_size
+    need(eval_batch == 0 or eval_batch % device_count == 0, "train.eval_batch_size",
+         f"0 or a multiple of the {device_count} devices")
+
+
+def _with_placeholders(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose zero dataset fields (read from the dataset later) are 1."""
+    copy = ml_collections.ConfigDict(config_to_dict(config))
+    for name in DATASET_FIELDS:
+        if copy.model[name] == 0:
+            copy.model[name] = 1
+    return copy
+
+
 def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None):
     """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there."""
     from trm_jax.train.state import OptimConfig  # noqa: PLC0415 - keeps this module light

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from trm_jax.data.format import OutputExistsError
+
 
 @dataclass(frozen=True)
 class Command:
@@ -146,15 +148,30 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BAD_INPUT = 2  # as the ``trm-jax`` command: bad input (argparse uses it too)
+
+
+def error_message(err: BaseException) -> str:
+    """One line for the command-line user (``--overwrite`` rather than the library's ``overwrite=True``)."""
+    if isinstance(err, OutputExistsError):
+        return f"{err.path}: output directory already exists; pass --overwrite to replace it, or choose another"
+    return " ".join(str(err).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand; returns the exit status (errors printed, status 1)."""
+    """Parse ``argv`` and run the subcommand; returns the exit status.
+
+    Bad input (an existing output directory, a missing or malformed source file, a missing
+    optional package, an unwritable path) prints one ``error: ...`` line on stderr and returns 2;
+    outputs are written to a temporary path and renamed, so nothing is left half-written.
+    """
     _load_plugins()
     args = make_parser().parse_args(argv)
     try:
         COMMANDS[args.command].run(args)
     except (ValueError, FileExistsError, RuntimeError, OSError) as e:  # DatasetFormatError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -55,6 +55,14 @@ BLANK_IDENTIFIER_NAME = "<blank>"
 CSV_HEADER: tuple[str, ...] = ("source", "question", "answer", "rating")
 
 
+class OutputExistsError(FileExistsError):
+    """The output directory of a dataset builder already exists (and overwrite was not asked)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: output directory already exists (pass overwrite=True to replace it)")
+
+
 class DatasetFormatError(ValueError):
     """A dataset directory, .npy/.json file or source CSV does not have the expected form."""
 
@@ -293,11 +301,11 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     """Yield a fresh temp directory next to ``out_dir``; on success rename it to ``out_dir``.
 
     On any exception the temp directory is removed and ``out_dir`` is untouched. If ``out_dir``
-    exists, raise FileExistsError unless ``overwrite`` (then it is replaced after success).
+    exists, raise :class:`OutputExistsError` unless ``overwrite`` (then it is replaced after success).
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: output directory already exists (pass overwrite=True / --overwrite)")
+        raise OutputExistsError(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

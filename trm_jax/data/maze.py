@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.data.format import (
-    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, PuzzleBuilder, SplitArrays, iter_puzzle_csv,
-    make_metadata, source_csv, write_dataset,
+    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, PuzzleBuilder, SplitArrays,
+    iter_puzzle_csv, make_metadata, source_csv, write_dataset,
 )
 
 HUB_REPO = "sapientinc/maze-30x30-hard-1k"
@@ -133,7 +133,7 @@ def build_maze_dataset(out_dir: str | os.PathLike, *, source_dir: str | os.PathL
     dihedral transforms to training mazes. Both splits must have the same grid side.
     """
     if Path(out_dir).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: output directory already exists (use overwrite)")
+        raise OutputExistsError(out_dir)
     if subsample_size is not None and subsample_size <= 0:
         raise ValueError("subsample_size must be > 0")
     rng = np.random.default_rng(seed)

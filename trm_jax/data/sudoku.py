@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.data.format import (
-    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, PuzzleBuilder, SplitArrays, iter_puzzle_csv, make_metadata, source_csv, write_dataset,
+    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, PuzzleBuilder, SplitArrays,
+    iter_puzzle_csv, make_metadata, source_csv, write_dataset,
 )
 
 HUB_REPO = "sapientinc/sudoku-extreme"
@@ -206,7 +207,7 @@ def build_sudoku_dataset(out_dir: str | os.PathLike, *, source_dir: str | os.Pat
     augmented. ``min_difficulty`` filters both splits by rating. Deterministic given ``seed``.
     """
     if Path(out_dir).exists() and not overwrite:  # fail before the expensive part
-        raise FileExistsError(f"{out_dir}: output directory already exists (use overwrite)")
+        raise OutputExistsError(out_dir)
     if num_aug < 0 or (subsample_size is not None and subsample_size <= 0):
         raise ValueError("num_aug must be >= 0 and subsample_size > 0")
     rng = np.random.default_rng(seed)

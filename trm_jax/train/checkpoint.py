@@ -15,24 +15,128 @@ Each step stores three items:
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import json
+import logging
 import os
-from typing import Any, Mapping, Sequence
+import re
+import sys
+import time
+import types
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CheckpointMismatchError"]
+__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError"]
 
 _FORMAT_VERSION = 1
 _STATE, _EXTRAS, _META = "state", "extras", "meta"
 
 Path = tuple[str, ...]
+_T = TypeVar("_T")
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's tree structure, shapes or dtypes differ from the restore target."""
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint step cannot be read back: a file or item directory is missing, truncated or garbled.
+
+    ``directory`` and ``step`` name the damaged checkpoint, ``reason`` says what could not be
+    read, and ``intact_steps`` lists the older steps of the same directory that pass a quick
+    check (their item directories exist and their JSON files parse), oldest first.
+    """
+
+    def __init__(self, directory: str, step: int, reason: str, intact_steps: Sequence[int] = ()):
+        self.directory, self.step, self.reason = directory, int(step), reason
+        self.intact_steps = [int(s) for s in intact_steps]
+        older = ", ".join(map(str, self.intact_steps)) or "none"
+        super().__init__(f"checkpoint step {step} in {directory} is damaged ({reason}); older steps that look "
+                         f"intact: {older}")
+
+    @property
+    def step_dir(self) -> str:
+        """The damaged step's directory."""
+        return os.path.join(self.directory, str(self.step))
+
+
+# A tensorstore error (raised as ValueError) starts with its absl status code.
+_TENSORSTORE_STATUS = re.compile(r"^(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND|INVALID_ARGUMENT|"
+                                 r"UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED): ")
+_JSON_FILES = {_EXTRAS: "metadata", _META: "metadata"}  # the files JsonCheckpointHandler writes
+
+
+def _damage_reason(err: BaseException) -> str | None:
+    """What a restore error says about damaged files, or None when it is not about damaged data.
+
+    Walks the exception chain (orbax wraps tensorstore's errors in a bare ``Exception``) looking
+    for tensorstore's status errors, malformed JSON and missing files.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if isinstance(current, json.JSONDecodeError):
+            return f"malformed JSON: {text}"
+        status = _TENSORSTORE_STATUS.match(text) if isinstance(current, ValueError) else None
+        if status:  # long, innermost cause last: keep the status code and the end
+            text = re.split(r" \[(?:source locations|tensorstore_spec)=", text)[0]  # drop the annotations
+            return text if len(text) <= 300 else f"{status.group(0)}...{text[-(296 - len(status.group(0))):]}"
+        if isinstance(current, FileNotFoundError):
+            return f"missing file: {text}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _pending_orbax_coroutines() -> int:
+    """How many of orbax's coroutines are suspended (not finished, not yet collected)."""
+    return sum(1 for obj in gc.get_objects()
+               if isinstance(obj, types.CoroutineType) and obj.cr_frame is not None
+               and "orbax" in obj.cr_code.co_filename)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[tuple[io.StringIO, list]]:
+    """Holds back what the block writes to ``sys.stderr``, unraisable errors and absl/asyncio log records.
+
+    When orbax's restore fails on a damaged file, its other pending reads fail later, in other
+    threads and at garbage collection, each printing a traceback; this keeps them off the
+    user's terminal. The caller replays the held-back output when the block succeeds.
+    """
+    held, records = io.StringIO(), []
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    saved_loggers = [(lg.handlers, lg.propagate) for lg in loggers]
+    saved = sys.stderr, sys.unraisablehook
+    sys.stderr = held
+    sys.unraisablehook = lambda unraisable: held.write(f"(unraisable) {unraisable.exc_value!r}\n")
+    hold = _Hold()
+    for lg in loggers:
+        lg.handlers, lg.propagate = [hold], False
+    try:
+        yield held, records
+    finally:
+        sys.stderr, sys.unraisablehook = saved
+        for lg, (handlers, propagate) in zip(loggers, saved_loggers):
+            lg.handlers, lg.propagate = handlers, propagate
+
+
+def _json_object(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return isinstance(json.load(f), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _key_name(key: Any) -> str:
@@ -191,6 +295,9 @@ class Checkpointer:
     def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
         """Restores ``(state, extras)`` of ``step`` (default: the latest).
 
+        Raises :class:`CheckpointDamagedError` (naming the step and the older steps that look
+        intact) when the step's files are missing, truncated or garbled.
+
         ``target`` is a pytree like the saved state whose leaves say what to restore:
         ``jax.ShapeDtypeStruct`` (with ``.sharding``, e.g. ``jax.eval_shape`` output with the
         current mesh's shardings; without one, the first local device) or ``jax.Array`` restore
@@ -200,18 +307,23 @@ class Checkpointer:
         Without ``target`` the state comes back as a nested dict as laid out on disk.
         """
         step = self._resolve_step(step)
-        meta = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
+        self._check_items(step)
+        meta = self._guarded(step, lambda: self._manager.restore(
+            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
+        if not isinstance(meta, Mapping):
+            raise self.damaged(step, f"{_META}/ holds {type(meta).__name__}, expected a JSON object")
         prng_keys = {tuple(entry["path"]): entry["impl"] for entry in meta.get("prng_keys", [])}
         empty = {tuple(e["path"]): (tuple(e["shape"]), np.dtype(e["dtype"]))
                  for e in meta.get("empty_arrays", [])}
 
         if target is None:
-            restored = self._manager.restore(
+            restored = self._guarded(step, lambda: self._manager.restore(
                 step,
                 args=ocp.args.Composite(
                     **{_STATE: ocp.args.StandardRestore(None), _EXTRAS: ocp.args.JsonRestore()}
                 ),
-            )
+            ))
+            self._check_extras(step, restored[_EXTRAS])
             flat = _flatten_nested(restored[_STATE])
             for path, impl in prng_keys.items():
                 flat[path] = jax.random.wrap_key_data(flat[path], impl=impl)
@@ -220,7 +332,7 @@ class Checkpointer:
             return _nest(list(flat.items())), dict(restored[_EXTRAS] or {})
 
         all_pairs, treedef = _flatten(target)
-        on_disk = _flatten_nested(self._manager.item_metadata(step)[_STATE].tree)
+        on_disk = _flatten_nested(self._guarded(step, lambda: self._manager.item_metadata(step)[_STATE].tree))
         on_disk.update({path: jax.ShapeDtypeStruct(shape, dtype) for path, (shape, dtype) in empty.items()})
         try:
             abstract = [(path, self._abstract_leaf(path, leaf, prng_keys)) for path, leaf in all_pairs]
@@ -230,14 +342,15 @@ class Checkpointer:
             ) from None
         self._check_matches(step, abstract, on_disk, prng_keys)
 
-        restored = self._manager.restore(
+        restored = self._guarded(step, lambda: self._manager.restore(
             step,
             args=ocp.args.Composite(
                 **{_STATE: ocp.args.StandardRestore(_nest([(path, leaf) for path, leaf in abstract
                                                            if path not in empty])),
                    _EXTRAS: ocp.args.JsonRestore()}
             ),
-        )
+        ))
+        self._check_extras(step, restored[_EXTRAS])
         flat = _flatten_nested(restored[_STATE])
         leaves = []
         for path, leaf in all_pairs:
@@ -256,6 +369,68 @@ class Checkpointer:
                 value = type(leaf)(value)
             leaves.append(value)
         return jax.tree_util.tree_unflatten(treedef, leaves), dict(restored[_EXTRAS] or {})
+
+    # ------------------------------------------------------------------------- damaged steps
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _looks_intact(self, step: int) -> bool:
+        """A quick check: every item directory exists and the JSON items parse as objects."""
+        step_dir = self._step_dir(step)
+        if not all(os.path.isdir(os.path.join(step_dir, item)) for item in (_STATE, _EXTRAS, _META)):
+            return False
+        return all(_json_object(os.path.join(step_dir, item, name)) for item, name in _JSON_FILES.items()
+                   if os.path.exists(os.path.join(step_dir, item, name)))
+
+    def damaged(self, step: int, reason: str) -> CheckpointDamagedError:
+        """The error for a damaged ``step`` (``reason``: what could not be read), listing intact older steps."""
+        intact = [s for s in self.all_steps() if s < step and self._looks_intact(s)]
+        return CheckpointDamagedError(self.directory, step, reason, intact)
+
+    def _check_items(self, step: int) -> None:
+        missing = [f"{item}/" for item in (_STATE, _EXTRAS, _META)
+                   if not os.path.isdir(os.path.join(self._step_dir(step), item))]
+        if missing:
+            raise self.damaged(step, f"its item director{'ies' if len(missing) > 1 else 'y'} "
+                                      f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing")
+
+    def _check_extras(self, step: int, extras: Any) -> None:
+        if extras is not None and not isinstance(extras, Mapping):
+            raise self.damaged(step, f"{_EXTRAS}/ holds {type(extras).__name__}, expected a JSON object")
+
+    def _guarded(self, step: int, read: Callable[[], _T]) -> _T:
+        """``read()``, with errors about damaged files raised as :class:`CheckpointDamagedError`.
+
+        Other errors propagate unchanged. Orbax's stderr noise is held back while reading: it is
+        replayed when ``read`` succeeds and dropped when the checkpoint is damaged (then the
+        orbax coroutines left pending by the failed read are collected before returning, so
+        their tracebacks do not reach the terminal later).
+        """
+        reason = None
+        with _quiet_stderr() as (held, records):
+            try:
+                result = read()
+            except Exception as err:  # noqa: BLE001 - sorted by _damage_reason, others re-raised
+                reason = _damage_reason(err)
+                if reason is None:
+                    raise
+                chained: BaseException | None = err
+                while chained is not None:  # frees orbax's pending reads for collection
+                    chained.__traceback__ = None
+                    chained = chained.__cause__ or chained.__context__
+            if reason is not None:
+                deadline = time.monotonic() + 10.0
+                while True:
+                    gc.collect()
+                    if not _pending_orbax_coroutines() or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+        if reason is not None:
+            raise self.damaged(step, reason)
+        sys.stderr.write(held.getvalue())
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        return result
 
     def _resolve_step(self, step: int | None) -> int:
         steps = self.all_steps()

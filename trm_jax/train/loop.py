@@ -82,15 +82,19 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     """The run's dataset directory, generated first when the config has a generator spec.
 
     Multi-host: process 0 generates (WORKDIR must be on a filesystem all hosts share) while the
-    others wait for it at a barrier.
+    others wait for it at a barrier. A directory that exists but is not a dataset is an error
+    (:class:`RunDirError`), raised before anything is generated.
     """
     path = dataset_dir(config, workdir)
     gen = config.data.generate
+    exists = path.exists()  # before `built`: a dataset generated meanwhile appears complete (renamed)
     built = (path / "train" / "dataset.json").is_file()
+    if not built and exists:
+        where = "config.data.dataset_dir" if config.data.dataset_dir else "--workdir"
+        raise RunDirError(f"{path} exists but holds no train/dataset.json (not a dataset): remove it, "
+                          f"or point {where} elsewhere")
     if not built and not gen.kind:
-        if not path.exists():
-            raise RunDirError(f"dataset directory {path} does not exist (build it with `trm-jax data ...`)")
-        raise RunDirError(f"{path} is not a dataset directory (no train/dataset.json)")
+        raise RunDirError(f"dataset directory {path} does not exist (build it with `trm-jax data ...`)")
     if not built and jax.process_index() == 0:
         _generate_dataset(gen, path)
     if gen.kind and jax.process_count() > 1:  # every process reaches it, whatever it saw on disk
@@ -207,6 +211,33 @@ def restore_checkpoint(checkpointer: Checkpointer, model_config: TRMConfig, opti
     written for another architecture.
     """
     return checkpointer.restore(step, target=abstract_state(model_config, optim_config, mesh))
+
+
+def _restore_loader(loader: PuzzleLoader, extras: dict, checkpointer: Checkpointer, step: int) -> None:
+    """Puts ``loader`` at the position saved in a checkpoint's extras."""
+    position = extras.get("loader")
+    if not isinstance(position, dict) or not {"epoch", "batch"} <= position.keys():
+        raise checkpointer.damaged(step, "its extras hold no loader position")
+    try:
+        loader.restore(position)
+    except ValueError as err:  # a seed, split or batch size other than the run's
+        raise RunDirError(f"checkpoint step {step} in {checkpointer.directory} was saved by another data "
+                          f"setup: {err}") from None
+
+
+def _check_resume_step(ckpt_dir: Path, on_disk: list[int], step: int, resume: bool) -> None:
+    """``train(step=...)``: the step exists and nothing newer would meet later saves."""
+    if not resume:
+        raise RunDirError(f"step={step} (--step) needs resume (--resume)")
+    if step not in on_disk:
+        raise RunDirError(f"no checkpoint for step {step} in {ckpt_dir} "
+                          f"(steps there: {', '.join(map(str, on_disk)) or 'none'})")
+    newer = [s for s in on_disk if s > step]
+    if newer:
+        moves = "; ".join(f"mv {ckpt_dir / str(s)} {ckpt_dir / str(s)}.aside" for s in newer)
+        raise RunDirError(f"cannot resume from step {step}: {ckpt_dir} also holds newer step(s) "
+                          f"{', '.join(map(str, newer))}, which later saves would meet; move them aside "
+                          f"({moves}) and resume again")
 
 
 class _StopSignal:
@@ -357,22 +388,32 @@ class _TrainWindow:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume: bool = False,
-          *, stop_at: int | None = None) -> TrainResult:
+          *, stop_at: int | None = None, step: int | None = None) -> TrainResult:
     """Train ``config`` in ``workdir`` (see the module docstring); returns where it stopped.
 
     ``resume``: continue from the newest checkpoint in ``workdir`` (a fresh start when there is
     none). Without it, a ``workdir`` that already holds checkpoints is an error (nothing is
     overwritten). ``stop_at``: stop (with a checkpoint) once this step is reached, as a signal
-    would; the schedule still spans the full run.
+    would; the schedule still spans the full run. ``step`` (with ``resume``): continue from that
+    checkpoint step instead of the newest; refused while newer steps are in the directory (later
+    saves would meet them): move those aside first.
+
+    The whole config is checked (:func:`~trm_jax.configs.validate_config`) before any data is
+    generated or any file is written. A damaged checkpoint raises
+    :class:`~trm_jax.train.checkpoint.CheckpointDamagedError` before anything is written.
     """
     if config.train.distributed:
         parallel.initialize_distributed()
+    configs_lib.validate_config(config)
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     ckpt_dir = workdir / CHECKPOINT_DIR
-    if not resume and ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    on_disk = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) if ckpt_dir.is_dir() else []
+    if not resume and on_disk:
         raise RunDirError(f"{workdir} already holds checkpoints: pass --resume to continue that run, "
                           f"or use another --workdir")
+    if step is not None:
+        _check_resume_step(ckpt_dir, on_disk, step, resume)
 
     data_path = prepare_dataset(config, workdir)
     loader = make_train_loader(config, data_path)
@@ -384,10 +425,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=config.train.max_to_keep,
                                 async_save=config.train.async_checkpoint)
     try:
-        start = checkpointer.latest_step() if resume else None
+        start = (step if step is not None else checkpointer.latest_step()) if resume else None
         if start is not None:
             state, extras = restore_checkpoint(checkpointer, model_config, optim_config, mesh, start)
-            loader.restore(extras["loader"])
+            _restore_loader(loader, extras, checkpointer, start)
             print(f"resumed {workdir} at step {start}/{optim_config.total_steps}", flush=True)
         else:
             start = 0
