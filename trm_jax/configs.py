@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
         eval_num_steps=0,  # ACT steps at evaluation; 0: model.halt_max_steps
         parallel="jit",  # "jit" (sharded over all devices) or "pmap"
         distributed=False,  # call jax.distributed.initialize() (multi-host)
+        # Multi-process: steps between checks for SIGINT/SIGTERM on any process (a tiny
+        # all-reduce read one step later, so all stop at one step: a check's step + 1).
+        # 1 adds no host stall; raise it for very short steps. Unused by a single process.
+        stop_check_every=1,
         progress_bar=True,
         tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
     ))
