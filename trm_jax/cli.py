@@ -12,6 +12,9 @@ Subcommands::
 Bad input (an unknown config key, a missing dataset directory, a checkpoint written for
 another architecture, an unreadable puzzle) prints one ``error: ...`` line on stderr and exits
 with status 2, before anything is written. A non-finite loss stops training with status 1.
+``train`` stopped by SIGINT or SIGTERM saves a checkpoint (to continue with ``--resume``) and
+exits with 128 + the signal number, 130 or 143, as the shell reports a death by that signal, so
+a scheduler can tell it from a finished run (0).
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="build datasets: trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} --help",
                    add_help=False)
 
-    p = sub.add_parser("train", help="train a config in a run directory")
+    p = sub.add_parser("train", help="train a config in a run directory",
+                       epilog="SIGINT/SIGTERM save a checkpoint and exit with status 128 + the signal "
+                              "number (130, 143); --resume continues the run")
     p.add_argument("--config", help="config file or name; optional with --resume (WORKDIR/config.json)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
@@ -95,10 +100,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         raise UsageError("train needs --config (or --resume with a run directory holding config.json)")
     result = loop.train(config, workdir, resume=args.resume)
-    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted}
+    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted,
+               "signal": result.stop_signal.name if result.stop_signal else None}
     summary.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
     print(json.dumps(summary))
-    return 0
+    return 128 + int(result.stop_signal) if result.stop_signal else 0
 
 
 # ------------------------------------------------------------------------- loading a model
