@@ -46,9 +46,10 @@ def test_build_train_sigterm_resume_evaluate(tmp_path, capsys):
         lines.append(line)
         if line.startswith(f"step 100/{TOTAL}"):
             proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, "".join(lines)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)  # 143, as a shell reports it
     output = "".join(lines)
     assert "SIGTERM received: saved a checkpoint at step" in output, output
+    assert '"interrupted": true' in output and '"signal": "SIGTERM"' in output, output
     with Checkpointer(workdir / "checkpoints") as ckpt:
         steps = ckpt.all_steps()
     assert steps[0] == 80 and 100 <= steps[-1] < TOTAL, steps

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 from pathlib import Path
 
 import jax
@@ -79,7 +81,7 @@ def test_resume_is_bit_exact(dataset, tmp_path):
     config = tiny_config(dataset, **{"train.eval_every_steps": 12})
     loop.train(config, tmp_path / "straight")
     first = loop.train(config, tmp_path / "split", stop_at=6)
-    assert first.interrupted and first.step == 6
+    assert first.interrupted and first.step == 6 and first.stop_signal is None
     second = loop.train(config, tmp_path / "split", resume=True)
     assert second.step == 12 and not second.interrupted
     (a, extras_a), (b, extras_b) = final_state(tmp_path / "straight"), final_state(tmp_path / "split")
@@ -92,6 +94,26 @@ def test_resume_is_bit_exact(dataset, tmp_path):
         if jax.dtypes.issubdtype(getattr(value, "dtype", None), jax.dtypes.prng_key):
             value, other = jax.random.key_data(value), jax.random.key_data(other)
         np.testing.assert_array_equal(np.asarray(value), np.asarray(other), err_msg=jax.tree_util.keystr(path))
+
+
+def test_sigterm_stops_at_the_step_with_a_checkpoint(dataset, tmp_path):
+    """A signal sent from the on_step hook: the run saves that step and says which signal."""
+    seen = []
+
+    def hook(step: int) -> None:
+        seen.append(step)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = loop.train(tiny_config(dataset), tmp_path, on_step=hook)
+    assert (result.step, result.interrupted, result.stop_signal) == (4, True, signal.SIGTERM)
+    assert seen == [1, 2, 3, 4]
+    assert signal.getsignal(signal.SIGTERM) is before
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [4]
+    finished = loop.train(tiny_config(dataset), tmp_path, resume=True)
+    assert (finished.step, finished.interrupted, finished.stop_signal) == (12, False, None)
 
 
 def test_batch_larger_than_dataset_fails_clearly(dataset, tmp_path):

@@ -19,6 +19,9 @@ A damaged newest checkpoint: ``evaluate``/``predict`` take an older step with ``
 (``mv DIR/checkpoints/N DIR/checkpoints/N.damaged``; orbax ignores that name) and resume again.
 ``train --resume --step N`` restores step N and refuses while newer steps are in the directory
 (later saves would meet them).
+``train`` stopped by SIGINT or SIGTERM saves a checkpoint (to continue with ``--resume``) and
+exits with 128 + the signal number, 130 or 143, as the shell reports a death by that signal, so
+a scheduler can tell it from a finished run (0).
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="build datasets: trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} --help",
                    add_help=False)
 
-    p = sub.add_parser("train", help="train a config in a run directory")
+    p = sub.add_parser("train", help="train a config in a run directory",
+                       epilog="SIGINT/SIGTERM save a checkpoint and exit with status 128 + the signal "
+                              "number (130, 143); --resume continues the run")
     p.add_argument("--config", help="config file or name; optional with --resume (WORKDIR/config.json)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
@@ -106,10 +111,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.step is not None and not args.resume:
         raise UsageError("--step needs --resume (it names the checkpoint to continue from)")
     result = loop.train(config, workdir, resume=args.resume, step=args.step)
-    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted}
+    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted,
+               "signal": result.stop_signal.name if result.stop_signal else None}
     summary.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
     print(json.dumps(summary))
-    return 0
+    return 128 + int(result.stop_signal) if result.stop_signal else 0
 
 
 # ------------------------------------------------------------------------- loading a model

@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
         eval_num_steps=0,  # ACT steps at evaluation; 0: model.halt_max_steps
         parallel="jit",  # "jit" (sharded over all devices) or "pmap"
         distributed=False,  # call jax.distributed.initialize() (multi-host)
+        # Multi-process: steps between checks for SIGINT/SIGTERM on any process (a tiny
+        # all-reduce read one step later, so all stop at one step: a check's step + 1).
+        # 1 adds no host stall; raise it for very short steps. Unused by a single process.
+        stop_check_every=1,
         progress_bar=True,
         tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
     ))
@@ -305,7 +309,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     train, data, gen = config.train, config.data, config.data.generate
     need(train.parallel in _PARALLEL_MODES, "train.parallel", f"one of {_PARALLEL_MODES}")
     need(data.evaluator in _EVALUATORS, "data.evaluator", f"one of {_EVALUATORS}")
-    for name in ("epochs", "log_every", "max_to_keep"):
+    for name in ("epochs", "log_every", "max_to_keep", "stop_check_every"):
         need(integer(train[name]) and train[name] >= 1, f"train.{name}", "a positive integer")
     for name in ("eval_interval", "min_eval_interval", "eval_every_steps", "eval_batch_size",
                  "eval_max_batches", "eval_num_steps"):

@@ -10,7 +10,8 @@
     WORKDIR/data/              generated dataset (configs with a data.generate spec)
 
 The host never waits on the step it just dispatched: the metrics of step t are fetched after
-step t+1 is dispatched. SIGINT/SIGTERM finish the current step, save a checkpoint and return;
+step t+1 is dispatched. SIGINT/SIGTERM finish the current step (multi-process: a step every
+process agrees on), save a checkpoint and return;
 ``resume=True`` restores the newest checkpoint (state and loader position) and continues with
 exactly the batches and state an uninterrupted run would have had.
 """
@@ -66,6 +67,9 @@ class TrainResult:
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     workdir: str
+    # The signal the run stopped for (multi-process: the largest any process got, on every
+    # process); None when it finished or stopped at ``stop_at``.
+    stop_signal: signal.Signals | None = None
 
 
 # ------------------------------------------------------------------------------------ data
@@ -241,11 +245,27 @@ def _check_resume_step(ckpt_dir: Path, on_disk: list[int], step: int, resume: bo
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+    """SIGINT/SIGTERM as a flag, and the step at which every process stops for it.
 
-    def __init__(self) -> None:
-        self.name: str | None = None
+    A handler (main thread only) records the signal; :meth:`poll` is called after every step
+    and says when to stop. One process stops at the step it was signalled. Several processes
+    must stop at the same step, or one enters the checkpoint barrier while another waits in the
+    next step's all-reduce and the job hangs; they all get SIGTERM, but at different steps. So
+    every ``check_every`` steps each process dispatches a tiny all-reduce (max) of its signal
+    number, behind the step it just dispatched, and reads the result one step later, once that
+    step's metrics are read too: no extra host stall, and every process sees the same value at
+    the same step. A stop is thus agreed one step after a check that saw a signal; all
+    processes stop with the largest signal number any of them got (SIGTERM over SIGINT).
+    """
+
+    def __init__(self, mesh: jax.sharding.Mesh, check_every: int) -> None:
+        self.received: signal.Signals | None = None  # this process's first signal
         self._previous: dict[int, Any] = {}
+        self._multi = jax.process_count() > 1
+        self._mesh, self._check_every = mesh, check_every
+        self._pending: jax.Array | None = None  # the reduction dispatched at the last check
+        self._flags: dict[int, jax.Array] = {}  # this process's shards of the flag array, by value
+        self._reduce: Callable | None = None
 
     def __enter__(self) -> "_StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -254,13 +274,40 @@ class _StopSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (other processes are left waiting)
+        if self.received is None:
+            self.received = signal.Signals(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def poll(self, step: int) -> signal.Signals | None:
+        """The signal to stop for after ``step`` (the same on every process), or None.
+
+        Every process calls it after dispatching each step, with the same ``step``.
+        """
+        if not self._multi:
+            return self.received
+        if self._pending is not None:
+            agreed = int(np.asarray(self._pending.addressable_data(0)))
+            self._pending = None
+            if agreed:
+                return signal.Signals(agreed)
+        if step % self._check_every == 0:
+            self._pending = self._all_max(int(self.received or 0))
+        return None
+
+    def _all_max(self, value: int) -> jax.Array:
+        if self._reduce is None:
+            from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+            self._reduce = jax.jit(jax.numpy.max, out_shardings=NamedSharding(self._mesh, PartitionSpec()))
+        if value not in self._flags:  # one transfer per distinct value, not one per check
+            local = np.full((len(self._mesh.local_devices),), value, np.int32)
+            self._flags[value] = jax.make_array_from_process_local_data(
+                parallel.batch_sharding(self._mesh), local, (self._mesh.size,))
+        return self._reduce(self._flags[value])
 
 
 # ------------------------------------------------------------------------------ stepping
@@ -388,7 +435,8 @@ class _TrainWindow:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume: bool = False,
-          *, stop_at: int | None = None, step: int | None = None) -> TrainResult:
+          *, stop_at: int | None = None, step: int | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``config`` in ``workdir`` (see the module docstring); returns where it stopped.
 
     ``resume``: continue from the newest checkpoint in ``workdir`` (a fresh start when there is
@@ -401,6 +449,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     The whole config is checked (:func:`~trm_jax.configs.validate_config`) before any data is
     generated or any file is written. A damaged checkpoint raises
     :class:`~trm_jax.train.checkpoint.CheckpointDamagedError` before anything is written.
+
+    ``on_step(step)`` is called on the host after each step is dispatched (``step`` counts the
+    steps done, from 1), while the device computes it: a hook for custom logging or for
+    delivering a signal at a given step in tests. It runs on every process; blocking there on
+    device results stalls the pipeline.
+
+    SIGINT/SIGTERM stop the run with a checkpoint: single-process at the step it was signalled,
+    multi-process at a step all processes agree on (``config.train.stop_check_every``); the
+    result's ``stop_signal`` says which signal.
     """
     if config.train.distributed:
         parallel.initialize_distributed()
@@ -437,7 +494,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
         if primary:
             _write_json_atomic(workdir / CONFIG_NAME, configs_lib.config_to_dict(resolved))
         return _run(resolved, model_config, optim_config, workdir, mesh, state, start, loader, eval_loader,
-                    arc_evaluator, checkpointer, stop_at)
+                    arc_evaluator, checkpointer, stop_at, on_step)
     finally:
         checkpointer.close()
 
@@ -445,7 +502,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
 def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
          workdir: Path, mesh: jax.sharding.Mesh, state: TrainState, start: int, loader: PuzzleLoader,
          eval_loader: PuzzleLoader, arc_evaluator: Any, checkpointer: Checkpointer,
-         stop_at: int | None) -> TrainResult:
+         stop_at: int | None, on_step: Callable[[int], None] | None) -> TrainResult:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     primary = jax.process_index() == 0
@@ -504,19 +561,23 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     interrupted = False
+    stop_signal: signal.Signals | None = None
     step = start
     state = stepper.to_running(state)
     batches: Iterator = iter(loader)
     pending: tuple[int, Any] | None = None
     bar_start, bar_step = time.perf_counter(), start
     try:
-        with _StopSignal() as stop:
+        with _StopSignal(mesh, config.train.stop_check_every) as stop:
             while step < total:
                 state, metrics = stepper.train(state, next(batches))
                 step += 1
+                if on_step is not None:
+                    on_step(step)
                 if pending is not None:  # the previous step's metrics, while this one runs
                     consume(*pending)
                 pending = (step, metrics)
+                stop_signal = stop.poll(step)
                 bar.update(1)
                 if step - bar_step >= 10:
                     now = time.perf_counter()
@@ -525,7 +586,7 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
                     bar_start, bar_step = now, step
 
                 at_eval = step % eval_every == 0 or step == total
-                if at_eval or stop.name is not None or step == stop_at:
+                if at_eval or stop_signal is not None or step == stop_at:
                     consume(*pending)
                     pending = None
                 if at_eval and (step == total or step // eval_every > config.train.min_eval_interval):
@@ -534,12 +595,12 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
                         save(step, state)
                 elif step == total:
                     save(step, state)
-                if step < total and (stop.name is not None or step == stop_at):
+                if step < total and (stop_signal is not None or step == stop_at):
                     save(step, state)
                     checkpointer.wait_until_finished()
                     interrupted = True
                     if primary:
-                        reason = f"{stop.name} received" if stop.name else f"stop_at={stop_at} reached"
+                        reason = f"{stop_signal.name} received" if stop_signal else f"stop_at={stop_at} reached"
                         log(f"{reason}: saved a checkpoint at step {step}/{total} in "
                             f"{checkpointer.directory}; continue with --resume")
                     break
@@ -554,4 +615,5 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
         if path is not None:
             print(f"training curves: {path}", flush=True)
     return TrainResult(step=step, total_steps=total, interrupted=interrupted, train_metrics=last_train,
-                       eval_metrics=last_eval, workdir=str(workdir))
+                       eval_metrics=last_eval, workdir=str(workdir),
+                       stop_signal=stop_signal if interrupted else None)
