@@ -29,6 +29,7 @@ from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
     ("loss_type", "mse", "loss_type"),
     ("H_cycles", 0, "positive integer"),
     ("halt_exploration_prob", 1.5, "probability"),
+    ("forward_dtype", "float64", "JAX_ENABLE_X64"),  # this process runs 32-bit JAX
 ])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ConfigError, match=message):

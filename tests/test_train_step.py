@@ -86,21 +86,34 @@ def test_train_step_compiles_once_and_learns():
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
 
+# Multi-device equality is checked in float64. In float32 the 1-device and 8-device runs sum
+# the per-row gradients in different orders, and AdamATan2 / sign-SGD are sign-like: a gradient
+# element near zero whose rounding differs moves by a whole lr-sized step (an AMD CPU showed
+# 1e-3 relative on one element of 9,216 after 4 steps). Such a tolerance would describe one
+# machine, not the code. In float64 the same rounding is 2^-53 ~ 1.1e-16 relative; the float32
+# run showed an amplification of about 1e4 over 4 steps (1e-3 from 1.2e-7), so float64
+# differences stay near 1e-12. We allow rtol 1e-9 (1e-12 absolute for values near 0); a device's
+# gradient dropped or counted twice moves the state by about the learning rate (1e-3), which the
+# script checks is caught (MUTATION_OK).
+MULTI_DEVICE_RTOL, MULTI_DEVICE_ATOL = 1e-9, 1e-12
+
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
-    import jax, numpy as np
+    import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, {tests!r})
     from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
     from trm_jax.train import parallel, step as step_lib
     from trm_jax.train.state import create_train_state
 
     assert jax.device_count() == 8, jax.devices()
-    config = tiny_model_config(halt_exploration_prob=0.5)
+    RTOL, ATOL = {rtol!r}, {atol!r}
+    config = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float64")
     optim = tiny_optim_config(global_batch_size=16)
     batches = [random_batch(config, 16, i) for i in range(4)]
 
     def run_single():
         state = create_train_state(config, optim, jax.random.key(0))
+        assert state.params["lm_head"]["kernel"].dtype == jnp.float64
         step = jax.jit(step_lib.make_train_step(config, optim))
         out = []
         for b in batches:
@@ -128,25 +141,72 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
             out.append(step_lib.summarize_metrics(jax.tree_util.tree_map(lambda x: x[0], m), 16))
         return parallel.unreplicate_from_pmap(state), out
 
-    ref_state, ref_metrics = run_single()
-    for name, run in (("sharded", run_sharded), ("pmap", run_pmap)):
-        state, metrics = run()
-        for a, b in zip(jax.tree_util.tree_leaves(ref_state), jax.tree_util.tree_leaves(state)):
+    def assert_states_equal(ref, got, name):
+        worst = 0.0
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree_util.tree_leaves(got)):
             if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
                 a, b = jax.random.key_data(a), jax.random.key_data(b)
-            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                       rtol=2e-5, atol=2e-6, err_msg=name)
+            a, b = np.asarray(a), np.asarray(b)
+            where = name + jax.tree_util.keystr(path)
+            if not np.issubdtype(a.dtype, np.floating):
+                np.testing.assert_array_equal(a, b, err_msg=where)  # halted, steps, data, keys
+                continue
+            assert a.dtype == np.float64, where
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=where)
+            worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+        return worst
+
+    ref_state, ref_metrics = run_single()
+    # The float64 model is the float32 model: the same initial weights (drawn in float32) and,
+    # on the first step, the same loss up to float32 rounding (~1e-7 relative, 1e-5 allowed).
+    config32 = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float32")
+    state32 = create_train_state(config32, optim, jax.random.key(0))
+    state64 = create_train_state(config, optim, jax.random.key(0))
+    for a, b in zip(jax.tree_util.tree_leaves(state32.params), jax.tree_util.tree_leaves(state64.params)):
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b))
+    loss32 = jax.jit(step_lib.make_train_step(config32, optim))(state32, batches[0])[1]["loss"]
+    loss64 = jax.jit(step_lib.make_train_step(config, optim))(state64, batches[0])[1]["loss"]
+    np.testing.assert_allclose(float(loss32), float(loss64), rtol=1e-5)
+    worst = {{}}
+    for name, run in (("sharded", run_sharded), ("pmap", run_pmap)):
+        state, metrics = run()
+        worst[name] = assert_states_equal(ref_state, state, name)
         for m1, m2 in zip(ref_metrics, metrics):
             assert m1.keys() == m2.keys()
             for k in m1:
-                np.testing.assert_allclose(m1[k], m2[k], rtol=2e-5, atol=1e-6, err_msg=name + k)
-    print("MULTI_DEVICE_OK", json.dumps([m["count"] for m in ref_metrics]))
+                np.testing.assert_allclose(m2[k], m1[k], rtol=RTOL, atol=ATOL, err_msg=name + k)
+    print("MULTI_DEVICE_OK", json.dumps({{"worst_abs_diff": worst,
+                                          "counts": [m["count"] for m in ref_metrics]}}))
+
+    # The comparison has teeth: the pmap gradient all-reduce with device 0's gradient dropped,
+    # or counted twice, (loss and metrics left right) must fail it.
+    psum = jax.lax.psum
+    for sign, bug in ((-1.0, "dropped"), (1.0, "counted twice")):
+        def buggy_psum(tree, axis_name, **kw):
+            out = psum(tree, axis_name, **kw)
+            if isinstance(tree, tuple) and len(tree) == 3:  # (grads, loss, metrics) of compute_gradients
+                first = jax.lax.axis_index(axis_name) == 0
+                own = jax.tree_util.tree_map(lambda g: jnp.where(first, g, 0.0), tree[0])
+                fix = psum(own, axis_name)
+                out = (jax.tree_util.tree_map(lambda g, f: g + sign * f, out[0], fix),) + tuple(out[1:])
+            return out
+        jax.lax.psum = buggy_psum
+        try:
+            state, _ = run_pmap()
+        finally:
+            jax.lax.psum = psum
+        try:
+            assert_states_equal(ref_state, state, "pmap with a bug")
+        except AssertionError:
+            print("MUTATION_OK", bug)
+        else:
+            raise SystemExit(f"a gradient {{bug}} on one device went unnoticed")
 """)
 
 
-def run_with_devices(script: str, devices: int = 8, timeout: int = 600) -> str:
+def run_with_devices(script: str, devices: int = 8, timeout: int = 600, x64: bool = False) -> str:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1" if x64 else "0")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -154,8 +214,11 @@ def run_with_devices(script: str, devices: int = 8, timeout: int = 600) -> str:
 
 
 def test_single_device_equals_sharded_and_pmap():
-    out = run_with_devices(MULTI_DEVICE_SCRIPT.format(tests=str(TESTS_DIR)))
+    """1 device, a sharded jit over 8 and pmap over 8 give the same 4 steps (float64 model)."""
+    out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
+        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL), x64=True)
     assert "MULTI_DEVICE_OK" in out
+    assert "MUTATION_OK dropped" in out and "MUTATION_OK counted twice" in out
 
 
 RESUME_SCRIPT = textwrap.dedent("""

@@ -13,7 +13,7 @@ import math
 from typing import Any, Mapping
 
 POS_ENCODINGS = ("rope", "learned", "none")
-FORWARD_DTYPES = ("bfloat16", "float32")
+FORWARD_DTYPES = ("bfloat16", "float32", "float64")  # float64 needs jax_enable_x64
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
@@ -73,6 +73,11 @@ class TRMConfig:
         need(self.expansion > 0, "expansion", "a positive number")
         need(self.pos_encodings in POS_ENCODINGS, "pos_encodings", f"one of {POS_ENCODINGS}")
         need(self.forward_dtype in FORWARD_DTYPES, "forward_dtype", f"one of {FORWARD_DTYPES}")
+        if self.forward_dtype == "float64":
+            from trm_jax.precision import x64_enabled  # noqa: PLC0415 - keeps this module jax-free
+            need(x64_enabled(), "forward_dtype",
+                 "'bfloat16' or 'float32' unless 64-bit JAX is on (JAX_ENABLE_X64=1, or "
+                 "jax.config.update('jax_enable_x64', True) before any array is created)")
         need(self.loss_type in LOSS_TYPES, "loss_type", f"one of {LOSS_TYPES}")
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"one of {ATTENTION_IMPLS}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from trm_jax.config import TRMConfig
+from trm_jax.precision import at_least_float32
 
 Array = jax.Array
 IGNORE_LABEL_ID = -100
@@ -42,13 +43,14 @@ def _token_nll(logprobs: Array, labels: Array, mask: Array) -> Array:
 
 
 def stablemax_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
-    """Per-token stablemax cross-entropy [B, S] in float32, 0 where ``mask`` is False."""
-    return _token_nll(log_stablemax(logits.astype(jnp.float32)), labels, mask)
+    """Per-token stablemax cross-entropy [B, S] in (at least) float32, 0 where ``mask`` is False."""
+    return _token_nll(log_stablemax(logits.astype(at_least_float32(logits.dtype))), labels, mask)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
-    """Per-token softmax cross-entropy [B, S] in float32, 0 where ``mask`` is False."""
-    return _token_nll(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), labels, mask)
+    """Per-token softmax cross-entropy [B, S] in (at least) float32, 0 where ``mask`` is False."""
+    logits = logits.astype(at_least_float32(logits.dtype))
+    return _token_nll(jax.nn.log_softmax(logits, axis=-1), labels, mask)
 
 
 LOSS_FUNCTIONS = {
@@ -73,7 +75,7 @@ def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
     logits = outputs["logits"]
     mask = labels != IGNORE_LABEL_ID
     loss_counts = mask.sum(-1)
-    divisor = jnp.maximum(loss_counts, 1)[:, None].astype(jnp.float32)
+    divisor = jnp.maximum(loss_counts, 1)[:, None].astype(at_least_float32(logits.dtype))
 
     preds = jnp.argmax(logits, axis=-1)
     is_correct = mask & (preds == labels)

@@ -1,7 +1,7 @@
 """Building blocks of the TRM network: init, RMSNorm, RoPE, attention, SwiGLU.
 
-Parameters are float32; each layer casts them to the compute dtype at use, as the official
-``CastedLinear`` / ``CastedEmbedding`` do.
+Parameters are float32 (float64 in a float64 model, see :mod:`trm_jax.precision`); each layer
+casts them to the compute dtype at use, as the official ``CastedLinear`` / ``CastedEmbedding`` do.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from trm_jax.precision import at_least_float32
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -32,7 +34,9 @@ def truncated_normal_init(std: float) -> Initializer:
         if std == 0:
             return jnp.zeros(shape, dtype)
         unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
-        return (unit * (std / _TRUNC_NORMAL_2SIGMA_STD)).astype(dtype)
+        # Drawn and scaled in float32 whatever ``dtype`` (and whether 64-bit JAX is on), so a
+        # float64 model starts from exactly the float32 model's weights.
+        return (unit * jnp.float32(std / _TRUNC_NORMAL_2SIGMA_STD)).astype(dtype)
 
     return init
 
@@ -48,16 +52,17 @@ def swiglu_inner_size(dim: int, expansion: float) -> int:
 
 
 def rms_norm(x: Array, eps: float) -> Array:
-    """RMSNorm without a learned scale, computed in float32 and cast back."""
-    x32 = x.astype(jnp.float32)
+    """RMSNorm without a learned scale, computed in (at least) float32 and cast back."""
+    x32 = x.astype(at_least_float32(x.dtype))
     x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     return x32.astype(x.dtype)
 
 
-def rope_cos_sin(head_dim: int, length: int, theta: float) -> tuple[Array, Array]:
-    """RoPE tables [length, head_dim] in float32, 'rotate half' layout (freqs repeated)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = jnp.outer(jnp.arange(length, dtype=jnp.float32), inv_freq)
+def rope_cos_sin(head_dim: int, length: int, theta: float,
+                 dtype: jnp.dtype = jnp.float32) -> tuple[Array, Array]:
+    """RoPE tables [length, head_dim] in ``dtype``, 'rotate half' layout (freqs repeated)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+    freqs = jnp.outer(jnp.arange(length, dtype=dtype), inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -68,14 +73,14 @@ def _rotate_half(x: Array) -> Array:
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """Rotates x [B, S, H, hd] by position; the arithmetic runs in float32."""
-    x32 = x.astype(jnp.float32)
+    """Rotates x [B, S, H, hd] by position; the arithmetic runs in (at least) float32."""
+    x32 = x.astype(at_least_float32(x.dtype))
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     return (x32 * cos + _rotate_half(x32) * sin).astype(x.dtype)
 
 
 class CastedDense(nn.Module):
-    """Linear layer with float32 parameters cast to ``dtype``; LeCun truncated-normal init."""
+    """Linear layer with (at least) float32 parameters cast to ``dtype``; LeCun truncated-normal init."""
 
     features: int
     use_bias: bool = False
@@ -86,10 +91,11 @@ class CastedDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel_init = self.kernel_init or lecun_init(x.shape[-1])
-        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features), jnp.float32)
+        param_dtype = at_least_float32(self.dtype)
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features), param_dtype)
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            bias = self.param("bias", self.bias_init, (self.features,), param_dtype)
             y = y + bias.astype(self.dtype)
         return y
 
@@ -114,8 +120,11 @@ def attention(q: Array, k: Array, v: Array, impl: str) -> Array:
 
     ``impl="auto"`` uses cuDNN's fused (flash) attention on a GPU for 16-bit inputs, which
     keeps no [L, L] score matrix for the backward pass, and XLA's otherwise (JAX's own
-    default is XLA everywhere).
+    default is XLA everywhere). float64 inputs take a plain einsum/softmax path in float64:
+    ``jax.nn.dot_product_attention`` always runs its softmax in float32.
     """
+    if q.dtype == jnp.float64:
+        return _attention_float64(q, k, v)
     if impl == "auto":
         use_cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
         if use_cudnn:
@@ -125,6 +134,12 @@ def attention(q: Array, k: Array, v: Array, impl: str) -> Array:
                 pass
         return jax.nn.dot_product_attention(q, k, v, implementation="xla")
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
+def _attention_float64(q: Array, k: Array, v: Array) -> Array:
+    """Scaled dot-product attention with every operation in the inputs' dtype."""
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) * (1.0 / np.sqrt(q.shape[-1]))
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
 
 
 class Attention(nn.Module):

@@ -31,13 +31,20 @@ from trm_jax.model.layers import (
     rope_cos_sin,
     truncated_normal_init,
 )
+from trm_jax.precision import at_least_float32
 
 Array = jax.Array
 Variables = dict[str, Any]
 
 
 def compute_dtype(config: TRMConfig) -> jnp.dtype:
+    """The dtype of activations and matrix products (``config.forward_dtype``)."""
     return jnp.dtype(config.forward_dtype)
+
+
+def param_dtype(config: TRMConfig) -> jnp.dtype:
+    """The dtype of parameters and buffers: float32, or float64 in a float64 model."""
+    return at_least_float32(compute_dtype(config))
 
 
 class TRMBlock(nn.Module):
@@ -82,10 +89,10 @@ class TRMNet(nn.Module):
         c = self.config
         std = 1.0 / math.sqrt(c.hidden_size)
         self.embed_tokens = self.param("embed_tokens", truncated_normal_init(std),
-                                       (c.vocab_size, c.hidden_size), jnp.float32)
+                                       (c.vocab_size, c.hidden_size), param_dtype(c))
         if c.pos_encodings == "learned":
             self.embed_pos = self.param("embed_pos", truncated_normal_init(std),
-                                        (c.total_len, c.hidden_size), jnp.float32)
+                                        (c.total_len, c.hidden_size), param_dtype(c))
         self.L_level = ReasoningModule(c)
         dtype = compute_dtype(c)
         self.lm_head = CastedDense(c.vocab_size, dtype=dtype)
@@ -97,7 +104,7 @@ class TRMNet(nn.Module):
         c = self.config
         if c.pos_encodings != "rope":
             return None
-        return rope_cos_sin(c.head_dim, c.total_len, c.rope_theta)
+        return rope_cos_sin(c.head_dim, c.total_len, c.rope_theta, param_dtype(c))
 
     def embed(self, inputs: Array, puzzle_rows: Array | None) -> Array:
         """Input embedding [B, total_len, D] in the compute dtype.
@@ -127,9 +134,9 @@ class TRMNet(nn.Module):
         return self.L_level(h, injection, self.cos_sin())
 
     def heads(self, z_H: Array) -> tuple[Array, Array, Array]:
-        """(logits [B, seq_len, V], q_halt [B], q_continue [B]); Q logits in float32."""
+        """(logits [B, seq_len, V], q_halt [B], q_continue [B]); Q logits in (at least) float32."""
         logits = self.lm_head(z_H)[:, self.config.prefix_len:]
-        q = self.q_head(z_H[:, 0]).astype(jnp.float32)
+        q = self.q_head(z_H[:, 0]).astype(param_dtype(self.config))
         return logits, q[..., 0], q[..., 1]
 
     def __call__(self, inputs: Array, puzzle_rows: Array | None, z: Array):
@@ -147,15 +154,15 @@ def init_variables(config: TRMConfig, rng: Array) -> Variables:
     k_params, k_h, k_l = jax.random.split(rng, 3)
     model = TRMNet(config)
     inputs = jnp.zeros((1, config.seq_len), jnp.int32)
-    rows = jnp.zeros((1, config.puzzle_emb_ndim), jnp.float32) if config.puzzle_emb_ndim else None
+    dtype = param_dtype(config)
+    rows = jnp.zeros((1, config.puzzle_emb_ndim), dtype) if config.puzzle_emb_ndim else None
     z = jnp.zeros((1, config.total_len, config.hidden_size), compute_dtype(config))
     params = model.init(k_params, inputs, rows, z)["params"]
     init_std1 = truncated_normal_init(1.0)
     buffers = {
-        "H_init": init_std1(k_h, (config.hidden_size,)),
-        "L_init": init_std1(k_l, (config.hidden_size,)),
-        "puzzle_emb": jnp.zeros((config.num_puzzle_identifiers, config.puzzle_emb_ndim),
-                                jnp.float32),
+        "H_init": init_std1(k_h, (config.hidden_size,), dtype),
+        "L_init": init_std1(k_l, (config.hidden_size,), dtype),
+        "puzzle_emb": jnp.zeros((config.num_puzzle_identifiers, config.puzzle_emb_ndim), dtype),
     }
     return {"params": params, "buffers": buffers}
 

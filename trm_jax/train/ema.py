@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from trm_jax.precision import at_least_float32
+
 __all__ = ["ema_init", "ema_update"]
 
 
@@ -18,21 +20,21 @@ def ema_init(params):
 
 
 def ema_update(ema, params, rate: float | jax.Array = 0.999):
-    """Returns ``rate * ema + (1 - rate) * params``, computed in float32, cast to ``ema``'s dtypes.
+    """Returns ``rate * ema + (1 - rate) * params`` in (at least) float32, cast to ``ema``'s dtypes.
 
     Called after every optimiser step with the updated parameters. ``ema`` and ``params`` must have
     the same tree structure.
     """
     # For a Python float, 1 - rate is formed in float64 before the cast, as the reference does
     # (float32(1 - 0.999) differs from 1 - float32(0.999) in the last bits).
-    if isinstance(rate, (int, float)):
-        keep, mix_in = jnp.float32(rate), jnp.float32(1.0 - rate)
-    else:
-        keep = jnp.asarray(rate, jnp.float32)
-        mix_in = 1.0 - keep
-
     def mix(e, p):
-        mixed = mix_in * p.astype(jnp.float32) + keep * e.astype(jnp.float32)
+        dtype = at_least_float32(e.dtype)
+        if isinstance(rate, (int, float)):
+            keep, mix_in = jnp.asarray(rate, dtype), jnp.asarray(1.0 - rate, dtype)
+        else:
+            keep = jnp.asarray(rate, dtype)
+            mix_in = 1.0 - keep
+        mixed = mix_in * p.astype(dtype) + keep * e.astype(dtype)
         return mixed.astype(e.dtype)
 
     return jax.tree.map(mix, ema, params)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trm_jax.precision import at_least_float32
+
 __all__ = [
     "ScaleByAdamATan2State",
     "scale_by_adam_atan2",
@@ -48,13 +50,14 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTran
         out = atan2(m, sqrt(v) / sqrt(1 - b2**t)) / (1 - b1**t)
 
     There is no epsilon: atan2 is bounded, so a zero second moment is harmless. Moments are kept
-    in float32 whatever the parameter dtype; the output has the gradient's dtype.
+    in float32 for bfloat16/float32 parameters (float64 for float64 ones); the output has the
+    gradient's dtype.
     """
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
         raise ValueError(f"scale_by_adam_atan2: betas must lie in [0, 1), got b1={b1}, b2={b2}")
 
     def init_fn(params: optax.Params) -> ScaleByAdamATan2State:
-        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+        zeros = lambda p: jnp.zeros(jnp.shape(p), at_least_float32(jnp.result_type(p)))
         return ScaleByAdamATan2State(
             count=jnp.zeros((), jnp.int32),
             mu=jax.tree.map(zeros, params),
@@ -64,15 +67,15 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTran
     def update_fn(updates, state: ScaleByAdamATan2State, params=None):
         del params
         count = optax.safe_int32_increment(state.count)
-        t = count.astype(jnp.float32)
-        bias_correction1 = 1.0 - jnp.power(jnp.float32(b1), t)
-        bias_correction2_sqrt = jnp.sqrt(1.0 - jnp.power(jnp.float32(b2), t))
 
         # The kernel's lerp(m, g, 1 - b1) with 1 - b1 formed in float64, as Python floats are here.
-        mu = jax.tree.map(lambda g, m: m + (1.0 - b1) * (g.astype(jnp.float32) - m), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: v + (1.0 - b2) * (jnp.square(g.astype(jnp.float32)) - v), updates, state.nu)
+        mu = jax.tree.map(lambda g, m: m + (1.0 - b1) * (g.astype(m.dtype) - m), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: v + (1.0 - b2) * (jnp.square(g.astype(v.dtype)) - v), updates, state.nu)
 
         def direction(g, m, v):
+            t = count.astype(m.dtype)  # the moments' dtype: float32 unless the model is float64
+            bias_correction1 = 1.0 - jnp.power(jnp.asarray(b1, m.dtype), t)
+            bias_correction2_sqrt = jnp.sqrt(1.0 - jnp.power(jnp.asarray(b2, m.dtype), t))
             d = jnp.arctan2(m, jnp.sqrt(v) / bias_correction2_sqrt) / bias_correction1
             return d.astype(g.dtype)
 
@@ -180,12 +183,13 @@ def sparse_signsgd_update(
     # zero table: the work and memory traffic stay O(B * (B + D)), independent of the table
     # size (ARC's table has ~1M rows), and the donated table is updated in place.
     ids = ids.astype(jnp.int32)
-    same_id = (ids[:, None] == ids[None, :]).astype(jnp.float32)
-    grad_sum = jnp.dot(same_id, row_grads.astype(jnp.float32),
+    dtype = at_least_float32(table.dtype)
+    same_id = (ids[:, None] == ids[None, :]).astype(dtype)
+    grad_sum = jnp.dot(same_id, row_grads.astype(dtype),
                        precision=jax.lax.Precision.HIGHEST)
-    lr = jnp.asarray(lr, jnp.float32)
-    decay = 1.0 - lr * jnp.asarray(weight_decay, jnp.float32)
-    rows = jnp.take(table, ids, axis=0).astype(jnp.float32)
+    lr = jnp.asarray(lr, dtype)
+    decay = 1.0 - lr * jnp.asarray(weight_decay, dtype)
+    rows = jnp.take(table, ids, axis=0).astype(dtype)
     updated = (rows * decay - lr * jnp.sign(grad_sum)).astype(table.dtype)
     # Repeated ids write identical rows, so the order of the scatter does not matter.
     return table.at[ids].set(updated, unique_indices=False)
