@@ -40,6 +40,6 @@ def get_config():
     c.data.generate.num_aug = 7
     c.train.epochs = 1  # unused: optim.total_steps is set
     c.train.eval_every_steps = 500
-    c.train.eval_batch_size = 100
+    c.train.eval_batch_size = 104  # the 100 test puzzles in one batch, padded to a multiple of 8 devices
     c.train.log_every = 50
     return c
