@@ -7,8 +7,9 @@ Nothing to download: the first run generates 300 training puzzles (x 8 augmentat
 
 Expected result, measured on a 2-core CPU machine (JAX 0.10.2) in a fresh clone with
 ``pip install -e . && trm-jax train --config configs/quickstart.py --workdir runs/quickstart``:
-4 min 17 s wall time in all (install with the dependencies already present, data generation,
-1500 steps at about 6.3 steps/s; 9 min when the machine was shared with other jobs); token
+1 min 52 s wall time in all on an otherwise idle machine (commit e57b257: data generation, then
+1500 steps at about 18 steps/s), 4 min 17 s in an earlier run at about 6.3 steps/s, 9 min when
+the machine was shared with other jobs (install excluded, dependencies already present); token
 accuracy on the 100 generated test puzzles 43.6% / 62.4% / 67.4% at steps 500 / 1000 / 1500
 (chance is about 11%; the givens alone are about 30%), exact accuracy 0% (whole-grid solutions
 need the paper-sized model and run); training loss 2.56 at step 50 -> 1.51 at 500 -> 0.99 at
