@@ -51,7 +51,7 @@ stage="data sudoku"
 trm-jax data sudoku "$work/data" --source tests/data/sudoku_small --num-aug 3 || fail
 
 stage="train 4 steps"
-trm-jax train --config configs/quickstart.py "${TINY[@]}" "--config.data.dataset_dir=$work/data" --workdir "$work/run" \
+trm-jax train --config quickstart "${TINY[@]}" "--config.data.dataset_dir=$work/data" --workdir "$work/run" \
   | tee "$work/train.out"
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail
 check_json "$work/train.out" 'j["step"] == 4 and not j["interrupted"]'

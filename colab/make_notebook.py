@@ -31,17 +31,18 @@ checkpoint to evaluate it and solve a brand-new puzzle.
 
 **Accelerator:** *Runtime → Change runtime type* picks CPU, GPU or TPU. Training shards every
 batch over **all** devices JAX sees (one GPU, or the 8 cores of a TPU), so nothing else changes.
-The default settings are the repository's `configs/quickstart.py`, a small TRM meant to learn
-visibly within minutes.
+The default settings are the packaged `quickstart` config, a small TRM meant to learn visibly
+within minutes.
 """
 
 INSTALL_MD = """\
 ## 1. Install
 
-In Colab this clones the repository (its `configs/` directory holds the experiment configs) and
-installs it with pip; Colab's own `jax` (with its GPU/TPU support) already satisfies the
-requirement and is kept. **Set `REPO_URL`** to the repository you are using. Outside Colab the
-cell assumes trm-jax is already installed (`pip install -e .` in a checkout).
+In Colab this installs trm-jax with pip (the experiment configs ship inside the package), from
+a copy of the repository uploaded to the runtime as `./trm-jax` if there is one, else from
+`REPO_URL`: **set `REPO_URL`** to the repository's git URL in that case. Colab's own `jax` (with
+its GPU/TPU support) already satisfies the requirement and is kept. Outside Colab the cell
+assumes trm-jax is already installed (`pip install -e .` in a checkout).
 """
 
 INSTALL = """\
@@ -50,7 +51,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# >>> EDIT: the git URL of the trm-jax repository (or set the TRM_REPO_URL environment variable).
+# >>> EDIT: the git URL of the trm-jax repository (or set the TRM_REPO_URL environment variable),
+# unless a copy of the repository is uploaded to the runtime as ./trm-jax (installed from there).
 REPO_URL = os.environ.get("TRM_REPO_URL", "https://github.com/YOUR-GITHUB-USER/trm-jax.git")
 
 IN_COLAB = "google.colab" in sys.modules
@@ -64,11 +66,13 @@ def sh(*cmd: str) -> None:
 
 
 if IN_COLAB and not SKIP_INSTALL:
-    if not (REPO_DIR / "pyproject.toml").is_file():
-        if "YOUR-GITHUB-USER" in REPO_URL:
-            raise ValueError("set REPO_URL at the top of this cell to the trm-jax repository's git URL")
-        sh("git", "clone", "--quiet", "--depth", "1", REPO_URL, str(REPO_DIR))
-    sh(sys.executable, "-m", "pip", "install", "--quiet", str(REPO_DIR))
+    if (REPO_DIR / "pyproject.toml").is_file():  # a local copy of the repository
+        sh(sys.executable, "-m", "pip", "install", "--quiet", str(REPO_DIR))
+    elif "YOUR-GITHUB-USER" in REPO_URL:
+        raise ValueError(f"set REPO_URL at the top of this cell to the trm-jax repository's git URL, "
+                         f"or upload a copy of the repository to {REPO_DIR}")
+    else:
+        sh(sys.executable, "-m", "pip", "install", "--quiet", f"git+{REPO_URL}")
 else:
     print("not installing (outside Colab or TRM_NOTEBOOK_SKIP_INSTALL=1): using the installed trm_jax")
 """
@@ -104,17 +108,7 @@ from trm_jax import configs as configs_lib
 TINY = os.environ.get("TRM_NOTEBOOK_TINY") == "1"
 WORKDIR = Path(os.environ.get("TRM_NOTEBOOK_WORKDIR", "runs/quickstart")).resolve()
 
-
-def find_config(name: str) -> Path:
-    \"\"\"configs/<name>.py of the cloned repository or of the installed checkout.\"\"\"
-    candidates = [REPO_DIR / "configs" / f"{name}.py", configs_lib.CONFIGS_DIR / f"{name}.py"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"no {name}.py in any of {[str(p.parent) for p in candidates]}")
-
-
-config = configs_lib.load_config(str(find_config("quickstart")))
+config = configs_lib.load_config("quickstart")
 if TINY:  # seconds on one CPU core: proves the notebook runs, learns little
     configs_lib.apply_overrides(config, {
         "model.hidden_size": 16, "model.num_heads": 2, "model.expansion": 1.0,
@@ -185,7 +179,7 @@ TRAIN_MD = """\
 `train.eval_every_steps` steps, and writes everything to the run directory: `config.json`,
 `metrics.csv`, `checkpoints/<step>/` and `curves.png`. Interrupting the cell (■) saves a
 checkpoint; running it again continues from there (`resume=True`), and a finished run is not
-repeated. The same run from a shell: `trm-jax train --config configs/quickstart.py --workdir DIR`.
+repeated. The same run from a shell: `trm-jax train --config quickstart --workdir DIR`.
 """
 
 TRAIN = """\
@@ -335,9 +329,9 @@ OUTRO = """\
 ## Next
 
 - Train longer (`config.optim.total_steps`) or bigger (`config.model.hidden_size`), or open a
-  paper config: `configs/sudoku_mlp.py`, `sudoku_att.py`, `maze.py`, `arc1.py`, `arc2.py` (load
-  them with `configs_lib.load_config(str(find_config("sudoku_mlp")))`; their datasets are built
-  with `trm-jax data ...`, see the README).
+  paper config: `sudoku_mlp`, `sudoku_att`, `maze`, `arc1`, `arc2` (load one with
+  `configs_lib.load_config("sudoku_mlp")`; their datasets are built with `trm-jax data ...`,
+  see the README).
 - Everything here is in the run directory; `WORKDIR/curves.png` is the loop's own plot.
 """
 

@@ -132,3 +132,18 @@ def test_evaluate_needs_a_model_source(capsys):
 def test_data_forwards_to_the_builders(tmp_path, capsys):
     assert cli.main(["data", "gen-sudoku", str(tmp_path / "csv"), "--num-train", "2", "--num-test", "1"]) == 0
     assert (tmp_path / "csv" / "train.csv").is_file()
+
+
+def test_config_command_lists_and_prints(capsys):
+    assert cli.main(["config"]) == 0
+    assert {"quickstart", "sudoku_mlp", "arc1"} <= set(capsys.readouterr().out.split())
+    assert cli.main(["config", "quickstart", "--config.optim.lr=0.5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.5 and printed["model"]["mlp_t"] is True
+
+
+def test_train_help_explains_overrides(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--config.SECTION.KEY=VALUE" in out and "trm-jax config NAME" in out

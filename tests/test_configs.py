@@ -1,4 +1,4 @@
-"""Config files, overrides and their errors (trm_jax.configs, configs/*.py)."""
+"""Config files, overrides and their errors (trm_jax.configs, trm_jax/experiments/*.py)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,22 @@ class FakeMetadata:
 
 
 def test_every_config_file_is_found():
-    found = {p.stem for p in configs_lib.CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_")}
-    assert set(ALL) <= found
+    assert set(ALL) <= set(configs_lib.config_names())
+
+
+def test_config_by_name_by_path_and_by_legacy_path(tmp_path, monkeypatch):
+    by_name = configs_lib.config_to_dict(configs_lib.load_config("quickstart"))
+    packaged = configs_lib.CONFIGS_DIR / "quickstart.py"
+    assert configs_lib.config_to_dict(configs_lib.load_config(str(packaged))) == by_name
+    # configs/x.py, the configs' place before they moved into the package, from any directory.
+    monkeypatch.chdir(tmp_path)
+    assert configs_lib.config_to_dict(configs_lib.load_config("configs/quickstart.py")) == by_name
+    # ... unless such a file exists there: a path always means that file.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "quickstart.py").write_text(
+        "from trm_jax.configs import base_config\n"
+        "def get_config():\n    c = base_config()\n    c.train.seed = 123\n    return c\n")
+    assert configs_lib.load_config("configs/quickstart.py").train.seed == 123
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,4 +1,4 @@
-"""Every config in configs/ trains on CPU in its own dtype and loss with finite loss and gradients.
+"""Every packaged config (trm_jax/experiments/) trains on CPU in its own dtype and loss with finite loss and gradients.
 
 The paper configs train in bfloat16 with the stablemax loss, where a logit is exactly 1.0 very
 often; a NaN gradient there (issue 10) stopped every paper config within 4 steps. The models

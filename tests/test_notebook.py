@@ -71,7 +71,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, kernel_name: str, monkeypatch:
     monkeypatch.setenv("TRM_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("TRM_NOTEBOOK_SKIP_INSTALL", "1")
     monkeypatch.setenv("TRM_NOTEBOOK_WORKDIR", str(workdir))
-    monkeypatch.setenv("TRM_NOTEBOOK_REPO_DIR", str(ROOT))  # configs/ of this checkout
+    monkeypatch.setenv("TRM_NOTEBOOK_REPO_DIR", str(ROOT))  # a local copy (not installed: SKIP_INSTALL)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "")
                                      + f" --xla_force_host_platform_device_count={DEVICES}").strip())

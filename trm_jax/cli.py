@@ -3,11 +3,12 @@
 Subcommands::
 
     trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} ...      build datasets (trm_jax.data.build)
-    trm-jax train --config configs/x.py [--config.a.b=v ...] --workdir DIR [--resume [--step N]]
+    trm-jax train --config x [--config.a.b=v ...] --workdir DIR [--resume [--step N]]
     trm-jax evaluate --workdir DIR [--step N]
-    trm-jax evaluate --checkpoint DIR/checkpoints --config configs/x.py
-    trm-jax evaluate --torch model.pt --config configs/x.py    an official PyTorch checkpoint
+    trm-jax evaluate --checkpoint DIR/checkpoints --config x
+    trm-jax evaluate --torch model.pt --config x    an official PyTorch checkpoint
     trm-jax predict --workdir DIR --puzzle '5.3..7....'        (or --file PUZZLE.txt) [--png OUT.png]
+    trm-jax config [x [--config.a.b=v ...]]      list the packaged configs, or print one's keys
 
 Bad input (an unknown config key or invalid config value, a missing dataset directory, a
 checkpoint written for another architecture or damaged on disk, a missing optional package, an
@@ -47,33 +48,48 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="an orbax checkpoint directory (WORKDIR/checkpoints); needs --config "
                                         "unless WORKDIR/config.json is next to it")
     p.add_argument("--torch", metavar="PATH.pt", help="an official PyTorch state_dict; needs --config")
-    p.add_argument("--config", help="config file or name (configs/x.py, x); --config.a.b=v overrides follow")
+    p.add_argument("--config", help="a packaged config's name (quickstart, sudoku_mlp, ...) or a config "
+                                     "file's path; --config.a.b=v overrides follow")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--dataset", help="dataset directory (default: the config's data.dataset_dir)")
 
 
+OVERRIDES_HELP = ("config overrides: any --config.SECTION.KEY=VALUE after the options sets one value of "
+                  "the config (e.g. --config.optim.lr=3e-4 --config.train.progress_bar=false); the value "
+                  "takes the type of the current one. `trm-jax config NAME` prints every key and its value; "
+                  "`trm-jax config` lists the packaged configs.")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trm-jax", description="Tiny Recursive Models in JAX.")
+    """The ``trm-jax`` argument parser (``data`` has its own, in :mod:`trm_jax.data.build`)."""
+    parser = argparse.ArgumentParser(prog="trm-jax", description="Tiny Recursive Models in JAX.",
+                                     epilog=OVERRIDES_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("data", help="build datasets: trm-jax data {sudoku,maze,gen-sudoku,gen-maze,arc} --help",
                    add_help=False)
 
     p = sub.add_parser("train", help="train a config in a run directory",
-                       epilog="SIGINT/SIGTERM save a checkpoint and exit with status 128 + the signal "
-                              "number (130, 143); --resume continues the run")
-    p.add_argument("--config", help="config file or name; optional with --resume (WORKDIR/config.json)")
+                       epilog=OVERRIDES_HELP + " SIGINT/SIGTERM save a checkpoint and exit with status "
+                              "128 + the signal number (130, 143); --resume continues the run")
+    p.add_argument("--config", help="a packaged config's name (quickstart, sudoku_mlp, sudoku_att, maze, arc1, "
+                                    "arc2) or a config file's path; optional with --resume "
+                                    "(WORKDIR/config.json)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
     p.add_argument("--step", type=int, default=None,
                    help="with --resume: continue from this step (no newer step may be in the directory)")
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
+    p = sub.add_parser("config", help="list the packaged configs, or print one config's keys and values",
+                       epilog=OVERRIDES_HELP)
+    p.add_argument("name", nargs="?", help="a packaged config's name or a config file's path")
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split", epilog=OVERRIDES_HELP)
     _add_model_source(p)
     p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches (0: all)")
     p.add_argument("--num-steps", type=int, default=0, help="ACT steps per puzzle (0: halt_max_steps)")
     p.add_argument("--output", help="also write the metrics to this JSON file")
 
-    p = sub.add_parser("predict", help="solve one Sudoku or maze, print it and write a PNG")
+    p = sub.add_parser("predict", help="solve one Sudoku or maze, print it and write a PNG", epilog=OVERRIDES_HELP)
     _add_model_source(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--puzzle", help="Sudoku: 81 characters, digits and '.' (or 0) for blanks; "
@@ -91,6 +107,23 @@ def _split_overrides(rest: Sequence[str]) -> list[str]:
     if bad:
         raise UsageError(f"unrecognised argument {bad[0]!r} (config overrides look like --config.train.seed=1)")
     return list(rest)
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def _config(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Lists the packaged configs, or prints one config (overrides applied) as JSON."""
+    from trm_jax import configs as configs_lib  # noqa: PLC0415
+
+    if not args.name:
+        if overrides:
+            raise UsageError("config overrides need a config name: trm-jax config NAME --config.a.b=v")
+        print("\n".join(configs_lib.config_names()))
+        return 0
+    config = configs_lib.load_config(args.name, overrides)
+    print(json.dumps(configs_lib.config_to_dict(config), indent=2))
+    return 0
 
 
 # ---------------------------------------------------------------------------------- train
@@ -359,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trm_jax.data.build import main as build_main  # noqa: PLC0415
         return build_main(argv[1:])
     args, rest = make_parser().parse_known_args(argv)
-    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "config": _config}
     bad_input = _bad_input_errors()
     from trm_jax.train.loop import TrainingError  # noqa: PLC0415
     try:

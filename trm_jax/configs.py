@@ -2,12 +2,13 @@
 
 A config is an ``ml_collections.ConfigDict`` with four sections: ``model`` (every
 :class:`~trm_jax.config.TRMConfig` field), ``optim`` (every
-:class:`~trm_jax.train.state.OptimConfig` field), ``data`` and ``train``. Config files live in
-the repository's ``configs/`` directory and define ``get_config()`` (big_vision style); they
-start from :func:`base_config` and change what their experiment changes.
+:class:`~trm_jax.train.state.OptimConfig` field), ``data`` and ``train``. The experiment configs
+ship inside the package (``trm_jax/experiments/``, so a non-editable ``pip install`` has them)
+and define ``get_config()`` (big_vision style); they start from :func:`base_config` and change
+what their experiment changes.
 
-:func:`load_config` accepts a path (``configs/sudoku_mlp.py``) or a bare name (``sudoku_mlp``)
-and applies ``--config.a.b=value`` overrides. An unknown key, a value of the wrong type or a
+:func:`load_config` accepts a bare name (``sudoku_mlp``) or a path to any config file
+(``my_configs/x.py``) and applies ``--config.a.b=value`` overrides. An unknown key, a value of the wrong type or a
 missing file raises :class:`ConfigLoadError` with a one-line message.
 """
 
@@ -24,7 +25,10 @@ import ml_collections
 
 from trm_jax.config import ConfigError, TRMConfig
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "experiments"
+# Where the configs lived before they moved into the package: ``configs/x.py`` (as older
+# commands and scripts name them) still selects the packaged ``x`` when no such file exists.
+_LEGACY_DIR = "configs"
 OVERRIDE_PREFIX = "--config."
 DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 
@@ -91,16 +95,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def config_names() -> list[str]:
+    """The names of the packaged experiment configs (``quickstart``, ``sudoku_mlp``, ...)."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
 def resolve_config_path(name_or_path: str) -> Path:
-    """``configs/x.py`` as given, or a bare name looked up in the repository's ``configs/``."""
+    """A path to a config file as given, or a bare name looked up among the packaged configs.
+
+    ``configs/x.py`` (the configs' directory before they moved into the package) selects the
+    packaged ``x`` when no such file exists relative to the working directory.
+    """
     path = Path(name_or_path)
-    if path.suffix == ".py" or os.sep in name_or_path:
-        if not path.is_file():
-            raise ConfigLoadError(f"config file {name_or_path} does not exist")
-        return path
+    if path.suffix == ".py" or os.sep in name_or_path or "/" in name_or_path:
+        if path.is_file():
+            return path
+        if path.parent == Path(_LEGACY_DIR) and (CONFIGS_DIR / path.name).is_file():
+            return CONFIGS_DIR / path.name
+        raise ConfigLoadError(f"config file {name_or_path} does not exist")
     candidate = CONFIGS_DIR / f"{name_or_path}.py"
     if not candidate.is_file():
-        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        known = config_names()
         raise ConfigLoadError(f"no config named {name_or_path!r} (known: {', '.join(known) or 'none'})")
     return candidate
 

@@ -6,10 +6,10 @@ Data (the Kaggle "combined" JSON files under data/arc-agi/)::
 
 Train::
 
-    trm-jax train --config configs/arc2.py --workdir runs/arc2
+    trm-jax train --config arc2 --workdir runs/arc2
 
 Expected result (reported in the paper, not measured by this project): 7.8% pass@2.
-Hyper-parameters as ARC-AGI-1 (``configs/arc1.py``); only the data differ.
+Hyper-parameters as ARC-AGI-1 (``arc1``); only the data differ.
 """
 
 from pathlib import Path

@@ -6,7 +6,7 @@ Data (the Kaggle "combined" JSON files under data/arc-agi/)::
 
 Train (the paper used 4 H100; multi-host: add ``--config.train.distributed=true``)::
 
-    trm-jax train --config configs/arc1.py --workdir runs/arc1
+    trm-jax train --config arc1 --workdir runs/arc1
 
 Every evaluation also scores pass@k over the augmentations and writes
 ``WORKDIR/eval/step_<N>/submission.json``.

@@ -3,10 +3,10 @@ r"""Quickstart: a small TRM on generated Sudoku that learns visibly on a laptop 
 Nothing to download: the first run generates 300 training puzzles (x 8 augmentations) and
 100 test puzzles into WORKDIR/data (about a minute), then trains::
 
-    trm-jax train --config configs/quickstart.py --workdir /tmp/qs
+    trm-jax train --config quickstart --workdir /tmp/qs
 
 Expected result, measured on a 2-core CPU machine (JAX 0.10.2) in a fresh clone with
-``pip install -e . && trm-jax train --config configs/quickstart.py --workdir runs/quickstart``:
+``pip install -e . && trm-jax train --config quickstart --workdir runs/quickstart``:
 1 min 52 s wall time in all on an otherwise idle machine (commit e57b257: data generation, then
 1500 steps at about 18 steps/s), 4 min 17 s in an earlier run at about 6.3 steps/s, 9 min when
 the machine was shared with other jobs (install excluded, dependencies already present); token

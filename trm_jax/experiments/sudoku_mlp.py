@@ -6,7 +6,7 @@ Data (1000 training puzzles x 1000 augmentations, the full Sudoku-Extreme test s
 
 Train (one GPU)::
 
-    trm-jax train --config configs/sudoku_mlp.py --workdir runs/sudoku_mlp
+    trm-jax train --config sudoku_mlp --workdir runs/sudoku_mlp
 
 Expected result (reported in the paper, arXiv 2510.04871, not measured by this project):
 87.4% exact accuracy on the test set with 5M parameters, in under 36 h on one L40S.

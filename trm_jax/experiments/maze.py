@@ -6,7 +6,7 @@ Data (1000 training and 1000 test mazes; the official builder's default adds no 
 
 Train (the paper used 4 GPUs; the global batch of 768 is split over every visible device)::
 
-    trm-jax train --config configs/maze.py --workdir runs/maze
+    trm-jax train --config maze --workdir runs/maze
 
 Expected result (reported in the paper, not measured by this project): 85.3% exact accuracy,
 in under 24 h on 4 L40S. Hyper-parameters: the official command ``epochs=50000

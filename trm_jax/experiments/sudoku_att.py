@@ -6,12 +6,12 @@ Data::
 
 Train::
 
-    trm-jax train --config configs/sudoku_att.py --workdir runs/sudoku_att
+    trm-jax train --config sudoku_att --workdir runs/sudoku_att
 
 Expected result (reported in the paper, not measured by this project): 74.7% exact accuracy.
 Hyper-parameters: the official command ``epochs=50000 eval_interval=5000 lr=1e-4
 puzzle_emb_lr=1e-4 weight_decay=1.0 puzzle_emb_weight_decay=1.0 arch.L_layers=2
-arch.H_cycles=3 arch.L_cycles=6 ema=True``: those of ``configs/sudoku_mlp.py``; only the
+arch.H_cycles=3 arch.L_cycles=6 ema=True``: those of ``sudoku_mlp``; only the
 network differs.
 """
 
