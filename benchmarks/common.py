@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from trm_jax.config import TRMConfig
+from trm_jax import configs
+from trm_jax.config import OptimConfig, TRMConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -28,21 +29,10 @@ REFERENCE_ENV = "TRM_REFERENCE_DIR"
 IGNORE_LABEL_ID = -100
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimSettings:
-    """The optimiser hyper-parameters of the official ``pretrain.py`` command lines."""
-
-    lr: float = 1e-4
-    puzzle_emb_lr: float = 1e-4
-    weight_decay: float = 1.0
-    puzzle_emb_weight_decay: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    lr_warmup_steps: int = 2000
-    lr_min_ratio: float = 1.0
-    total_steps: int = 1_000_000  # only shapes the cosine, which min_ratio 1.0 flattens
-    ema: bool = True  # the paper's commands pass ema=True
-    ema_rate: float = 0.999
+# The benchmark settings' optimiser: an OptimConfig whose global_batch_size is the default batch
+# (the benchmarks pass their own) and whose total_steps only shapes the cosine, which
+# lr_min_ratio 1.0 flattens.
+BENCH_TOTAL_STEPS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +42,7 @@ class BenchConfig:
     name: str
     description: str
     model: Mapping[str, Any]  # TRMConfig fields except batch_size and forward_dtype
-    optim: OptimSettings
+    optim: OptimConfig
     default_batch_size: int
 
     def model_config(self, batch_size: int, dtype: str, **overrides: Any) -> TRMConfig:
@@ -62,15 +52,28 @@ class BenchConfig:
         return TRMConfig(batch_size=batch_size, forward_dtype=dtype, **fields)
 
 
-_PAPER_NET = dict(L_layers=2, hidden_size=512, num_heads=8, expansion=4.0, halt_max_steps=16,
-                  halt_exploration_prob=0.1, puzzle_emb_ndim=512, puzzle_emb_len=16)
-
 # ARC-AGI-1 with concept: 960 puzzles (400 training + 400 evaluation + 160 concept in the
 # Kaggle "combined" files), each with at most 1000 augmentations + the original, + the blank id.
 # The built dataset has slightly fewer after de-duplication: this is an upper bound.
 ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND = 960 * 1001 + 1
 
+
+def _experiment(name: str, description: str, seq_len: int, vocab_size: int, num_puzzle_identifiers: int,
+                bench_name: str | None = None, **optim_changes: Any) -> BenchConfig:
+    """The model and optimiser of the packaged experiment config ``name`` (trm_jax/experiments/),
+    with the dataset's fields filled in (the benchmarks use synthetic batches of that shape)."""
+    config = configs.load_config(name)
+    model = configs.config_to_dict(config.model)
+    for key in ("batch_size", "forward_dtype"):  # chosen per benchmark run
+        del model[key]
+    model.update(seq_len=seq_len, vocab_size=vocab_size, num_puzzle_identifiers=num_puzzle_identifiers)
+    optim = dataclasses.replace(configs.optim_config(config, total_steps=BENCH_TOTAL_STEPS), **optim_changes)
+    return BenchConfig(name=bench_name or name, description=description, model=model, optim=optim,
+                       default_batch_size=optim.global_batch_size)
+
+
 NAMED_CONFIGS: dict[str, BenchConfig] = {
+    # Not an experiment: a model small enough for a smoke test, with the Sudoku optimiser.
     "tiny": BenchConfig(
         name="tiny",
         description="smoke-test model: 1 attention block, hidden 32, T=2, n=2",
@@ -78,34 +81,18 @@ NAMED_CONFIGS: dict[str, BenchConfig] = {
                    puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, hidden_size=32,
                    num_heads=2, expansion=2.0, halt_max_steps=4, halt_exploration_prob=0.1,
                    pos_encodings="rope"),
-        optim=OptimSettings(lr_warmup_steps=10), default_batch_size=8),
-    "sudoku_mlp": BenchConfig(
-        name="sudoku_mlp",
-        description="Sudoku-Extreme, mlp_t blocks, no positions, T=3, n=6 (paper: 87.4%)",
-        model=dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, H_cycles=3, L_cycles=6,
-                   mlp_t=True, pos_encodings="none", **_PAPER_NET),
-        optim=OptimSettings(), default_batch_size=768),
-    "sudoku_att": BenchConfig(
-        name="sudoku_att",
-        description="Sudoku-Extreme, attention + RoPE, T=3, n=6 (paper: 74.7%)",
-        model=dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, H_cycles=3, L_cycles=6,
-                   mlp_t=False, pos_encodings="rope", **_PAPER_NET),
-        optim=OptimSettings(), default_batch_size=768),
-    "maze": BenchConfig(
-        name="maze",
-        description="Maze-Hard 30x30, attention + RoPE, T=3, n=4 (paper: 85.3%)",
-        model=dict(seq_len=900, vocab_size=6, num_puzzle_identifiers=1, H_cycles=3, L_cycles=4,
-                   mlp_t=False, pos_encodings="rope", **_PAPER_NET),
-        optim=OptimSettings(), default_batch_size=768),
-    "arc": BenchConfig(
-        name="arc",
-        description="ARC-AGI-1 (+concept), attention + RoPE, T=3, n=4 (paper: 44.6% pass@2); "
-                    "puzzle table sized to an upper bound of the augmented puzzle count",
-        model=dict(seq_len=900, vocab_size=12,
-                   num_puzzle_identifiers=ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND, H_cycles=3,
-                   L_cycles=4, mlp_t=False, pos_encodings="rope", **_PAPER_NET),
-        optim=OptimSettings(puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1),
-        default_batch_size=768),
+        optim=dataclasses.replace(_experiment("sudoku_mlp", "", 81, 11, 1).optim, global_batch_size=8,
+                                  lr_warmup_steps=10),
+        default_batch_size=8),
+    "sudoku_mlp": _experiment(
+        "sudoku_mlp", "Sudoku-Extreme, mlp_t blocks, no positions, T=3, n=6 (paper: 87.4%)", 81, 11, 1),
+    "sudoku_att": _experiment(
+        "sudoku_att", "Sudoku-Extreme, attention + RoPE, T=3, n=6 (paper: 74.7%)", 81, 11, 1),
+    "maze": _experiment("maze", "Maze-Hard 30x30, attention + RoPE, T=3, n=4 (paper: 85.3%)", 900, 6, 1),
+    "arc": _experiment(
+        "arc1", "ARC-AGI-1 (+concept), attention + RoPE, T=3, n=4 (paper: 44.6% pass@2); "
+                "puzzle table sized to an upper bound of the augmented puzzle count",
+        900, 12, ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND, bench_name="arc"),
 }
 
 

@@ -8,6 +8,7 @@ batches and reports the loss in the reference's convention.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Mapping
@@ -136,15 +137,7 @@ def _memory_analysis(compiled: Any) -> dict[str, int] | None:
 
 def optim_config_for(bench: BenchConfig, batch_size: int) -> Any:
     """Our ``OptimConfig`` with the bench setting's hyper-parameters and batch size."""
-    from trm_jax.train.state import OptimConfig
-
-    o = bench.optim
-    return OptimConfig(global_batch_size=batch_size, total_steps=o.total_steps, lr=o.lr,
-                       lr_min_ratio=o.lr_min_ratio, lr_warmup_steps=o.lr_warmup_steps,
-                       beta1=o.beta1, beta2=o.beta2, weight_decay=o.weight_decay,
-                       puzzle_emb_lr=o.puzzle_emb_lr,
-                       puzzle_emb_weight_decay=o.puzzle_emb_weight_decay, ema=o.ema,
-                       ema_rate=o.ema_rate)
+    return dataclasses.replace(bench.optim, global_batch_size=batch_size)
 
 
 def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool = True,

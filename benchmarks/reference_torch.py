@@ -26,9 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from trm_jax.config import TRMConfig
-
-from benchmarks.common import OptimSettings
+from trm_jax.config import OptimConfig, TRMConfig
 
 
 class AdamATan2Torch(torch.optim.Optimizer):
@@ -140,7 +138,7 @@ class ReferenceTrainStep:
     loudly instead of timing a differently initialised model.
     """
 
-    def __init__(self, reference_dir: str, config: TRMConfig, optim: OptimSettings,
+    def __init__(self, reference_dir: str, config: TRMConfig, optim: OptimConfig,
                  state_dict: Mapping[str, np.ndarray], device: str, compile_model: bool) -> None:
         ref = import_reference(reference_dir)
         self.device = torch.device(device)

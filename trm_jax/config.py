@@ -1,9 +1,11 @@
-"""The TRM model configuration: one frozen dataclass, validated on construction.
+"""The configuration types: :class:`TRMConfig` (model) and :class:`OptimConfig` (optimiser).
 
-Every field of the official ``TinyRecursiveReasoningModel_ACTV1Config`` is here, with the
-same name and default, plus the loss options of its ``ACTLossHead``. ml_collections config
-files build a ``ConfigDict`` from :func:`TRMConfig.to_dict` and turn it back with
-:func:`TRMConfig.from_dict`, so this class is the single source of truth for model fields.
+Frozen dataclasses, validated on construction. Every field of the official
+``TinyRecursiveReasoningModel_ACTV1Config`` is in :class:`TRMConfig`, with the same name and
+default, plus the loss options of its ``ACTLossHead``. These are the only places fields and
+their defaults are declared: :func:`trm_jax.configs.base_config` derives the ``model`` and
+``optim`` sections of the experiment configs from them, and :func:`TRMConfig.from_dict` /
+:func:`OptimConfig.from_dict` turn those sections back.
 """
 
 from __future__ import annotations
@@ -131,3 +133,44 @@ class TRMConfig:
 
     def replace(self, **changes: Any) -> "TRMConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation hyper-parameters (names follow the reference's cfg_pretrain.yaml)."""
+
+    global_batch_size: int = 768
+    total_steps: int = 100_000
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    ema: bool = True
+    ema_rate: float = 0.999
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "total_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 1")
+        for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
+                     "lr_warmup_steps", "lr_min_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 0")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ConfigError(f"OptimConfig.ema_rate={self.ema_rate!r}: expected in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "OptimConfig":
+        """Builds a config from a mapping, rejecting unknown keys with their names."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown OptimConfig field(s): {', '.join(unknown)}")
+        return cls(**dict(values))

@@ -2,7 +2,7 @@
 
 A config is an ``ml_collections.ConfigDict`` with four sections: ``model`` (every
 :class:`~trm_jax.config.TRMConfig` field), ``optim`` (every
-:class:`~trm_jax.train.state.OptimConfig` field), ``data`` and ``train``. The experiment configs
+:class:`~trm_jax.config.OptimConfig` field), ``data`` and ``train``. The experiment configs
 ship inside the package (``trm_jax/experiments/``, so a non-editable ``pip install`` has them)
 and define ``get_config()`` (big_vision style); they start from :func:`base_config` and change
 what their experiment changes.
@@ -15,6 +15,7 @@ missing file raises :class:`ConfigLoadError` with a one-line message.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from trm_jax.config import ConfigError, TRMConfig
+from trm_jax.config import ConfigError, OptimConfig, TRMConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "experiments"
 # Where the configs lived before they moved into the package: ``configs/x.py`` (as older
@@ -37,30 +38,45 @@ class ConfigLoadError(ValueError):
     """A config file or override cannot be used (message names the file/key and the problem)."""
 
 
+# Where the experiments' defaults differ from the dataclasses' (which follow the official
+# model config and cfg_pretrain.yaml). Each is the paper's setting or a "derive it" marker.
+MODEL_DEFAULTS: dict[str, Any] = {
+    # 0: read from the dataset's metadata (a non-zero value must match it).
+    "seq_len": 0, "vocab_size": 0, "num_puzzle_identifiers": 0,
+    # The paper's models learn a 512-wide embedding per puzzle (the official config sets
+    # puzzle_emb_ndim to hidden_size), in puzzle_emb_len=16 prefix positions.
+    "puzzle_emb_ndim": 512,
+}
+OPTIM_DEFAULTS: dict[str, Any] = {
+    # 0: epochs * total_groups * mean_puzzle_examples / global_batch_size, as the reference
+    # computes it from the dataset.
+    "total_steps": 0,
+}
+
+
+def _section(cls: type, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Every field of the dataclass ``cls`` with its default, ``overrides`` replacing some."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        else:
+            raise TypeError(f"{cls.__name__}.{field.name} has no default: give one in base_config")
+    return ml_collections.ConfigDict(values)
+
+
 def base_config() -> ml_collections.ConfigDict:
-    """Every field the trainer reads, with the reference's defaults (ARC-style optimiser)."""
+    """Every key the trainer reads, with the reference's defaults (ARC-style optimiser).
+
+    ``model`` and ``optim`` hold every :class:`TRMConfig` / :class:`OptimConfig` field with the
+    dataclass default except those in :data:`MODEL_DEFAULTS` / :data:`OPTIM_DEFAULTS`.
+    ``model.batch_size`` is informational: the trainer sets it to ``optim.global_batch_size``.
+    """
     c = ml_collections.ConfigDict()
-
-    # Every TRMConfig field. seq_len, vocab_size and num_puzzle_identifiers set to 0 are read
-    # from the dataset's metadata; a non-zero value must match it.
-    c.model = ml_collections.ConfigDict(dict(
-        seq_len=0, vocab_size=0, num_puzzle_identifiers=0,
-        batch_size=768,  # informational; the trainer sets it to optim.global_batch_size
-        puzzle_emb_ndim=512, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
-        hidden_size=512, expansion=4.0, num_heads=8, pos_encodings="rope",
-        rms_norm_eps=1e-5, rope_theta=10000.0, halt_max_steps=16, halt_exploration_prob=0.1,
-        forward_dtype="bfloat16", mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True,
-        loss_type="stablemax_cross_entropy", remat=False,
-        attention_impl="auto",  # "auto": cuDNN fused attention on GPU in bfloat16, else XLA
-    ))
-
-    # Every OptimConfig field. total_steps = 0: epochs * total_groups * mean_puzzle_examples
-    # / global_batch_size, as the reference computes it.
-    c.optim = ml_collections.ConfigDict(dict(
-        global_batch_size=768, total_steps=0, lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=2000,
-        beta1=0.9, beta2=0.95, weight_decay=0.1, puzzle_emb_lr=1e-2,
-        puzzle_emb_weight_decay=0.1, ema=True, ema_rate=0.999,
-    ))
+    c.model = _section(TRMConfig, MODEL_DEFAULTS)
+    c.optim = _section(OptimConfig, OPTIM_DEFAULTS)
 
     c.data = ml_collections.ConfigDict(dict(
         dataset_dir="",  # a directory written by `trm-jax data ...`
@@ -169,7 +185,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] 
                     ) -> ml_collections.ConfigDict:
     """Sets ``a.b=value`` (strings ``--config.a.b=value`` / ``a.b=value``, or a mapping of values).
 
-    Only existing leaf keys can be set; the value takes the type of the current one.
+    Only existing leaf keys can be set; the value takes the type of the current one, and the
+    assignment itself is ``ConfigDict``'s typed one. Text is converted here rather than by
+    ``ml_collections.config_flags``, which needs absl's global flags (this command line is
+    argparse) and reports errors over several lines.
     """
     items: list[tuple[str, Any, bool]] = []
     if isinstance(overrides, Mapping):
@@ -294,7 +313,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     Run before any data is generated or any file written. The message is one line naming
     ``config.section.field`` and what was expected. The model section is checked by building a
     :class:`TRMConfig` with placeholder dataset fields (where they are 0), the optim section by
-    an :class:`~trm_jax.train.state.OptimConfig` with a placeholder ``total_steps`` (where it is
+    an :class:`~trm_jax.config.OptimConfig` with a placeholder ``total_steps`` (where it is
     0); ``optim.global_batch_size`` must divide evenly over ``device_count`` devices (default:
     ``jax.device_count()``).
     """
@@ -359,10 +378,8 @@ def _with_placeholders(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return copy
 
 
-def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None):
+def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None) -> OptimConfig:
     """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there."""
-    from trm_jax.train.state import OptimConfig  # noqa: PLC0415 - keeps this module light
-
     values = config_to_dict(config.optim)
     if values["total_steps"] == 0:
         if total_steps is None:

@@ -8,58 +8,20 @@ counter and the RNG key.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from trm_jax.config import ConfigError, TRMConfig
+from trm_jax.config import OptimConfig, TRMConfig  # OptimConfig: re-exported (it lived here)
 from trm_jax.model import act
 from trm_jax.model.network import Variables, init_variables
 from trm_jax.train import ema as ema_lib
 from trm_jax.train import optim
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimisation hyper-parameters (names follow the reference's cfg_pretrain.yaml)."""
-
-    global_batch_size: int = 768
-    total_steps: int = 100_000
-    lr: float = 1e-4
-    lr_min_ratio: float = 1.0
-    lr_warmup_steps: int = 2000
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    puzzle_emb_lr: float = 1e-2
-    puzzle_emb_weight_decay: float = 0.1
-    ema: bool = True
-    ema_rate: float = 0.999
-
-    def __post_init__(self) -> None:
-        for name in ("global_batch_size", "total_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 1")
-        for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
-                     "lr_warmup_steps", "lr_min_ratio"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 0")
-        if not 0.0 <= self.ema_rate < 1.0:
-            raise ConfigError(f"OptimConfig.ema_rate={self.ema_rate!r}: expected in [0, 1)")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "OptimConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown OptimConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(values))
 
 
 def schedule(config: OptimConfig, base_lr: float) -> optax.Schedule:
