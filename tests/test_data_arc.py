@@ -17,17 +17,16 @@ from trm_jax.data.arc_augment import (
     ArcDataError,
     augmented_name,
     crop_canvas,
-    dihedral,
     grid_from_json,
     grid_hash,
     grid_to_canvas,
-    inverse_dihedral,
     locate_grid,
     pair_to_canvases,
     parse_augmented_name,
     random_augmentation,
 )
 from trm_jax.data.arc_render import ARC_PALETTE, render_arc_prediction, render_arc_tokens
+from trm_jax.data.dihedral import dihedral, inverse_dihedral
 
 DATA = Path(__file__).parent / "data" / "arc"
 PREFIX = DATA / "arc-agi"

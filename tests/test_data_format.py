@@ -9,8 +9,10 @@ import pytest
 from trm_jax.data import format as fmt
 from trm_jax.data.format import (
     DatasetFormatError, DatasetMetadata, PuzzleBuilder, load_split, make_metadata, read_identifiers, read_metadata,
-    read_puzzle_csv, write_dataset,
+    write_dataset,
 )
+from trm_jax.data import csv_source
+from trm_jax.data.csv_source import read_puzzle_csv
 
 OFFICIAL_KEYS = {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
                  "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
@@ -123,9 +125,9 @@ def test_metadata_errors_name_file_and_field(tmp_path):
     with pytest.raises(DatasetFormatError, match="'vocab_size' has invalid value"):
         read_metadata(out / "train")
     path.write_text("{not json")
-    with pytest.raises(DatasetFormatError, match="invalid JSON"):
+    with pytest.raises(DatasetFormatError, match="malformed JSON"):
         read_metadata(out / "train")
-    with pytest.raises(DatasetFormatError, match="missing"):
+    with pytest.raises(DatasetFormatError, match="file not found"):
         read_metadata(tmp_path / "nowhere")
     assert DatasetMetadata.from_json_dict({**meta.to_json_dict(), "ignore_label_id": None}).ignore_label_id is None
 
@@ -158,8 +160,8 @@ def test_csv_errors(tmp_path):
         read_puzzle_csv(p)
     with pytest.raises(DatasetFormatError, match="nope.csv: missing"):
         read_puzzle_csv(tmp_path / "nope.csv")
-    rows = [fmt.CsvRow("s", "q,with comma", "a", 3)]
-    fmt.write_puzzle_csv(p, rows)
+    rows = [csv_source.CsvRow("s", "q,with comma", "a", 3)]
+    csv_source.write_puzzle_csv(p, rows)
     assert read_puzzle_csv(p) == rows
 
 
@@ -175,4 +177,4 @@ def test_hub_without_package_gives_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
     with pytest.raises(RuntimeError, match="needs the optional package huggingface_hub"):
-        fmt.source_csv("train", hub_repo="sapientinc/sudoku-extreme")
+        csv_source.source_csv("train", hub_repo="sapientinc/sudoku-extreme")

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from trm_jax.data import generate_maze as gen
-from trm_jax.data.format import DatasetFormatError, load_split, read_puzzle_csv
+from trm_jax.data.csv_source import read_puzzle_csv
+from trm_jax.data.dihedral import dihedral, inverse_dihedral
+from trm_jax.data.format import DatasetFormatError, load_split
 from trm_jax.data.maze import (
-    CHARSET, build_maze_dataset, decode_maze, dihedral_transform, inverse_dihedral_transform, read_maze_csv,
+    CHARSET, build_maze_dataset, decode_maze, read_maze_csv,
 )
 
 SRC = Path(__file__).parent / "data" / "maze_small"
@@ -22,13 +24,13 @@ def test_dihedral_group():
     expected = [x, np.rot90(x), np.rot90(x, 2), np.rot90(x, 3), x[:, ::-1], x[::-1], x.T, np.rot90(x, 2).T]
     seen = set()
     for tid in range(8):
-        y = dihedral_transform(x, tid)
+        y = dihedral(x, tid)
         np.testing.assert_array_equal(y, expected[tid])
-        np.testing.assert_array_equal(inverse_dihedral_transform(y, tid), x)
+        np.testing.assert_array_equal(inverse_dihedral(y, tid), x)
         seen.add(y.tobytes() + bytes(y.shape))
     assert len(seen) == 8
     with pytest.raises(ValueError):
-        dihedral_transform(x, 8)
+        dihedral(x, 8)
 
 
 def test_build_with_augmentation(tmp_path):
@@ -46,9 +48,9 @@ def test_build_with_augmentation(tmp_path):
     for i in range(n):
         for tid in range(8):
             got = np.asarray(tr.inputs[8 * i + tid]).reshape(30, 30)
-            np.testing.assert_array_equal(inverse_dihedral_transform(got, tid), q[i])
+            np.testing.assert_array_equal(inverse_dihedral(got, tid), q[i])
             lab = np.asarray(tr.labels[8 * i + tid]).reshape(30, 30)
-            np.testing.assert_array_equal(lab, dihedral_transform(a[i], tid))
+            np.testing.assert_array_equal(lab, dihedral(a[i], tid))
     te = load_split(out / "test", "all")
     rows = read_puzzle_csv(SRC / "test.csv")
     assert te.inputs.shape == (len(rows), 900)  # test never augmented

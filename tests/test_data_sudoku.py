@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trm_jax.data import generate_sudoku as gen
-from trm_jax.data.format import DatasetFormatError, load_split, read_identifiers, read_metadata, read_puzzle_csv
+from trm_jax.data.csv_source import read_puzzle_csv
+from trm_jax.data.format import DatasetFormatError, load_split, read_identifiers, read_metadata
 from trm_jax.data.sudoku import SudokuAugmentation, build_sudoku_dataset, is_valid_solution, read_sudoku_csv
 
 SRC = Path(__file__).parent / "data" / "sudoku_small"

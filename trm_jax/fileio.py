@@ -48,6 +48,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         raise
 
 
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new directory in ``parent`` (``tempfile.mkdtemp``), readable by everyone (0755 less the
+    umask, as ``mkdir`` creates directories) rather than ``mkdtemp``'s 0700: it becomes an output."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_path)`` for a writer that wants a file name (e.g. ``savefig``), atomically."""
     path = Path(path)

@@ -1,7 +1,8 @@
 """Puzzle data: the official on-disk format, builders, offline generators, loader, rendering.
 
-Modules: ``format`` (dataset directory format, CSV sources), ``sudoku`` / ``maze`` (builders
-from the official CSVs), ``generate_sudoku`` / ``generate_maze`` (offline CSV generators),
+Modules: ``format`` (dataset directory format), ``csv_source`` (the official CSV sources, hub
+download), ``dihedral`` (the 8 grid symmetries), ``sudoku`` / ``maze`` (builders from the
+official CSVs), ``generate_sudoku`` / ``generate_maze`` (offline CSV generators),
 ``loader`` (batches as the reference samples them), ``render`` (PNGs), ``build`` (command line:
 ``python -m trm_jax.data.build``). ARC lives in ``arc*.py``.
 """

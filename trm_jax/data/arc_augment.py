@@ -1,13 +1,13 @@
 """ARC grids: validation, augmentations, their names, and the 30x30 token canvas.
 
-Facts carried over from the reference TRM data pipeline (see ``shared/docs/reference-notes.md``):
+Facts carried over from the reference TRM data pipeline:
 
 * A grid is at most 30x30 cells, each a colour 0..9.
 * Tokens on the 30x30 canvas: pad 0, end-of-grid 1, colour ``c`` -> ``c + 2``. The end-of-grid marker
   fills the row just below the grid and the column just right of it (within the grid's extent; the
   corner cell stays pad), when those fall inside the canvas.
 * An augmentation is one of 8 dihedral transforms composed with a permutation of colours 1..9
-  (0 stays 0), applied as ``dihedral(colour_map[grid])``. Its name is
+  (0 stays 0), applied as ``dihedral(colour_map[grid])`` (:mod:`trm_jax.data.dihedral`). Its name is
   ``<puzzle>|||t<k>|||<colour_map as 10 digits>``.
 * The evaluator crops a predicted canvas to the largest top-left rectangle holding only colour
   tokens, and identifies grids by a SHA-256 hash of their shape bytes followed by their cells.
@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trm_jax.data.dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
+
 MAX_GRID_SIZE = 30
 SEQ_LEN = MAX_GRID_SIZE * MAX_GRID_SIZE
 NUM_COLOURS = 10
@@ -29,11 +31,6 @@ EOS_ID = 1
 COLOUR_OFFSET = 2  # token = colour + COLOUR_OFFSET
 VOCAB_SIZE = NUM_COLOURS + COLOUR_OFFSET
 NAME_SEPARATOR = "|||"
-NUM_DIHEDRAL = 8
-
-# DIHEDRAL_INVERSE[k] is the transform that undoes transform k (rotations by 90 and 270 degrees
-# undo each other; every reflection and the 180-degree rotation is its own inverse).
-DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 
 
 class ArcDataError(ValueError):
@@ -87,34 +84,6 @@ def grid_hash(grid: np.ndarray) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Dihedral transforms and colour permutations
-
-
-def dihedral(grid: np.ndarray, transform_id: int) -> np.ndarray:
-    """Applies dihedral transform ``transform_id`` (0..7) to a 2-D array.
-
-    0 identity, 1/2/3 rotation by 90/180/270 degrees counter-clockwise (``np.rot90``), 4 left-right
-    mirror, 5 up-down mirror, 6 transpose, 7 anti-transpose (mirror of the 90-degree rotation).
-    """
-    if transform_id == 0:
-        return grid
-    if transform_id in (1, 2, 3):
-        return np.rot90(grid, k=transform_id)
-    if transform_id == 4:
-        return np.fliplr(grid)
-    if transform_id == 5:
-        return np.flipud(grid)
-    if transform_id == 6:
-        return grid.T
-    if transform_id == 7:
-        return np.fliplr(np.rot90(grid, k=1))
-    raise ValueError(f"dihedral transform id must be in 0..7, got {transform_id}")
-
-
-def inverse_dihedral(grid: np.ndarray, transform_id: int) -> np.ndarray:
-    """Undoes ``dihedral(., transform_id)``."""
-    if not 0 <= transform_id < NUM_DIHEDRAL:
-        raise ValueError(f"dihedral transform id must be in 0..7, got {transform_id}")
-    return dihedral(grid, DIHEDRAL_INVERSE[transform_id])
 
 
 @dataclass(frozen=True)

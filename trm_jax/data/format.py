@@ -26,33 +26,31 @@ API for builders (the ARC builder uses the same one):
   rename; on any error nothing is left at ``out_dir``).
 * :func:`read_metadata`, :func:`load_split`, :func:`read_identifiers` read it back with
   errors naming the file and the problem (:class:`DatasetFormatError`).
-* :func:`read_puzzle_csv` / :func:`write_puzzle_csv` handle the official CSV sources
-  (``source,question,answer,rating``) used by Sudoku-Extreme, Maze-Hard and our generators;
-  :func:`hub_csv_path` fetches one from the Hugging Face hub when ``huggingface_hub`` is
-  installed.
+
+The official CSV sources the Sudoku and maze builders read are in :mod:`trm_jax.data.csv_source`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+
+from trm_jax.fileio import make_temp_dir, read_json
 
 FIELDS: tuple[str, ...] = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 TOKEN_FIELDS: tuple[str, ...] = ("inputs", "labels")
 INDEX_FIELDS: tuple[str, ...] = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 SPLITS: tuple[str, ...] = ("train", "test")
 BLANK_IDENTIFIER_NAME = "<blank>"
-CSV_HEADER: tuple[str, ...] = ("source", "question", "answer", "rating")
 
 
 class OutputExistsError(FileExistsError):
@@ -307,7 +305,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         yield tmp
         if out.exists():
@@ -363,7 +361,7 @@ def write_dataset(out_dir: str | os.PathLike, splits: Mapping[str, Mapping[str, 
 
 
 def _write_json(path: Path, obj: object) -> None:
-    with open(path, "w") as f:
+    with open(path, "w") as f:  # inside the temporary dataset directory: atomic as a whole
         json.dump(obj, f)
 
 
@@ -373,26 +371,14 @@ def _write_json(path: Path, obj: object) -> None:
 def read_metadata(split_dir: str | os.PathLike) -> DatasetMetadata:
     """Read and validate ``split_dir/dataset.json``."""
     path = Path(split_dir) / "dataset.json"
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing (not a dataset split directory?)")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: invalid JSON ({e})") from e
+    d = read_json(path, DatasetFormatError, "a dataset split directory's metadata")
     return DatasetMetadata.from_json_dict(d, source=str(path))
 
 
 def read_identifiers(dataset_dir: str | os.PathLike) -> list[str]:
     """Read ``dataset_dir/identifiers.json`` (id -> puzzle name)."""
     path = Path(dataset_dir) / "identifiers.json"
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing")
-    try:
-        with open(path) as f:
-            ids = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: invalid JSON ({e})") from e
+    ids = read_json(path, DatasetFormatError, "the list of puzzle identifiers")
     if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
         raise DatasetFormatError(f"{path}: expected a JSON list of strings")
     return ids
@@ -443,107 +429,3 @@ def load_split(split_dir: str | os.PathLike, set_name: str, mmap: bool = True,
     result = SplitArrays(**arrays)
     result.validate(metadata.seq_len if metadata is not None else None, where=f"{split_dir}/{set_name}__*.npy")
     return result
-
-
-# ----------------------------------------------------------------------------- source CSV
-
-
-@dataclass(frozen=True)
-class CsvRow:
-    """One row of an official puzzle CSV (question/answer are the raw strings)."""
-
-    source: str
-    question: str
-    answer: str
-    rating: int
-    line: int = field(default=0, compare=False)
-
-
-def read_puzzle_csv(path: str | os.PathLike) -> list[CsvRow]:
-    """Read a whole ``source,question,answer,rating`` CSV (see :func:`iter_puzzle_csv`)."""
-    return list(iter_puzzle_csv(path))
-
-
-def iter_puzzle_csv(path: str | os.PathLike) -> Iterator[CsvRow]:
-    """Stream the rows of a ``source,question,answer,rating`` CSV.
-
-    Errors (missing file, wrong header, wrong column count, non-integer rating, broken quoting)
-    are DatasetFormatError naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise DatasetFormatError(f"{path}: empty file (expected header {','.join(CSV_HEADER)})") from None
-            if tuple(h.strip() for h in header) != CSV_HEADER:
-                raise DatasetFormatError(f"{path}: line 1: header {header}, expected {list(CSV_HEADER)}")
-            for rec in reader:
-                line = reader.line_num
-                if not rec:
-                    continue
-                if len(rec) != 4:
-                    raise DatasetFormatError(f"{path}: line {line}: expected 4 columns "
-                                             f"(source,question,answer,rating), got {len(rec)}")
-                source, q, a, rating = rec
-                try:
-                    rating_i = int(rating)
-                except ValueError:
-                    raise DatasetFormatError(f"{path}: line {line}: rating {rating!r} is not an integer") from None
-                yield CsvRow(source, q, a, rating_i, line)
-        except csv.Error as e:
-            raise DatasetFormatError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from e
-
-
-def write_puzzle_csv(path: str | os.PathLike, rows: Sequence[CsvRow | tuple[str, str, str, int]]) -> None:
-    """Write rows in the official CSV layout (header first), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_HEADER)
-            for r in rows:
-                if isinstance(r, CsvRow):
-                    r = (r.source, r.question, r.answer, r.rating)
-                w.writerow(r)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def hub_csv_path(repo_id: str, filename: str) -> Path:
-    """Download (or reuse the cache of) ``filename`` from the hub dataset ``repo_id``.
-
-    Needs the optional ``huggingface_hub`` package (``pip install trm-jax[hub]``) and a network
-    connection; raises RuntimeError saying which one is missing.
-    """
-    try:
-        from huggingface_hub import hf_hub_download  # optional dependency, imported lazily
-    except ImportError as e:
-        raise RuntimeError(
-            f"downloading {repo_id}/{filename} needs the optional package huggingface_hub "
-            "(pip install 'trm-jax[hub]'), or pass a local CSV directory instead") from e
-    try:
-        return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
-    except Exception as e:  # offline, unknown repo, ...
-        raise RuntimeError(f"could not download {filename} from hub dataset {repo_id}: {e}") from e
-
-
-def source_csv(split: str, local_dir: str | os.PathLike | None = None, hub_repo: str | None = None) -> Path:
-    """Path of ``{split}.csv``: from ``local_dir`` if given, else downloaded from ``hub_repo``."""
-    if local_dir is not None:
-        path = Path(local_dir) / f"{split}.csv"
-        if not path.is_file():
-            raise DatasetFormatError(f"{path}: missing (expected {split}.csv in the source directory)")
-        return path
-    if hub_repo is None:
-        raise ValueError("source_csv: give a local directory or a hub dataset repo")
-    return hub_csv_path(hub_repo, f"{split}.csv")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_jax.data.format import CsvRow, write_puzzle_csv
+from trm_jax.data.csv_source import CsvRow, write_puzzle_csv
 
 _MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
 

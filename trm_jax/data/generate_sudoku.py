@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_jax.data.format import CsvRow, write_puzzle_csv
+from trm_jax.data.csv_source import CsvRow, write_puzzle_csv
 
 ALL = 0x1FF  # candidates 1..9 as bits 0..8
 

@@ -1,13 +1,10 @@
-"""Maze-Hard: CSV parsing, the 8 dihedral transforms, and the dataset builder.
+"""Maze-Hard: CSV parsing and the dataset builder.
 
 Format (as the official builder): characters ``"# SGo"`` (wall, open, start, goal, path) map to
 tokens 1..5 (pad 0), vocab 6, seq_len = side^2 (900 for 30x30), one puzzle identifier (0),
 one set "all"; one example per puzzle, a group = a maze and its augmentations.
-With ``aug`` each training maze gets all 8 dihedral transforms (transform 0 = identity).
-
-Dihedral transform ids (the same numbering as the reference; ARC uses it too):
-0 identity, 1 rot90, 2 rot180, 3 rot270 (counter-clockwise, as ``np.rot90``), 4 left-right
-flip, 5 up-down flip, 6 transpose, 7 anti-transpose.
+With ``aug`` each training maze gets all 8 dihedral transforms (:mod:`trm_jax.data.dihedral`;
+transform 0 = identity).
 """
 
 from __future__ import annotations
@@ -18,39 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
+from trm_jax.data.dihedral import dihedral
 from trm_jax.data.format import (
     BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, PuzzleBuilder, SplitArrays,
-    iter_puzzle_csv, make_metadata, source_csv, write_dataset,
+    make_metadata, write_dataset,
 )
 
 HUB_REPO = "sapientinc/maze-30x30-hard-1k"
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5  # token ids
 VOCAB_SIZE = len(CHARSET) + 1
-DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
-
-
-def dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
-    """Apply dihedral transform ``tid`` (0..7) to the last two axes of ``grid``."""
-    g = np.asarray(grid)
-    ops = {
-        0: lambda x: x,
-        1: lambda x: np.rot90(x, 1, axes=(-2, -1)),
-        2: lambda x: np.rot90(x, 2, axes=(-2, -1)),
-        3: lambda x: np.rot90(x, 3, axes=(-2, -1)),
-        4: lambda x: np.flip(x, -1),
-        5: lambda x: np.flip(x, -2),
-        6: lambda x: np.swapaxes(x, -1, -2),
-        7: lambda x: np.flip(np.rot90(x, 1, axes=(-2, -1)), -1),
-    }
-    if tid not in ops:
-        raise ValueError(f"dihedral transform id must be 0..7, got {tid}")
-    return ops[tid](g)
-
-
-def inverse_dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
-    """Undo :func:`dihedral_transform` ``tid``."""
-    return dihedral_transform(grid, DIHEDRAL_INVERSE[tid])
 
 
 def _char_lut() -> np.ndarray:
@@ -111,8 +86,8 @@ def build_split_arrays(inputs: np.ndarray, labels: np.ndarray, aug: bool) -> Spl
     b = PuzzleBuilder(side * side)
     tids = range(8) if aug else range(1)
     for q, a in zip(inputs, labels):
-        qs = np.stack([dihedral_transform(q, t).reshape(-1) for t in tids])
-        as_ = np.stack([dihedral_transform(a, t).reshape(-1) for t in tids])
+        qs = np.stack([dihedral(q, t).reshape(-1) for t in tids])
+        as_ = np.stack([dihedral(a, t).reshape(-1) for t in tids])
         b.add_single_example_puzzles(qs, as_, identifier=0)
         b.end_group()
     return b.build()

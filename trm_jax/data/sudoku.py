@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.format import (
     BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, PuzzleBuilder, SplitArrays,
-    iter_puzzle_csv, make_metadata, source_csv, write_dataset,
+    make_metadata, write_dataset,
 )
 
 HUB_REPO = "sapientinc/sudoku-extreme"
