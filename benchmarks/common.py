@@ -14,7 +14,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,11 +21,13 @@ import numpy as np
 
 from trm_jax import configs
 from trm_jax.config import OptimConfig, TRMConfig
+from trm_jax.data.loader import IGNORE_LABEL_ID
+from trm_jax.fileio import atomic_write
+from trm_jax.model.layers import swiglu_inner_size
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 REFERENCE_ENV = "TRM_REFERENCE_DIR"
-IGNORE_LABEL_ID = -100
 
 
 # The benchmark settings' optimiser: an OptimConfig whose global_batch_size is the default batch
@@ -196,7 +197,7 @@ def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
     L, D, B = config.total_len, config.hidden_size, batch_size
 
     def swiglu_flops(rows: int, width: int) -> float:
-        inner = _swiglu_inner(width, config.expansion)
+        inner = swiglu_inner_size(width, config.expansion)
         return 2.0 * rows * (width * 2 * inner + inner * width)
 
     block = swiglu_flops(B * L, D)
@@ -210,11 +211,6 @@ def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
     calls_backward = config.L_cycles + 1
     heads = 2.0 * B * config.seq_len * D * config.vocab_size + 2.0 * B * D * 2
     return net * (calls_forward + 2 * calls_backward) + 3 * heads
-
-
-def _swiglu_inner(width: int, expansion: float) -> int:
-    inner = round(expansion * width * 2 / 3)
-    return -(inner // -256) * 256
 
 
 # --------------------------------------------------------------------------- provenance
@@ -282,17 +278,8 @@ def run_metadata(argv: Sequence[str]) -> dict[str, Any]:
 
 def write_atomic(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.jax_step import JaxTrainStep, bench_setup  # noqa: E402
 from trm_jax.config import TRMConfig  # noqa: E402
+from trm_jax.fileio import atomic_write_with  # noqa: E402
 
 TRAIN_SCHEMA = "trm-jax/depth_scaling/v1"
 INFERENCE_SCHEMA = "trm-jax/inference_depth/v1"
@@ -253,8 +254,7 @@ def _fit_text(fit: dict[str, float | None]) -> str:
 def train_plot(result: dict[str, Any], path: str) -> None:
     """Step time against (T+2)(n+1) with its fit, compile time against T(n+1), and XLA
     temporary memory against n with one line per T (flat in T = the lines coincide)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = _subplots(1, 3, figsize=(15, 4.2))
     points = result["points"]
     fwd = np.array([forward_equivalent_calls(p["H_cycles"], p["L_cycles"]) for p in points])
     calls = np.array([p["net_calls"] for p in points])
@@ -297,7 +297,6 @@ def train_plot(result: dict[str, Any], path: str) -> None:
                  f"{result['device']['kind']}")
     fig.tight_layout()
     _save_figure(fig, path)
-    plt.close(fig)
 
 
 # =========================================================================== inference sweep
@@ -445,8 +444,7 @@ def inference_markdown(result: dict[str, Any]) -> str:
 
 
 def inference_plot(result: dict[str, Any], path: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _subplots(figsize=(6.5, 4.2))
     steps = [c["steps"] for c in result["curve"]]
     for key, label in (("exact_accuracy", "exact"), ("token_accuracy", "token"),
                        ("q_halt_positive_fraction", "q_halt > 0")):
@@ -459,26 +457,20 @@ def inference_plot(result: dict[str, Any], path: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_figure(fig, path)
-    plt.close(fig)
 
 
 # =========================================================================== plumbing
 
-def _pyplot() -> Any:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its axes without pyplot (no backend is selected)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def _save_figure(fig: Any, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

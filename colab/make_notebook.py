@@ -10,12 +10,12 @@ Code cells carry a tag (cell metadata ``tags``) that the test uses to find their
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
+
+from trm_jax.fileio import atomic_write
 
 NOTEBOOK = Path(__file__).resolve().parent / "trm_jax_colab.ipynb"
 
@@ -80,11 +80,12 @@ else:
 DEVICES = """\
 import jax
 
-from trm_jax.data import render  # selects the Agg backend; the next line turns inline plots back on
-
 %matplotlib inline
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
+
+from trm_jax.data import render  # its figures are shown with display(fig)
 
 print(f"jax {jax.__version__}, default backend: {jax.default_backend()}")
 for device in jax.devices():
@@ -168,8 +169,7 @@ test_loader = PuzzleLoader(data_dir, "test", 1, test_mode=True)
 print(f"train: {train_meta.total_puzzles} examples ({train_meta.total_groups} puzzles x augmentations); "
       f"test: {test_loader.metadata.total_puzzles} puzzles; tokens per puzzle: {train_meta.seq_len}")
 example = next(iter(test_loader))
-render.render_sudoku(example["inputs"][0], target=example["labels"][0], title="a test puzzle")
-plt.show()
+display(render.render_sudoku(example["inputs"][0], target=example["labels"][0], title="a test puzzle"))
 """
 
 TRAIN_MD = """\
@@ -288,9 +288,8 @@ blanks_right = np.sum((preds == labels) & blanks, axis=1) / np.maximum(blanks.su
 print(f"solved exactly: {int(solved.sum())} of {len(solved)} test puzzles; "
       f"blank cells filled correctly: {np.sum((preds == labels) & blanks) / blanks.sum():.1%}")
 for i in np.lexsort((-blanks_right, ~solved))[:3]:  # solved first, then the most blanks right
-    render.render_sudoku(inputs[i], prediction=preds[i], target=labels[i], title=f"test puzzle {i}: "
-                         + ("solved" if solved[i] else f"{blanks_right[i]:.0%} of the blanks right"))
-    plt.show()
+    display(render.render_sudoku(inputs[i], prediction=preds[i], target=labels[i], title=f"test puzzle {i}: "
+                                 + ("solved" if solved[i] else f"{blanks_right[i]:.0%} of the blanks right")))
 """
 
 PREDICT_MD = """\
@@ -321,8 +320,7 @@ prediction = np.asarray(jnp.argmax(outputs["logits"], axis=-1))[0]
 grid = np.clip(prediction - 1, 0, 9).reshape(9, 9)
 print("valid solution:", bool(is_valid_solution(grid)),
       f"| model confidence (sigmoid of the halt logit): {float(jax.nn.sigmoid(outputs['q_halt_logits'][0])):.3f}")
-render.render_sudoku(tokens, prediction=prediction, target=np.asarray(solution) + 1, title="a new puzzle")
-plt.show()
+display(render.render_sudoku(tokens, prediction=prediction, target=np.asarray(solution) + 1, title="a new puzzle"))
 """
 
 OUTRO = """\
@@ -387,14 +385,8 @@ def notebook_text() -> str:
 
 def main() -> int:
     text = notebook_text()
-    fd, tmp = tempfile.mkstemp(prefix=".trm_jax_colab.", suffix=".ipynb", dir=NOTEBOOK.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, NOTEBOOK)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(NOTEBOOK) as f:
+        f.write(text)
     print(f"wrote {NOTEBOOK}")
     return 0
 

@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 
+from trm_jax.data import csv_source
 from trm_jax.data import format as fmt
+from trm_jax.data.csv_source import read_puzzle_csv
 from trm_jax.data.format import (
     DatasetFormatError, DatasetMetadata, PuzzleBuilder, load_split, make_metadata, read_identifiers, read_metadata,
     write_dataset,
 )
-from trm_jax.data import csv_source
-from trm_jax.data.csv_source import read_puzzle_csv
 
 OFFICIAL_KEYS = {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
                  "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
@@ -178,3 +178,24 @@ def test_hub_without_package_gives_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_hub)
     with pytest.raises(RuntimeError, match="needs the optional package huggingface_hub"):
         csv_source.source_csv("train", hub_repo="sapientinc/sudoku-extreme")
+
+
+def test_outputs_are_created_readable(tmp_path):
+    """Dataset directories, CSVs and PNGs get 0755 / 0644 (less the umask), not tempfile's 0700 / 0600."""
+    import stat
+
+    from trm_jax.data import render
+    from trm_jax.data.sudoku import build_sudoku_dataset
+
+    old = os.umask(0o022)
+    try:
+        solved = "".join(str((r * 3 + r // 3 + c) % 9 + 1) for r in range(9) for c in range(9))
+        for split in ("train", "test"):
+            csv_source.write_puzzle_csv(tmp_path / "src" / f"{split}.csv", [("s", "." + solved[1:], solved, 0)])
+        out = build_sudoku_dataset(tmp_path / "data", source_dir=tmp_path / "src", hub_repo=None, num_aug=0)
+        png = render.save_png(render.render_sudoku(np.full(81, 2)), tmp_path / "p.png")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(out) == mode(out / "train") == 0o755
+    assert mode(tmp_path / "src" / "train.csv") == mode(out / "identifiers.json") == mode(png) == 0o644

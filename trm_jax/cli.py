@@ -297,6 +297,7 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from trm_jax.data import render  # noqa: PLC0415
+    from trm_jax.data.loader import IGNORE_LABEL_ID  # noqa: PLC0415
     from trm_jax.model.act import evaluate_to_halt  # noqa: PLC0415
 
     config, model_config, optim_config, _, state, source = _resolve_model(args, overrides)
@@ -309,7 +310,7 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UsageError(f"predict handles Sudoku (seq 81, vocab 11) and maze (seq 900, vocab 6) models; "
                          f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}")
     batch = {"inputs": jnp.asarray(tokens[None]),
-             "labels": jnp.full((1, tokens.shape[0]), -100, jnp.int32),
+             "labels": jnp.full((1, tokens.shape[0]), IGNORE_LABEL_ID, jnp.int32),
              "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
     variables = jax.device_get(state.variables(use_ema=optim_config.ema))
     solve = jax.jit(lambda v, b: evaluate_to_halt(model_config, v, b, args.num_steps or None))

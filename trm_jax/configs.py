@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from trm_jax.config import ConfigError, OptimConfig, TRMConfig
+from trm_jax.fileio import read_json
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "experiments"
 # Where the configs lived before they moved into the package: ``configs/x.py`` (as older
@@ -257,12 +258,7 @@ def _compare(expected: ml_collections.ConfigDict, got: Any, prefix: str) -> list
 def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """A resolved config written by the trainer (``WORKDIR/config.json``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigLoadError(f"{path} does not exist (no resolved config in that run directory)")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigLoadError(f"{path}: malformed JSON ({err})") from None
+    values = read_json(path, ConfigLoadError, "the resolved config of a run directory")
     stored = ml_collections.ConfigDict(values)
     unknown = [p for p in _compare(base_config(), stored, "config") if p.startswith("unknown")]
     if unknown:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm_jax.config import TRMConfig
+from trm_jax.fileio import atomic_write_with
 from trm_jax.model.network import Variables, init_variables
 
 _PREFIXES = ("_orig_mod.", "model.")
@@ -149,8 +150,5 @@ def save_torch_checkpoint(variables: Variables, path: str | os.PathLike) -> None
     """Writes our variables as an official state_dict file (atomically)."""
     import torch  # noqa: PLC0415
 
-    path = os.fspath(path)
-    tmp = path + ".tmp"
     state = {k: torch.from_numpy(v) for k, v in to_torch_state_dict(variables).items()}
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))

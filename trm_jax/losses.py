@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import optax
 
 from trm_jax.config import TRMConfig
+from trm_jax.data.loader import IGNORE_LABEL_ID  # noqa: F401 - also read as losses.IGNORE_LABEL_ID
 from trm_jax.precision import at_least_float32
 
 Array = jax.Array
-IGNORE_LABEL_ID = -100
 
 
 def log_stablemax(logits: Array, axis: int = -1) -> Array:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from trm_jax.data.arc_augment import (
     pair_to_canvases,
     random_augmentation,
 )
+from trm_jax.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +117,7 @@ class ArcSubset:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ArcDataError(f"{path}: file not found")
-    try:
-        with open(path, "r") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ArcDataError(f"{path}: malformed JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ArcDataError(f"{path}: not UTF-8 text ({e})") from None
+    return read_json(path, ArcDataError)
 
 
 def parse_puzzle(name: str, obj: Any, source: str) -> ArcPuzzle:

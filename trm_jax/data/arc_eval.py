@@ -15,14 +15,13 @@ puzzles (pass@2 is the ARC score). This matches the reference evaluator's defini
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from trm_jax.data.arc_augment import crop_sizes, cropped_grid, grid_from_json, grid_hash, parse_augmented_name
+from trm_jax.fileio import read_json, write_json_atomic
 
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
 SUBMISSION_FILENAME = "submission.json"
@@ -81,18 +80,13 @@ class ArcEvaluator:
             path = os.path.join(data_dir, filename)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path}: missing (the ARC evaluator needs {filename})")
-            try:
-                with open(path, "r") as f:
-                    return json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: malformed JSON ({e})") from None
+            return read_json(path, ValueError, f"the ARC dataset's {filename}")
 
         identifiers = _load("identifiers.json")
         test_puzzles = _load("test_puzzles.json")
         meta_path = os.path.join(data_dir, "test", "dataset.json")
         if "blank_identifier_id" not in kwargs and os.path.isfile(meta_path):
-            with open(meta_path, "r") as f:
-                kwargs["blank_identifier_id"] = int(json.load(f)["blank_identifier_id"])
+            kwargs["blank_identifier_id"] = int(_load(os.path.join("test", "dataset.json"))["blank_identifier_id"])
         return cls(identifiers, test_puzzles, **kwargs)
 
     # ------------------------------------------------------------------------------------------
@@ -211,15 +205,6 @@ class ArcEvaluator:
 
     def write_submission(self, out_dir: str) -> str:
         """Writes ``out_dir/submission.json`` atomically (temp file + rename); returns its path."""
-        os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, SUBMISSION_FILENAME)
-        fd, tmp = tempfile.mkstemp(prefix=".submission.", suffix=".tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.submission(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_json_atomic(path, self.submission(), indent=None, sort_keys=False)
         return path

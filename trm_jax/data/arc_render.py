@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from trm_jax.data.arc_augment import NUM_COLOURS, crop_canvas, locate_grid
+from trm_jax.fileio import atomic_write_with
 
 # The 10 colours of the ARC task viewer, indexed by colour 0..9.
 ARC_PALETTE = (
@@ -58,10 +57,7 @@ def render_arc_panels(panels: Sequence[tuple[str, Optional[np.ndarray]]], path: 
     Returns:
       ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when rendering
 
     grids = []
     for caption, grid in panels:
@@ -73,27 +69,14 @@ def render_arc_panels(panels: Sequence[tuple[str, Optional[np.ndarray]]], path: 
         grids.append((caption, grid))
     widths = [max(1.5, cell_inches * (g.shape[1] if g is not None and g.size else 5)) for _, g in grids]
     height = max([1.5] + [cell_inches * g.shape[0] for _, g in grids if g is not None and g.size]) + 0.8
-    fig, axes = plt.subplots(1, len(grids), figsize=(sum(widths) + 0.3 * len(grids), height),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    try:
-        for ax, (caption, grid) in zip(axes[0], grids):
-            _draw_grid(ax, grid, caption)
-        if title:
-            fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".render.", suffix=".png", dir=directory)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(sum(widths) + 0.3 * len(grids), height))  # no pyplot: no backend
+    axes = fig.subplots(1, len(grids), gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, (caption, grid) in zip(axes[0], grids):
+        _draw_grid(ax, grid, caption)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from trm_jax.data.format import DatasetFormatError, DatasetMetadata, SplitArrays, load_split, read_metadata
 
+# Labels the loss ignores (the reference's value): batches carry it for ignored cells and padding.
 IGNORE_LABEL_ID = -100
 Batch = dict[str, np.ndarray]
 

@@ -1,25 +1,26 @@
-"""PNG rendering of Sudoku and maze puzzles, predictions and targets (matplotlib, Agg backend).
+"""PNG rendering of Sudoku and maze puzzles, predictions and targets (matplotlib).
 
 Inputs are dataset token sequences or grids, as found in the .npy files and loader batches
 (Sudoku: digit + 1 with blank 1; maze: "# SGo" -> 1..5; label value -100 counts as unknown).
-Each ``render_*`` function returns a matplotlib Figure; :func:`save_png` writes any figure
-atomically. ARC rendering lives in ``trm_jax/data/arc_render.py``.
+Each ``render_*`` function returns a ``matplotlib.figure.Figure`` made without pyplot, so no
+backend is selected or changed (inline plots in a notebook keep working; show one there with
+``display(fig)``); :func:`save_png` writes any figure atomically. ARC rendering lives in
+``trm_jax/data/arc_render.py``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from trm_jax.fileio import atomic_write_with
 
 GIVEN_COLOR = "black"
 FILLED_COLOR = "#1f5fbf"
@@ -28,20 +29,14 @@ MAZE_COLORS = {0: "#ffffff", 1: "#202020", 2: "#f5f5f5", 3: "#2ca02c", 4: "#d627
 
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` to ``path`` as PNG (temp file then rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Write ``fig`` to ``path`` as PNG (temp file then rename); a pyplot figure is closed."""
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
-        plt.close(fig)
-    return path
+        if fig.canvas.manager is not None:  # made by pyplot, which keeps it until closed
+            import matplotlib.pyplot as plt  # noqa: PLC0415 - already imported by whoever made it
+
+            plt.close(fig)
 
 
 def _sudoku_digits(tokens: np.ndarray | None) -> np.ndarray | None:
@@ -53,7 +48,7 @@ def _sudoku_digits(tokens: np.ndarray | None) -> np.ndarray | None:
     return np.where((t >= 2) & (t <= 10), t - 1, 0).reshape(9, 9)
 
 
-def _draw_sudoku(ax: plt.Axes, puzzle: np.ndarray, shown: np.ndarray | None, target: np.ndarray | None,
+def _draw_sudoku(ax: Axes, puzzle: np.ndarray, shown: np.ndarray | None, target: np.ndarray | None,
                  title: str) -> None:
     ax.set_xlim(0, 9)
     ax.set_ylim(9, 0)
@@ -94,8 +89,8 @@ def render_sudoku(puzzle: np.ndarray, prediction: np.ndarray | None = None, targ
         panels.append(("prediction" + (f" ({n_wrong} wrong)" if n_wrong is not None else ""), pred))
     if tgt is not None:
         panels.append(("target", tgt))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    axes = np.atleast_1d(axes)
+    fig = Figure(figsize=(3.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, grid) in zip(axes, panels):
         _draw_sudoku(ax, q, grid, tgt if grid is pred else None, name)
     if title:
@@ -116,7 +111,7 @@ def _maze_grid(tokens: np.ndarray | None) -> np.ndarray | None:
 
 
 def _maze_rgb(grid: np.ndarray) -> np.ndarray:
-    lut = np.array([matplotlib.colors.to_rgb(MAZE_COLORS[i]) for i in range(6)])
+    lut = np.array([to_rgb(MAZE_COLORS[i]) for i in range(6)])
     return lut[grid]
 
 
@@ -134,8 +129,8 @@ def render_maze(maze: np.ndarray, prediction: np.ndarray | None = None, target: 
         panels.append(("prediction", pred))
     if tgt is not None:
         panels.append(("target", tgt))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6))
-    axes = np.atleast_1d(axes)
+    fig = Figure(figsize=(3.4 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, grid) in zip(axes, panels):
         ax.imshow(_maze_rgb(grid), interpolation="nearest")
         ax.set_xticks([])
