@@ -148,3 +148,16 @@ def test_run_config_from_before_a_new_field_still_loads(tmp_path):
     path.write_text(json.dumps(values))
     with pytest.raises(configs_lib.ConfigLoadError, match="unknown config key config.train.typo"):
         configs_lib.config_from_json(path)
+
+
+def test_every_config_named_in_the_docs_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "colab/README.md"):  # benchmarks/ has its own --config names
+        for name in re.findall(r"--config[ =]([A-Za-z0-9_./]+)", (root / doc).read_text()):
+            if not name.startswith("."):  # --config.a.b=v overrides
+                configs_lib.resolve_config_path(name)
+    table = (root / "README.md").read_text().split("## Paper experiments", 1)[1]
+    assert all(f"| `{name}` |" in table for name in ALL)
