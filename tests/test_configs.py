@@ -163,3 +163,14 @@ def test_every_config_named_in_the_docs_exists():
                 configs_lib.resolve_config_path(name)
     table = (root / "README.md").read_text().split("## Paper experiments", 1)[1]
     assert all(f"| `{name}` |" in table for name in ALL)
+
+
+def test_top_level_configs_directory_mirrors_the_packaged_configs():
+    """``configs/x.py`` in a checkout (the documented layout) loads the packaged ``x``, for every x."""
+    top = configs_lib.CONFIGS_DIR.parent.parent / "configs"
+    if not top.is_dir():
+        pytest.skip("not a checkout (installed package): no top-level configs/")
+    assert sorted(p.stem for p in top.glob("*.py")) == sorted(configs_lib.config_names())
+    for name in configs_lib.config_names():
+        from_file = configs_lib.load_config(str(top / f"{name}.py"))
+        assert configs_lib.config_to_dict(from_file) == configs_lib.config_to_dict(configs_lib.load_config(name))
