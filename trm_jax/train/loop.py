@@ -154,8 +154,8 @@ def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.s
     if start >= total:
         head = f"run in {workdir} already finished at step {start}/{total}: nothing to train"
     else:
-        what = f"resuming at step {start}" if start else "training"
-        head = (f"{what} {model_config.hidden_size}-wide TRM ({params:,} parameters) to step {total} on "
+        resumed = f"resumed {workdir} at step {start}/{total}; " if start else ""
+        head = (f"{resumed}training {model_config.hidden_size}-wide TRM ({params:,} parameters) to step {total} on "
                 f"{devices}, batch {batch} ({batch // mesh.size} per device), evaluation every {eval_every} steps")
     metrics = f"{workdir / CSV_NAME}" + (f" (+ {workdir / TB_DIR})" if tensorboard else "")
     return [head, f"checkpoints: {checkpointer.directory}; metrics: {metrics}; curves: {workdir / PLOT_NAME}"]
