@@ -11,7 +11,13 @@ from trm_jax.train.state import OptimConfig, TrainState
 
 
 class Stepper:
-    """The jitted (or pmapped) train/eval steps and conversions to/from the canonical layout."""
+    """The train and eval steps of a run and conversions to/from the canonical state layout.
+
+    ``mode="jit"``: the step jitted over the mesh (the main path). ``mode="pmap"``: the same
+    step under ``jax.pmap``, the state kept in pmap's layout while training (:meth:`to_running`);
+    evaluation and checkpoints always see the canonical (jit-sharded) state, so both modes
+    share one eval step.
+    """
 
     def __init__(self, mode: str, model_config: TRMConfig, optim_config: OptimConfig,
                  mesh: jax.sharding.Mesh, state: TrainState, eval_num_steps: int | None):
@@ -28,18 +34,22 @@ class Stepper:
             self._train = parallel.pmap_train_step(model_config, optim_config)
 
     def to_running(self, state: TrainState) -> TrainState:
+        """The canonical state in the layout :meth:`train` takes."""
         return state if self.mode == "jit" else parallel.replicate_for_pmap(state)
 
     def to_canonical(self, state: TrainState) -> TrainState:
+        """A running state back in the canonical, mesh-sharded layout."""
         if self.mode == "jit":
             return state
         return jax.device_put(parallel.unreplicate_from_pmap(state), self._shardings)
 
     def train(self, state: TrainState, batch: dict[str, np.ndarray]) -> tuple[TrainState, dict]:
+        """One step on this process's host batch; metrics stay on device."""
         if self.mode == "jit":
             return self._train(state, parallel.shard_batch(batch, self.mesh))
         state, metrics = self._train(state, parallel.split_batch_for_pmap(batch, self._devices))
         return state, jax.tree_util.tree_map(lambda x: x[0], metrics)
 
     def eval(self, state: TrainState, batch: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        """Predictions and metric sums of one host batch, on a canonical state."""
         return self._eval(state, parallel.shard_batch(batch, self.mesh))
