@@ -32,6 +32,7 @@ from trm_jax.config import TRMConfig
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.fileio import write_json_atomic
 from trm_jax.train import parallel
+from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.evaluation import make_arc_evaluator, run_evaluation
 from trm_jax.train.metrics import MetricWindow
@@ -118,6 +119,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     data_path = prepare_dataset(config, workdir)
     loader = make_train_loader(config, data_path)
     resolved, model_config, optim_config = resolve_configs(config, loader)
+    impl, warning = resolve_attention_impl(model_config)
+    model_config = model_config.replace(attention_impl=impl)
+    if warning and jax.process_index() == 0:
+        print(warning, flush=True)
     eval_loader = make_eval_loader(config, data_path)
     arc_evaluator = make_arc_evaluator(config, data_path)
     mesh = parallel.make_mesh()
