@@ -77,6 +77,7 @@ class MetricWindow:
         self.reset()
 
     def reset(self) -> None:
+        """Empties the window (after a log line) and restarts its clock."""
         self._acc: dict | None = None
         self.steps = 0
         self.first_step: int | None = None

@@ -56,10 +56,12 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (the leading axis) split over the mesh."""
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
 
 
@@ -71,6 +73,7 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    """Raises ValueError unless ``global_batch`` splits evenly over the mesh."""
     if global_batch % mesh.size:
         raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
                          f"devices of the mesh")

@@ -20,9 +20,9 @@ class StopSignal:
     must stop at the same step, or one enters the checkpoint barrier while another waits in the
     next step's all-reduce and the job hangs; they all get SIGTERM, but at different steps. So
     every ``check_every`` steps each process dispatches a tiny all-reduce (max) of its signal
-    number, behind the step it just dispatched, and reads the result one step later, once that
-    step's metrics are read too: no extra host stall, and every process sees the same value at
-    the same step. A stop is thus agreed one step after a check that saw a signal; all
+    number, behind the step it just dispatched, and reads the result one step later (the host
+    then waits for that step only, still one step ahead of the device), so every process sees
+    the same value at the same step. A stop is thus agreed one step after a check that saw a signal; all
     processes stop with the largest signal number any of them got (SIGTERM over SIGINT).
     """
 

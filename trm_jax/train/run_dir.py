@@ -105,6 +105,7 @@ def make_train_loader(config: ml_collections.ConfigDict, path: Path) -> PuzzleLo
 
 
 def make_eval_loader(config: ml_collections.ConfigDict, path: Path) -> PuzzleLoader:
+    """This process's test-split loader (``eval_batch_size``, else the training batch), padded."""
     size = config.train.eval_batch_size or config.optim.global_batch_size
     try:
         return PuzzleLoader(path, "test", size, test_mode=True, process_index=jax.process_index(),
