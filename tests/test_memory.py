@@ -32,3 +32,21 @@ def test_memory_is_flat_in_H_cycles_and_remat_saves_memory():
     assert abs(many_cycles - one_cycle) < 4096, (one_cycle, many_cycles)
     remat = step_temp_bytes(H_cycles=6, remat=True)
     assert remat < 0.5 * many_cycles, (remat, many_cycles)
+
+
+def eval_temp_bytes(num_steps: int) -> int:
+    model_config = tiny_model_config(seq_len=64, hidden_size=64, vocab_size=512, halt_max_steps=16)
+    optim_config = tiny_optim_config(global_batch_size=32)
+    state = jax.eval_shape(lambda: create_train_state(model_config, optim_config,
+                                                      jax.random.key(0)))
+    batch = jax.eval_shape(lambda: example_batch(model_config, 32))
+    compiled = jax.jit(step_lib.make_eval_step(model_config, num_steps=num_steps)
+                       ).lower(state, batch).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_eval_memory_does_not_grow_with_ACT_steps():
+    """Evaluation keeps the last step's outputs only: 16 ACT steps need what 2 need, although
+    16 steps of logits (32 x 64 x 512 float32 = 4 MiB each) would be 60 MiB more if stacked."""
+    two, sixteen = eval_temp_bytes(2), eval_temp_bytes(16)
+    assert abs(sixteen - two) < 64 * 1024, (two, sixteen)

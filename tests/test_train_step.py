@@ -103,6 +103,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
     from trm_jax.train import parallel, step as step_lib
+    from trm_jax.train.metrics import sums_to_means
     from trm_jax.train.state import create_train_state
 
     assert jax.device_count() == 8, jax.devices()
@@ -118,7 +119,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         out = []
         for b in batches:
             state, m = step(state, b)
-            out.append(step_lib.summarize_metrics(m, 16))
+            out.append(sums_to_means(m, examples=16))
         return state, out
 
     def run_sharded():
@@ -129,7 +130,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         out = []
         for b in batches:
             state, m = step(state, parallel.shard_batch(b, mesh))
-            out.append(step_lib.summarize_metrics(m, 16))
+            out.append(sums_to_means(m, examples=16))
         return state, out
 
     def run_pmap():
@@ -138,7 +139,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         out = []
         for b in batches:
             state, m = step(state, parallel.split_batch_for_pmap(b, 8))
-            out.append(step_lib.summarize_metrics(jax.tree_util.tree_map(lambda x: x[0], m), 16))
+            out.append(sums_to_means(jax.tree_util.tree_map(lambda x: x[0], m), examples=16))
         return parallel.unreplicate_from_pmap(state), out
 
     def assert_states_equal(ref, got, name):

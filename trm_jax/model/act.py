@@ -188,7 +188,11 @@ def evaluate_to_halt(config: TRMConfig, variables: Variables, batch: Batch,
 
     carry, outputs = step(initial_carry(config, batch), None)
     if num_steps > 1:
-        carry, outputs = jax.lax.scan(lambda c, _: step(c, None), carry, None,
-                                      length=num_steps - 1)
-        outputs = jax.tree_util.tree_map(lambda x: x[-1], outputs)
+        # The outputs ride in the scan carry (each step replaces them) instead of being stacked
+        # as scan outputs: only the last step's logits are ever held, whatever num_steps is.
+        def body(state, _):
+            new_carry, new_outputs = step(state[0], None)
+            return (new_carry, new_outputs), None
+
+        (carry, outputs), _ = jax.lax.scan(body, (carry, outputs), None, length=num_steps - 1)
     return carry, outputs

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from trm_jax.config import TRMConfig
 from trm_jax.model.network import Variables
@@ -47,16 +47,21 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    """A 1-D mesh over ``devices``; by default every device of every process, in the order
+    ``jax.make_mesh`` picks for the hardware topology."""
+    auto = (AxisType.Auto,)  # shardings propagate as XLA decides (jax.make_mesh may default to Explicit)
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=auto)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=auto)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (the leading axis) split over the mesh."""
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
 
 
@@ -68,6 +73,7 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    """Raises ValueError unless ``global_batch`` splits evenly over the mesh."""
     if global_batch % mesh.size:
         raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
                          f"devices of the mesh")
@@ -114,8 +120,14 @@ def jit_eval_step(model_config: TRMConfig, mesh: Mesh, state: TrainState, *,
 
 # --- pmap: a thin wrapper over the same step functions ---------------------------------
 
-def _split_rows(x: jax.Array, devices: int) -> jax.Array:
+def _split_rows(x: Any, devices: int) -> Any:
     return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
+
+
+def _pmap_layout(devices: list) -> NamedSharding:
+    # pmap is built on jit + shard_map: a leading device axis sharded over a mesh of the
+    # same devices is its native input layout.
+    return NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)), P(DATA_AXIS))
 
 
 def replicate_for_pmap(state: TrainState, devices: list | None = None) -> TrainState:
@@ -128,10 +140,7 @@ def replicate_for_pmap(state: TrainState, devices: list | None = None) -> TrainS
     stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state)
     stacked = stacked.replace(carry=jax.tree_util.tree_map(lambda x: _split_rows(x, n),
                                                            state.carry))
-    # pmap is built on jit + shard_map: a leading device axis sharded over a mesh of the
-    # same devices is its native input layout.
-    return jax.device_put(stacked, NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)),
-                                                 P(DATA_AXIS)))
+    return jax.device_put(stacked, _pmap_layout(devices))
 
 
 def unreplicate_from_pmap(state: TrainState) -> TrainState:
@@ -141,8 +150,13 @@ def unreplicate_from_pmap(state: TrainState) -> TrainState:
         lambda x: x.reshape((-1,) + x.shape[2:]), state.carry))
 
 
-def split_batch_for_pmap(batch: dict[str, Any], devices: int) -> dict[str, Any]:
-    return {k: _split_rows(jnp.asarray(v), devices) for k, v in batch.items()}
+def split_batch_for_pmap(batch: dict[str, Any], devices: int | list) -> dict[str, jax.Array]:
+    """A host batch as pmap input: rows split into ``[devices, rows / devices, ...]``, each
+    device's slice sent straight to it (no trip through device 0). ``devices``: a list, or
+    a count of the first local devices."""
+    devices = jax.local_devices()[:devices] if isinstance(devices, int) else devices
+    layout = _pmap_layout(devices)
+    return {k: jax.device_put(_split_rows(np.asarray(v), len(devices)), layout) for k, v in batch.items()}
 
 
 def pmap_train_step(model_config: TRMConfig, optim_config: OptimConfig) -> Callable:
@@ -153,9 +167,3 @@ def pmap_train_step(model_config: TRMConfig, optim_config: OptimConfig) -> Calla
     """
     return jax.pmap(step_lib.make_train_step(model_config, optim_config, axis_name=DATA_AXIS),
                     axis_name=DATA_AXIS, donate_argnums=0)
-
-
-def pmap_eval_step(model_config: TRMConfig, *, use_ema: bool = True,
-                   num_steps: int | None = None) -> Callable:
-    return jax.pmap(step_lib.make_eval_step(model_config, use_ema=use_ema, num_steps=num_steps,
-                                            axis_name=DATA_AXIS), axis_name=DATA_AXIS)

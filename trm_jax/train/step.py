@@ -6,8 +6,8 @@ or pmaps them (``axis_name`` set: cross-device sums are then explicit collective
 
 Metrics are returned as on-device sums (``count``, ``accuracy``, ``exact_accuracy``,
 ``q_halt_accuracy``, ``steps``, ``lm_loss``, ``q_halt_loss``) plus ``loss`` (the optimised
-value: total / global batch) and ``lr``; :func:`summarize_metrics` turns them into means on the
-host, after the next step is dispatched.
+value: total / global batch) and ``lr``; :func:`trm_jax.train.metrics.sums_to_means` turns them
+into means on the host.
 """
 
 from __future__ import annotations
@@ -119,25 +119,6 @@ def eval_step(model_config: TRMConfig, state: TrainState, batch: Batch, *,
     predictions = {"preds": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32),
                    "q_halt_logits": outputs["q_halt_logits"]}
     return predictions, metrics
-
-
-def summarize_metrics(metrics: dict, global_batch: int | None = None) -> dict[str, float]:
-    """Host-side means of metric sums (call on fetched values, not inside the step).
-
-    Accuracies and steps are divided by ``count`` (the rows that halted this step); the
-    loss terms by ``global_batch`` when given, as the reference logs them.
-    """
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    count = max(metrics.get("count", 0.0), 1.0)
-    out = {}
-    for key, value in metrics.items():
-        if key in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
-            out[key] = value / count
-        elif key in ("lm_loss", "q_halt_loss", "q_continue_loss") and global_batch:
-            out[key] = value / global_batch
-        else:
-            out[key] = value
-    return out
 
 
 def make_train_step(model_config: TRMConfig, optim_config: OptimConfig, **kwargs):
