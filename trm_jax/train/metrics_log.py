@@ -85,8 +85,9 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
     """One PNG with a panel per metric (train and eval on the same axes); None without data."""
-    from trm_jax.data.render import save_png  # noqa: PLC0415 - matplotlib only when plotting
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when plotting
+
+    from trm_jax.data.render import save_png  # noqa: PLC0415
 
     workdir = Path(workdir)
     csv_path = workdir / CSV_NAME
@@ -100,7 +101,8 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
         return None
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))  # no pyplot: no backend, no notebook side effects
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.flat, names):
         for split, style in (("train", "-"), ("eval", "o-")):
             points = series.get(f"{split}/{name}")
