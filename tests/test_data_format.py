@@ -9,9 +9,9 @@ import pytest
 from trm_jax.data import csv_source
 from trm_jax.data import format as fmt
 from trm_jax.data.csv_source import read_puzzle_csv
+from trm_jax.data.builder import PuzzleBuilder, make_metadata
 from trm_jax.data.format import (
-    DatasetFormatError, DatasetMetadata, PuzzleBuilder, load_split, make_metadata, read_identifiers, read_metadata,
-    write_dataset,
+    DatasetFormatError, DatasetMetadata, load_split, read_identifiers, read_metadata, write_dataset,
 )
 
 OFFICIAL_KEYS = {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",

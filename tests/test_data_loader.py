@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax.data.format import DatasetFormatError, PuzzleBuilder, make_metadata, write_dataset
+from trm_jax.data.builder import PuzzleBuilder, make_metadata
+from trm_jax.data.format import DatasetFormatError, write_dataset
 from trm_jax.data.loader import IGNORE_LABEL_ID, PuzzleLoader, total_training_steps
 from trm_jax.data.sudoku import build_sudoku_dataset
 

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from trm_jax.data import format as fmt
+from trm_jax.data.builder import make_metadata
 from trm_jax.data.arc_augment import (
     PAD_ID,
     SEQ_LEN,
@@ -186,7 +187,7 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
     for split in split_names:
         sets = {SET_NAME: _split_arrays(groups, split, split_pairs, identifier_of, rng)}
         splits[split] = sets
-        metadata[split] = fmt.make_metadata(sets, pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
+        metadata[split] = make_metadata(sets, pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
                                             vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
                                             num_puzzle_identifiers=num_identifiers)
     return fmt.write_dataset(out_dir, splits, metadata, identifiers,

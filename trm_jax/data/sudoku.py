@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
+from trm_jax.data.builder import PuzzleBuilder, make_metadata
 from trm_jax.data.format import (
-    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, PuzzleBuilder, SplitArrays,
-    make_metadata, write_dataset,
+    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, SplitArrays, write_dataset,
 )
 
 HUB_REPO = "sapientinc/sudoku-extreme"
