@@ -127,7 +127,8 @@ def test_inference_sweep_counts_steps(tmp_path):
 
 
 def test_dataset_batches_pad_and_map_ignore_label(tmp_path):
-    from trm_jax.data.format import PuzzleBuilder, make_metadata, write_dataset
+    from trm_jax.data.builder import PuzzleBuilder, make_metadata
+    from trm_jax.data.format import write_dataset
 
     builder = PuzzleBuilder(seq_len=3)
     for i in range(5):
