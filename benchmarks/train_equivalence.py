@@ -80,6 +80,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help=f"checkout of the official repository (or ${common.REFERENCE_ENV})")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--name", default="train_equivalence", help="stem of the output files")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         parser.error("--steps and --every must be >= 1")
@@ -134,6 +135,9 @@ class _Ours:
         return {k: np.asarray(v, np.float64) for k, v in
                 to_torch_state_dict({"params": s.params, "buffers": s.buffers}).items()}
 
+    def halted(self) -> np.ndarray:
+        return np.asarray(self.step.state.carry.halted)
+
     def early_halts(self) -> int:
         c = self.step.state.carry
         return int(np.sum(np.asarray(c.halted) & (np.asarray(c.steps) < self.config.halt_max_steps)))
@@ -155,6 +159,9 @@ class _Ref:
     def state_dict(self) -> dict[str, np.ndarray]:
         sd = self.step._head.model.state_dict()
         return {k: sd[k].detach().to("cpu").double().numpy() for k in self.keys}
+
+    def halted(self) -> np.ndarray:
+        return self.step.carry.halted.numpy()
 
     def early_halts(self) -> int:
         c = self.step.carry
@@ -212,12 +219,19 @@ def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
     halts: dict[str, list[int]] = {"ours": [], "ref": []}
     rec: dict[str, Any] = {"step": [], **{f"param_{p}": [] for p in pairs},
                            **{f"logit_{p}": [] for p in pairs}}
+    # Halting is discrete: the first step at which a pair's halting decisions differ (None:
+    # never). After it the pair trains on different rows and drifts apart at O(1) speed.
+    first_flip: dict[str, int | None] = {p: None for p in pairs}
     t0 = time.perf_counter()
     for i, batch in enumerate(batches, start=1):
         for key, run in runs.items():
             losses[key].append(run(batch))
         for key in halts:
             halts[key].append(runs[key].early_halts())
+        halted = {k: r.halted() for k, r in runs.items()}
+        for p, (a, b) in pairs.items():
+            if first_flip[p] is None and not np.array_equal(halted[a], halted[b]):
+                first_flip[p] = i
         if i % args.every == 0 or i == 1 or i == args.steps:
             states = {k: r.state_dict() for k, r in runs.items()}
             logits = {k: logit_probe(s) for k, s in states.items()}
@@ -241,7 +255,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
           f"distance ours-vs-ref {rec['param_ours_vs_ref'][-1]:.3g} (floors "
           f"{rec['param_floor_ours'][-1]:.3g} / {rec['param_floor_ref'][-1]:.3g}); worst "
           f"ratio to floor {worst:.3g}; early halts ours/ref {sum(halts['ours'])}/"
-          f"{sum(halts['ref'])}", file=sys.stderr)
+          f"{sum(halts['ref'])}; first halting flip {first_flip}", file=sys.stderr)
     return {
         "description": case.bench.description, "dtype": case.dtype,
         "model": config.to_dict(), "optim": dataclasses.asdict(case.bench.optim),
@@ -252,6 +266,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
                                                         != np.array(halts["ref"]))),
         "loss_rel_diff_max": float(loss_rel.max()), "loss_rel_diff_final": float(loss_rel[-1]),
         "distances": rec, "worst_ratio_to_floor": worst,
+        "first_halting_flip_step": first_flip,
         "within_factor_of_floor": bool(worst <= FLOOR_FACTOR),
     }
 
@@ -299,11 +314,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                      max(d["logit_floor_ours"][-1], d["logit_floor_ref"][-1]),
                      r["worst_ratio_to_floor"], r["loss_rel_diff_max"],
                      f"{sum(r['early_halts_per_step']['ours'])}/"
-                     f"{sum(r['early_halts_per_step']['ref'])}"])
+                     f"{sum(r['early_halts_per_step']['ref'])}",
+                     " / ".join(str(f) for f in r.get("first_halting_flip_step", {}).values())])
     table = common.markdown_table(
         ["config", "steps", "param dist (final)", "floor ours", "floor official",
          "logit diff (final)", "logit floor", "worst ratio to floor (any step)",
-         "max loss rel. diff", "early halts ours/official"], rows)
+         "max loss rel. diff", "early halts ours/official",
+         "first halting flip: ours-vs-official / floor ours / floor official"], rows)
     return (f"# Lockstep training against the official code\n\n"
             f"Command: `{meta['command']}`  \nCommit: {meta['git_commit']}  \n"
             f"Machine: {meta['host']['cpu']} ({meta['host']['cpu_count']} cores, load "
@@ -330,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    stem = os.path.join(args.out_dir, "train_equivalence")
+    stem = os.path.join(args.out_dir, args.name)
     common.write_json(stem + ".json", result)
     common.write_atomic(stem + ".md", to_markdown(result))
     if not args.no_plot:

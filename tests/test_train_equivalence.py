@@ -41,6 +41,7 @@ def test_lockstep_training_stays_within_the_noise_floor(tmp_path):
         assert case["loss_rel_diff_max"] < 1e-4, name
     halting = doc["configs"]["att_halting_f32"]["early_halts_per_step"]["ours"]
     assert sum(halting) > 0, "the halting config must exercise early q-halt"
+    assert doc["configs"]["att_halting_f32"]["first_halting_flip_step"]["ours_vs_ref"] is None
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"train_equivalence{suffix}").is_file()
 
