@@ -175,8 +175,8 @@ def param_distance(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> 
 
 
 class _LogitProbe:
-    """Logits of one evaluation ACT step on a fixed batch, computed by our model in float64
-    numpy-side comparison (the weights are the only difference between two calls)."""
+    """Logits of one evaluation ACT step on a fixed batch, always computed by our model, so
+    that two weight sets (ours, the official run's) are compared with the same arithmetic."""
 
     def __init__(self, config: Any, batch: Mapping[str, np.ndarray]):
         import jax
