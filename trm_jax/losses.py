@@ -29,6 +29,11 @@ def log_stablemax(logits: Array, axis: int = -1) -> Array:
     reference adds ``1e-30`` and runs in float64, where ``1e60`` is still finite; in float32
     it is not). For ``x < 0`` the reference's ``1e-30`` is below half an ulp of ``1 - x >= 1``,
     so leaving it out changes no value.
+
+    Computed in float32 for float32/bfloat16 logits (the reference casts to float64): measured
+    per-token relative error against float64 at most 3.6e-7 (a few ulp), unbiased (the summed
+    loss of 64x81 tokens within 5e-10; benchmarks/precision_gaps.py), so the float64 cast is
+    not reproduced.
     """
     negative = logits < 0
     safe_negative = jnp.where(negative, logits, 0.0)
