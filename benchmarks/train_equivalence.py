@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from benchmarks import common
-from benchmarks.common import BenchConfig, OptimSettings
+from benchmarks.common import BENCH_TOTAL_STEPS, BenchConfig
+from trm_jax.config import OptimConfig
 
 PERTURBATION = 1e-7
 # Acceptance of issue 14: ours-vs-official within this factor of the noise floor.
@@ -43,8 +44,9 @@ FLOOR_FACTOR = 10.0
 _TINY = dict(seq_len=16, vocab_size=8, num_puzzle_identifiers=8, puzzle_emb_ndim=32,
              puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, hidden_size=32, num_heads=2,
              expansion=2.0, halt_max_steps=4, halt_exploration_prob=0.0)
-_OPTIM = OptimSettings(lr=1e-3, puzzle_emb_lr=1e-2, weight_decay=0.1,
-                       puzzle_emb_weight_decay=0.1, lr_warmup_steps=20)
+_OPTIM = OptimConfig(global_batch_size=8, total_steps=BENCH_TOTAL_STEPS, lr=1e-3, lr_min_ratio=1.0,
+                     lr_warmup_steps=20, puzzle_emb_lr=1e-2, weight_decay=0.1,
+                     puzzle_emb_weight_decay=0.1, ema=True, ema_rate=0.999)
 
 
 @dataclasses.dataclass(frozen=True)

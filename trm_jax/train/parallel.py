@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from trm_jax.config import TRMConfig
 from trm_jax.model.network import Variables
@@ -49,10 +49,13 @@ def initialize_distributed(coordinator_address: str | None = None,
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh over ``devices``; by default every device of every process, in the order
     ``jax.make_mesh`` picks for the hardware topology."""
-    auto = (AxisType.Auto,)  # shardings propagate as XLA decides (jax.make_mesh may default to Explicit)
+    # Shardings propagate as XLA decides: newer jax.make_mesh may default to Explicit axes. jax
+    # releases before axis types (0.5.x) have only that behaviour and take no axis_types.
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    kwargs = {"axis_types": (axis_type.Auto,)} if axis_type is not None else {}
     if devices is None:
-        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=auto)
-    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=auto)
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), **kwargs)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), **kwargs)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
