@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # ``benchmarks`` is a top-level folder, not an installed package
-    sys.path.insert(0, REPO_ROOT)
+from benchmarks import common, depth_scaling, step_time
+from trm_test_utils import needs_reference, reference_dir
 
-from benchmarks import common, depth_scaling, step_time  # noqa: E402
-
-REFERENCE_DIR = os.environ.get(common.REFERENCE_ENV)
-NEEDS_REFERENCE = pytest.mark.skipif(
-    not REFERENCE_DIR,
-    reason=f"set {common.REFERENCE_ENV} to a checkout of the official TRM repository to run "
-           f"the comparison with the PyTorch reference step")
+REFERENCE_DIR = reference_dir()
+NEEDS_REFERENCE = needs_reference("run the comparison with the PyTorch reference step")
 
 
 def _check_impl_block(block: dict) -> None:

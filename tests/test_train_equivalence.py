@@ -6,22 +6,13 @@ full 300-step figures are in benchmarks/results/train_equivalence.md.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # ``benchmarks`` is a top-level folder, not an installed package
-    sys.path.insert(0, REPO_ROOT)
+from benchmarks import common, train_equivalence
+from trm_test_utils import needs_reference, reference_dir
 
-from benchmarks import common, train_equivalence  # noqa: E402
-
-REFERENCE_DIR = os.environ.get(common.REFERENCE_ENV)
-NEEDS_REFERENCE = pytest.mark.skipif(
-    not REFERENCE_DIR,
-    reason=f"set {common.REFERENCE_ENV} to a checkout of the official TRM repository to train "
-           f"the official step and ours in lockstep")
+REFERENCE_DIR = reference_dir()
+NEEDS_REFERENCE = needs_reference("train the official step and ours in lockstep")
 
 
 @NEEDS_REFERENCE

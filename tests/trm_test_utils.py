@@ -53,6 +53,23 @@ def tiny_run_config(dataset: str | os.PathLike, **overrides) -> ml_collections.C
     return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)
 
 
+def reference_dir() -> str | None:
+    """The checkout of the official TRM repository named by ``TRM_REFERENCE_DIR``, if any."""
+    from benchmarks.common import REFERENCE_ENV  # noqa: PLC0415 - importable through tests/conftest.py
+
+    return os.environ.get(REFERENCE_ENV) or None
+
+
+def needs_reference(purpose: str):
+    """Skips a test unless ``TRM_REFERENCE_DIR`` names a checkout of the official code."""
+    import pytest  # noqa: PLC0415 - this module is also imported by plain worker scripts
+
+    from benchmarks.common import REFERENCE_ENV  # noqa: PLC0415
+
+    return pytest.mark.skipif(not reference_dir(), reason=f"set {REFERENCE_ENV} to a checkout of the "
+                                                          f"official TRM repository to {purpose}")
+
+
 def numpy_leaves(tree) -> dict[str, np.ndarray]:
     """A train state's leaves as numpy arrays by path (PRNG keys as their key data)."""
     out = {}

@@ -1,0 +1,8 @@
+"""Makes the repository's top-level ``benchmarks`` folder importable (it is not an installed package)."""
+
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
