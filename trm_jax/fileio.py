@@ -26,6 +26,25 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def _temp_beside(path: Path, suffix: str) -> Iterator[str]:
+    """A temporary file name beside ``path``; on a clean exit the file replaces ``path``.
+
+    The parent directory is created. On an exception the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Opens a temporary file beside ``path``; on a clean exit it replaces ``path``.
 
@@ -35,17 +54,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-        os.chmod(tmp, _FILE_MODE & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _temp_beside(Path(path), ".tmp") as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
@@ -59,16 +69,8 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_path)`` for a writer that wants a file name (e.g. ``savefig``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(path, path.suffix or ".tmp") as tmp:
         write(tmp)
-        os.chmod(tmp, _FILE_MODE & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
