@@ -84,7 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
         evaluator="",  # "arc": ARC pass@k and submission.json at every evaluation
         # Built into `dataset_dir` (or WORKDIR/data when empty) if missing; kind "" = never.
         generate=ml_collections.ConfigDict(dict(
-            kind="", num_train=0, num_test=0, num_aug=0, seed=0, workers=1)),
+            kind="", num_train=0, num_test=0, num_aug=0, seed=0, workers=1,
+            # Sudoku difficulty: exactly this many blank cells per puzzle (0: minimal
+            # puzzles that need search, the hardest the generator makes).
+            blanks=0)),
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -100,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
         eval_batch_size=0,  # 0: optim.global_batch_size
         eval_max_batches=0,  # 0: the whole test split
         eval_num_steps=0,  # ACT steps at evaluation; 0: model.halt_max_steps
+        # > 0: when the run finishes, exact accuracy on the test split after 1, 2, 4, ... up to
+        # this many test-time supervision steps, and the learned halting point
+        # (WORKDIR/depth_curve.{json,png}; see trm_jax.train.depth_curve). 0: not computed.
+        depth_curve_steps=0,
         parallel="jit",  # "jit" (sharded over all devices) or "pmap"
         distributed=False,  # call jax.distributed.initialize() (multi-host)
         # Multi-process: steps between checks for SIGINT/SIGTERM on any process (a tiny
@@ -342,7 +349,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     for name in ("epochs", "log_every", "max_to_keep", "stop_check_every"):
         need(integer(train[name]) and train[name] >= 1, f"train.{name}", "a positive integer")
     for name in ("eval_interval", "min_eval_interval", "eval_every_steps", "eval_batch_size",
-                 "eval_max_batches", "eval_num_steps"):
+                 "eval_max_batches", "eval_num_steps", "depth_curve_steps"):
         need(integer(train[name]) and train[name] >= 0, f"train.{name}", "an integer >= 0")
     need(isinstance(data.dataset_dir, str), "data.dataset_dir", "a path (a string)")
     if gen.kind not in _GENERATORS:
@@ -354,6 +361,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
                                   f"integer (data.generate.kind={gen.kind!r} builds the dataset)")
         if not (integer(gen.num_aug) and gen.num_aug >= 0):
             raise ConfigError(f"config.data.generate.num_aug={gen.num_aug!r}: expected an integer >= 0")
+        if not (integer(gen.blanks) and 0 <= gen.blanks <= 64):
+            raise ConfigError(f"config.data.generate.blanks={gen.blanks!r}: expected an integer in 0..64")
+        if gen.blanks and gen.kind != "sudoku":
+            raise ConfigError(f"config.data.generate.blanks={gen.blanks!r}: only the Sudoku generator has "
+                              f"a blanks setting (data.generate.kind={gen.kind!r})")
 
     if device_count is None:
         import jax  # noqa: PLC0415 - keeps this module light

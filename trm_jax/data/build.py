@@ -4,7 +4,7 @@ Subcommands::
 
     sudoku OUT [--source DIR | --hub-repo REPO] [--subsample N] [--num-aug K] [--min-difficulty R] [--seed S]
     maze OUT [--source DIR | --hub-repo REPO] [--subsample N] [--aug] [--seed S]
-    gen-sudoku CSV_DIR [--num-train N] [--num-test N] [--seed S] [--workers W]
+    gen-sudoku CSV_DIR [--num-train N] [--num-test N] [--seed S] [--workers W] [--blanks B]
     gen-maze CSV_DIR [--num-train N] [--num-test N] [--seed S] [--side 30] [--path-longer-than 110]
 
 Extension hook (ARC): subcommands live in :data:`COMMANDS`. A module may add its own with
@@ -113,11 +113,13 @@ def _gen_common(p: argparse.ArgumentParser) -> None:
 def _gen_sudoku_args(p: argparse.ArgumentParser) -> None:
     _gen_common(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
+    p.add_argument("--blanks", type=int, default=0,
+                   help="exactly this many empty cells per puzzle (difficulty); 0: minimal puzzles needing search")
 
 
 def _gen_sudoku_run(a: argparse.Namespace) -> None:
     from trm_jax.data.generate_sudoku import generate_sudoku_csvs
-    print(f"wrote {generate_sudoku_csvs(a.csv_dir, a.num_train, a.num_test, a.seed, a.workers)}")
+    print(f"wrote {generate_sudoku_csvs(a.csv_dir, a.num_train, a.num_test, a.seed, a.workers, a.blanks)}")
 
 
 def _gen_maze_args(p: argparse.ArgumentParser) -> None:

@@ -171,23 +171,63 @@ def generate_puzzle(rnd: random.Random, max_tries: int = 1000) -> tuple[list[int
     raise RuntimeError("could not generate a puzzle needing search")
 
 
+def generate_puzzle_with_blanks(rnd: random.Random, blanks: int,
+                                max_tries: int = 1000) -> tuple[list[int], list[int], int]:
+    """(puzzle, solution, rating): a unique-solution puzzle with exactly ``blanks`` empty cells.
+
+    The difficulty knob of the generator: clues are removed from a random complete grid in a
+    random order, skipping any whose removal would allow a second solution, until ``blanks``
+    cells are empty. Fewer blanks is easier; a puzzle with few blanks may need no search
+    (``rating`` 0), one near the minimal-puzzle range (55-64 blanks) usually does.
+    """
+    if not 0 <= blanks <= 64:
+        raise ValueError(f"blanks={blanks}: expected 0..64 (no 9x9 Sudoku with fewer than 17 clues "
+                         "has a unique solution)")
+    for _ in range(max_tries):
+        solution = _random_solution(rnd)
+        puzzle = solution[:]
+        order = list(range(81))
+        rnd.shuffle(order)
+        removed = 0
+        for i in order:
+            if removed == blanks:
+                break
+            saved = puzzle[i]
+            puzzle[i] = 0
+            if solvable_by_singles(puzzle) or count_solutions(puzzle, 2)[0] == 1:
+                removed += 1
+            else:
+                puzzle[i] = saved
+        if removed == blanks:
+            return puzzle, solution, count_solutions(puzzle, 2)[1]
+    raise RuntimeError(f"could not generate a unique puzzle with {blanks} blanks")
+
+
 def _rng_for(seed: int, split: str, index: int) -> random.Random:
     split_id = {"train": 0, "test": 1}.get(split, 2)
     state = np.random.SeedSequence([seed, split_id, index]).generate_state(2)
     return random.Random(int(state[0]) << 32 | int(state[1]))
 
 
-def _generate_row(args: tuple[int, str, int]) -> tuple[str, str, int]:
-    seed, split, index = args
-    puzzle, solution, rating = generate_puzzle(_rng_for(seed, split, index))
+def _generate_row(args: tuple[int, str, int, int]) -> tuple[str, str, int]:
+    seed, split, index, blanks = args
+    rnd = _rng_for(seed, split, index)
+    if blanks:
+        puzzle, solution, rating = generate_puzzle_with_blanks(rnd, blanks)
+    else:
+        puzzle, solution, rating = generate_puzzle(rnd)
     q = "".join(str(d) if d else "." for d in puzzle)
     a = "".join(str(d) for d in solution)
     return q, a, rating
 
 
-def generate_sudoku_rows(n: int, seed: int, split: str, workers: int = 1) -> list[CsvRow]:
-    """``n`` CSV rows for ``split``, deterministic given (seed, split), whatever ``workers`` is."""
-    tasks = [(seed, split, i) for i in range(n)]
+def generate_sudoku_rows(n: int, seed: int, split: str, workers: int = 1, blanks: int = 0) -> list[CsvRow]:
+    """``n`` CSV rows for ``split``, deterministic given (seed, split, blanks), whatever ``workers`` is.
+
+    ``blanks`` 0: minimal puzzles that need search (:func:`generate_puzzle`); otherwise puzzles
+    with exactly that many blanks (:func:`generate_puzzle_with_blanks`).
+    """
+    tasks = [(seed, split, i, blanks) for i in range(n)]
     if workers > 1 and n > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
             results = pool.map(_generate_row, tasks, chunksize=max(1, n // (workers * 8)))
@@ -198,11 +238,14 @@ def generate_sudoku_rows(n: int, seed: int, split: str, workers: int = 1) -> lis
 
 
 def generate_sudoku_csvs(out_dir: str | os.PathLike, num_train: int = 1000, num_test: int = 1000,
-                         seed: int = 0, workers: int = 1) -> Path:
-    """Write ``out_dir/train.csv`` and ``out_dir/test.csv``; test puzzles equal to a train puzzle are dropped."""
+                         seed: int = 0, workers: int = 1, blanks: int = 0) -> Path:
+    """Write ``out_dir/train.csv`` and ``out_dir/test.csv``; test puzzles equal to a train puzzle are dropped.
+
+    ``blanks``: see :func:`generate_sudoku_rows`.
+    """
     out = Path(out_dir)
-    train = generate_sudoku_rows(num_train, seed, "train", workers)
-    test = generate_sudoku_rows(num_test, seed, "test", workers)
+    train = generate_sudoku_rows(num_train, seed, "train", workers, blanks)
+    test = generate_sudoku_rows(num_test, seed, "test", workers, blanks)
     seen = {r.question for r in train}
     test = [r for r in test if r.question not in seen]
     write_puzzle_csv(out / "train.csv", train)

@@ -79,7 +79,7 @@ def _generate_dataset(gen: ml_collections.ConfigDict, out: Path) -> None:
         if gen.kind == "sudoku":
             from trm_jax.data.generate_sudoku import generate_sudoku_csvs  # noqa: PLC0415
             from trm_jax.data.sudoku import build_sudoku_dataset  # noqa: PLC0415
-            generate_sudoku_csvs(csv_dir, gen.num_train, gen.num_test, gen.seed, gen.workers)
+            generate_sudoku_csvs(csv_dir, gen.num_train, gen.num_test, gen.seed, gen.workers, gen.blanks)
             build_sudoku_dataset(out, source_dir=csv_dir, hub_repo=None, num_aug=gen.num_aug, seed=gen.seed)
         elif gen.kind == "maze":
             from trm_jax.data.generate_maze import generate_maze_csvs  # noqa: PLC0415
