@@ -68,6 +68,22 @@ def test_evaluate_workdir(run, capsys):
     assert result["count"] == 3 and 0.0 <= result["accuracy"] <= 1.0
 
 
+def test_finished_run_has_a_depth_curve_and_evaluate_remeasures_it(run, capsys):
+    _, workdir = run
+    written = json.loads((workdir / "depth_curve.json").read_text())  # the quickstart config asks for one
+    assert written["num_puzzles"] == 3 and written["halt_max_steps"] == 2
+    assert (workdir / "depth_curve.png").stat().st_size > 0
+    out = workdir / "eval.json"
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--depth-curve", "3", "--output", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["depth_curve"]["steps"] == [1, 2, 3]
+    assert json.loads(out.read_text()) == result
+    again = json.loads((workdir / "depth_curve.json").read_text())
+    # The same weights and puzzles: the depths both measured agree.
+    assert again["exact_accuracy"][:2] == written["exact_accuracy"][:2]
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--depth-curve", "-1"]) == cli.EXIT_BAD_INPUT
+
+
 def test_checkpoint_from_another_architecture(run, capsys):
     dataset, workdir = run
     config_before = (workdir / "config.json").read_text()

@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from trm_jax.fileio import write_json_atomic
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
@@ -88,6 +90,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches (0: all)")
     p.add_argument("--num-steps", type=int, default=0, help="ACT steps per puzzle (0: halt_max_steps)")
     p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--depth-curve", type=int, default=0, metavar="MAX_STEPS",
+                   help="also measure exact accuracy after 1, 2, 4, ... MAX_STEPS test-time supervision "
+                        "steps and the learned halting point; writes depth_curve.{json,png} into --workdir "
+                        "(or beside --output)")
 
     p = sub.add_parser("predict", help="solve one Sudoku or maze, print it and write a PNG", epilog=OVERRIDES_HELP)
     _add_model_source(p)
@@ -246,11 +252,30 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     metrics = loop.run_evaluation(config, state, eval_fn, eval_loader, step=step, out_dir=out_dir,
                                   arc_evaluator=arc)
     result = {"source": source, "dataset": str(data_path), **metrics}
+    if args.depth_curve:
+        result["depth_curve"] = _depth_curve(args, config, model_config, optim_config, state, eval_loader,
+                                             mesh, source)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        write_json_atomic(args.output, result)
     return 0
+
+
+def _depth_curve(args: argparse.Namespace, config, model_config, optim_config, state, eval_loader, mesh,
+                 source: str) -> dict:
+    from trm_jax.train import depth_curve as depth  # noqa: PLC0415
+
+    if args.depth_curve < 1:
+        raise UsageError(f"--depth-curve {args.depth_curve}: expected a number of steps >= 1")
+    curve = depth.depth_curve(model_config, state.variables(use_ema=optim_config.ema), eval_loader,
+                              args.depth_curve, mesh)
+    out_dir = Path(args.workdir) if args.workdir else Path(args.output).parent if args.output else None
+    if out_dir is not None:
+        write_json_atomic(out_dir / depth.DEPTH_JSON, curve.to_dict())
+        depth.plot_depth_curve(curve, out_dir / depth.DEPTH_PLOT, title=source)
+    print(f"depth curve: {curve.summary()}", file=sys.stderr, flush=True)
+    return curve.to_dict()
 
 
 # -------------------------------------------------------------------------------- predict

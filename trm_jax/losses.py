@@ -64,6 +64,24 @@ LOSS_FUNCTIONS = {
 }
 
 
+def row_metrics(config: TRMConfig, labels: Array, outputs: dict[str, Array]) -> dict[str, Array]:
+    """Per-row [B] quantities of one step's outputs against ``labels`` [B, S] (-100 = ignored).
+
+    ``preds`` [B, S] (argmax tokens), ``num_labels`` (non-ignored cells), ``accuracy`` (fraction
+    of them right), ``exact`` (all of them right), ``lm_loss`` (the row's mean token loss;
+    :func:`act_loss` sums it over rows).
+    """
+    logits = outputs["logits"]
+    mask = labels != IGNORE_LABEL_ID
+    loss_counts = mask.sum(-1)
+    divisor = jnp.maximum(loss_counts, 1)[:, None].astype(at_least_float32(logits.dtype))
+    preds = jnp.argmax(logits, axis=-1)
+    is_correct = mask & (preds == labels)
+    token_loss = LOSS_FUNCTIONS[config.loss_type](logits, labels, mask)
+    return {"preds": preds, "num_labels": loss_counts, "accuracy": (is_correct / divisor).sum(-1),
+            "exact": is_correct.sum(-1) == loss_counts, "lm_loss": (token_loss / divisor).sum(-1)}
+
+
 def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
              outputs: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
     """(total loss, metrics) of one ACT step.
@@ -77,18 +95,10 @@ def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
     (per-row token accuracy), ``exact_accuracy``, ``q_halt_accuracy``, ``steps``, and the
     loss terms ``lm_loss``, ``q_halt_loss`` (+ ``q_continue_loss``).
     """
-    logits = outputs["logits"]
-    mask = labels != IGNORE_LABEL_ID
-    loss_counts = mask.sum(-1)
-    divisor = jnp.maximum(loss_counts, 1)[:, None].astype(at_least_float32(logits.dtype))
-
-    preds = jnp.argmax(logits, axis=-1)
-    is_correct = mask & (preds == labels)
-    seq_is_correct = is_correct.sum(-1) == loss_counts
-    valid = halted & (loss_counts > 0)
-
-    token_loss = LOSS_FUNCTIONS[config.loss_type](logits, labels, mask)
-    lm_loss = jnp.sum(token_loss / divisor)
+    rows = row_metrics(config, labels, outputs)
+    seq_is_correct = rows["exact"]
+    valid = halted & (rows["num_labels"] > 0)
+    lm_loss = jnp.sum(rows["lm_loss"])
     q_halt = outputs["q_halt_logits"]
     q_halt_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(
         q_halt, seq_is_correct.astype(q_halt.dtype)))
@@ -96,7 +106,7 @@ def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
 
     metrics = {
         "count": valid.sum(),
-        "accuracy": jnp.sum(jnp.where(valid, (is_correct / divisor).sum(-1), 0.0)),
+        "accuracy": jnp.sum(jnp.where(valid, rows["accuracy"], 0.0)),
         "exact_accuracy": (valid & seq_is_correct).sum(),
         "q_halt_accuracy": (valid & ((q_halt >= 0) == seq_is_correct)).sum(),
         "steps": jnp.sum(jnp.where(valid, steps, 0)),

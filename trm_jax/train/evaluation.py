@@ -15,8 +15,8 @@ from trm_jax.train.run_dir import RunDirError
 from trm_jax.train.state import TrainState
 
 
-def _host_rows(x: Any) -> np.ndarray:
-    """All rows of a batch-sharded global array (or this process's numpy slice) on the host."""
+def host_rows(x: Any) -> np.ndarray:
+    """All rows of a batch-sharded global array on the host (every process gets all of them)."""
     if jax.process_count() == 1:
         return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -43,9 +43,9 @@ def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn
         for key, value in jax.device_get(metrics).items():
             sums[key] = sums.get(key, 0.0) + float(value)
         if arc_evaluator is not None:
-            arc_evaluator.update(_host_rows(batch["inputs"]), _host_rows(predictions["preds"]),
-                                 _host_rows(predictions["q_halt_logits"]),
-                                 _host_rows(batch["puzzle_identifiers"]))
+            arc_evaluator.update(host_rows(batch["inputs"]), host_rows(predictions["preds"]),
+                                 host_rows(predictions["q_halt_logits"]),
+                                 host_rows(batch["puzzle_identifiers"]))
     result = sums_to_means(sums, steps=max(batches, 1), examples=max(sums.get("count", 0.0), 1.0))
     result.pop("loss", None)  # total / global batch per batch: padding rows skew it; lm_loss is the mean
     if arc_evaluator is not None:

@@ -34,6 +34,7 @@ from trm_jax.fileio import write_json_atomic
 from trm_jax.train import parallel
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
+from trm_jax.train.depth_curve import DEPTH_JSON, DEPTH_PLOT, DepthCurve, depth_curve, plot_depth_curve
 from trm_jax.train.evaluation import make_arc_evaluator, run_evaluation
 from trm_jax.train.metrics import MetricWindow
 from trm_jax.train.metrics_log import CSV_NAME, PLOT_NAME, TB_DIR, MetricsWriter, format_scalars, plot_curves
@@ -72,6 +73,8 @@ class TrainResult:
     # The signal the run stopped for (multi-process: the largest any process got, on every
     # process); None when it finished or stopped at ``stop_at``.
     stop_signal: signal.Signals | None = None
+    # The test-time depth curve of the finished run (``train.depth_curve_steps`` > 0).
+    depth_curve: DepthCurve | None = None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume: bool = False,
@@ -262,6 +265,29 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
         path = plot_curves(workdir)
         if path is not None:
             print(f"training curves: {path}", flush=True)
+    curve = None
+    if config.train.depth_curve_steps and step == total:
+        curve = _depth_report(config, model_config, optim_config, stepper.to_canonical(state), eval_loader,
+                              mesh, workdir)
     return TrainResult(step=step, total_steps=total, interrupted=interrupted, train_metrics=last_train,
                        eval_metrics=last_eval, workdir=str(workdir),
-                       stop_signal=stop_signal if interrupted else None)
+                       stop_signal=stop_signal if interrupted else None, depth_curve=curve)
+
+
+def _depth_report(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
+                  state: TrainState, eval_loader: PuzzleLoader, mesh: jax.sharding.Mesh,
+                  workdir: Path) -> DepthCurve:
+    """The finished run's depth curve on its test split: printed, WORKDIR/depth_curve.{json,png}."""
+    variables = state.variables(use_ema=optim_config.ema)
+    curve = depth_curve(model_config, variables, eval_loader, config.train.depth_curve_steps, mesh)
+    if jax.process_index() == 0:
+        write_json_atomic(workdir / DEPTH_JSON, curve.to_dict())
+        plot = plot_depth_curve(curve, workdir / DEPTH_PLOT, title=f"{workdir.name}: step {state_step(state)}")
+        print(f"depth curve: {curve.summary()}", flush=True)
+        print(f"depth curve: {plot} (+ {workdir / DEPTH_JSON})", flush=True)
+    return curve
+
+
+def state_step(state: TrainState) -> int:
+    """The state's step counter on the host."""
+    return int(jax.device_get(state.step))
