@@ -83,7 +83,7 @@ import jax
 %matplotlib inline
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
+from IPython.display import Image, display
 
 from trm_jax.data import render  # its figures are shown with display(fig)
 
@@ -192,9 +192,13 @@ print(f"stopped at step {result.step}/{result.total_steps} after {time.perf_coun
 """
 
 CURVES_MD = """\
-## 5. Training curves
+## 5. Training curves and the recursion at work
 
 Read back from `metrics.csv` (train: averages over `train.log_every` steps; eval: the test split).
+Then the depth curve the finished run wrote (`depth_curve.json`, `train.depth_curve_steps`):
+the share of test puzzles solved exactly after 1, 2, 4, ... supervision steps at test time, and
+where the learned halting head stops. One pass of the network solves next to none; the
+recursion solves them. (Shell: `trm-jax evaluate --workdir DIR --depth-curve 16`.)
 """
 
 CURVES = """\
@@ -219,6 +223,9 @@ last_eval = {tag.split("/", 1)[1]: points[-1] for tag, points in series.items() 
 if last_eval:
     print(f"last evaluation (step {last_eval['accuracy'][0]}): " + ", ".join(
         f"{name} {last_eval[name][1]:.4f}" for name, _ in panels))
+if result.depth_curve is not None:
+    print("depth curve:", result.depth_curve.summary())
+    display(Image(filename=str(WORKDIR / "depth_curve.png")))
 """
 
 RESTORE_MD = """\
@@ -295,7 +302,7 @@ for i in np.lexsort((-blanks_right, ~solved))[:3]:  # solved first, then the mos
 PREDICT_MD = """\
 ## 9. Solve a new puzzle
 
-A puzzle generated now (not in the dataset), solved with the restored EMA weights by running
+A puzzle generated now, as hard as the training ones (not in the dataset), solved with the restored EMA weights by running
 the recursion for `halt_max_steps` supervision steps. (Shell:
 `trm-jax predict --workdir DIR --puzzle '<81 characters, digits and . for blanks>'`.)
 """
@@ -305,11 +312,13 @@ import random
 
 import jax.numpy as jnp
 
-from trm_jax.data.generate_sudoku import generate_puzzle
+from trm_jax.data.generate_sudoku import generate_puzzle, generate_puzzle_with_blanks
 from trm_jax.data.sudoku import is_valid_solution
 from trm_jax.model.act import evaluate_to_halt
 
-puzzle, solution, rating = generate_puzzle(random.Random(2025))
+blanks = run_config.data.generate.blanks  # the difficulty the model was trained on (0: minimal puzzles)
+rnd = random.Random(2025)
+puzzle, solution, rating = generate_puzzle_with_blanks(rnd, blanks) if blanks else generate_puzzle(rnd)
 print("puzzle:", "".join(str(d) if d else "." for d in puzzle), f"(backtracks needed: {rating})")
 tokens = np.asarray(puzzle, np.int32) + 1  # dataset tokens: blank 1, digit d -> d + 1
 batch = {"inputs": jnp.asarray(tokens[None]), "labels": jnp.asarray(np.asarray(solution, np.int32)[None] + 1),

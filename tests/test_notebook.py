@@ -91,9 +91,12 @@ def test_notebook_runs_end_to_end(tmp_path: Path, kernel_name: str, monkeypatch:
     assert "solved exactly:" in _text(outputs["puzzles"])
     assert "valid solution:" in _text(outputs["predict"])
 
-    # Figures: a dataset example, the curves, up to three test puzzles (6 here), the new puzzle.
+    assert "depth curve: exact accuracy by test-time supervision steps" in _text(outputs["curves"])
+
+    # Figures: a dataset example, the curves and the depth curve, up to three test puzzles (6
+    # here), the new puzzle.
     assert _images(outputs["dataset"]) == 1
-    assert _images(outputs["curves"]) == 1
+    assert _images(outputs["curves"]) == 2
     assert _images(outputs["puzzles"]) == 3
     assert _images(outputs["predict"]) == 1
 
