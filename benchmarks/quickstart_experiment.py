@@ -17,18 +17,22 @@ directories (default: a temporary directory, removed at the end).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any, Sequence
 
-from benchmarks import common
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+from benchmarks import common  # noqa: E402
 
 RESULTS_DIR = Path(common.REPO_ROOT) / "benchmarks" / "results"
 STEM = "quickstart"
