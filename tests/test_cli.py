@@ -131,6 +131,35 @@ def test_predict_sudoku(run, capsys, tmp_path):
     assert cli.main(["predict", "--workdir", str(workdir), "--file", str(puzzle_file), "--png", str(png)]) == 0
 
 
+def test_predict_with_adaptive_halting_reports_the_steps(run, capsys, tmp_path):
+    _, workdir = run
+    assert cli.main(["predict", "--workdir", str(workdir), "--puzzle", PUZZLE, "--png", str(tmp_path / "p.png"),
+                     "--halting", "adaptive", "--threshold", "0.9", "--num-steps", "5"]) == 0
+    assert "supervision step(s) (adaptive halting, at most 5)" in capsys.readouterr().out
+    err = bad_input(capsys, ["predict", "--workdir", str(workdir), "--puzzle", PUZZLE, "--halting", "adaptive",
+                             "--threshold", "1.5"])
+    assert "threshold=1.5" in err
+
+
+def test_evaluate_adaptive_that_never_halts_equals_fixed(run, capsys):
+    """Adaptive evaluation with continuous batching (2 slots for the 3 test puzzles) and a threshold
+    that never fires gives the fixed evaluation's metrics; with the training rule it runs too."""
+    _, workdir = run
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--halting", "adaptive", "--threshold", "1",
+                     "--config.train.eval_slots=2"]) == 0
+    never = json.loads(capsys.readouterr().out)
+    assert never["halted_early"] == 0.0
+    for key in ("count", "accuracy", "exact_accuracy", "steps", "q_halt_accuracy"):
+        assert never[key] == pytest.approx(fixed[key], rel=1e-6), key
+    # float32: 2 slots instead of a batch of 4 change the matmul shapes (rounding of O(1) losses).
+    assert never["lm_loss"] == pytest.approx(fixed["lm_loss"], rel=1e-4)
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--halting", "adaptive"]) == 0
+    adaptive = json.loads(capsys.readouterr().out)
+    assert 1.0 <= adaptive["steps"] <= fixed["steps"] and adaptive["count"] == 3
+
+
 @pytest.mark.parametrize("puzzle, message", [(PUZZLE[:80], "needs 81 cells, got 80"),
                                              (PUZZLE[:80] + "x", "cell 'x'")])
 def test_predict_bad_puzzle(run, capsys, tmp_path, puzzle, message):

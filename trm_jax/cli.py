@@ -88,7 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split", epilog=OVERRIDES_HELP)
     _add_model_source(p)
     p.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches (0: all)")
-    p.add_argument("--num-steps", type=int, default=0, help="ACT steps per puzzle (0: halt_max_steps)")
+    p.add_argument("--num-steps", type=int, default=0,
+                   help="ACT steps per puzzle (adaptive: the most; 0: halt_max_steps)")
+    _add_halting(p)
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--depth-curve", type=int, default=0, metavar="MAX_STEPS",
                    help="also measure exact accuracy after 1, 2, 4, ... MAX_STEPS test-time supervision "
@@ -102,8 +104,18 @@ def make_parser() -> argparse.ArgumentParser:
                                        "maze: 900 characters of '# SGo'")
     what.add_argument("--file", help="a text file holding the puzzle (whitespace ignored)")
     p.add_argument("--png", default="prediction.png", help="where to write the picture (default prediction.png)")
-    p.add_argument("--num-steps", type=int, default=0, help="ACT steps (0: halt_max_steps)")
+    p.add_argument("--num-steps", type=int, default=0, help="ACT steps (adaptive: the most; 0: halt_max_steps)")
+    _add_halting(p)
     return parser
+
+
+def _add_halting(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--halting", choices=("fixed", "adaptive"), default="fixed",
+                   help="fixed: every puzzle runs --num-steps steps (the official evaluation); adaptive: a "
+                        "puzzle stops when its halting head's probability exceeds --threshold (evaluate: "
+                        "continuous batching, train.eval_slots rows)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="adaptive halting: stop when sigmoid(q_halt) > this (default 0.5, the training rule)")
 
 
 def _split_overrides(rest: Sequence[str]) -> list[str]:
@@ -168,8 +180,12 @@ def _require_torch() -> None:
         raise UsageError("--torch needs PyTorch, which is not installed: pip install 'trm-jax[torch]'") from None
 
 
-def _resolve_model(args: argparse.Namespace, overrides: list[str]):
-    """(config, model config, optim config, dataset path, variables) for evaluate/predict."""
+def resolve_model(args: argparse.Namespace, overrides: list[str]):
+    """(config, model config, optim config, dataset path, state, source) for evaluate/predict.
+
+    ``args`` holds the model-source options (``workdir``, ``checkpoint``, ``torch``, ``config``,
+    ``step``, ``dataset``); benchmarks call it with such a namespace too.
+    """
     import jax  # noqa: PLC0415
 
     from trm_jax import configs as configs_lib  # noqa: PLC0415
@@ -234,17 +250,27 @@ def _resolve_model(args: argparse.Namespace, overrides: list[str]):
 # ------------------------------------------------------------------------------- evaluate
 
 
+def _halting(args: argparse.Namespace):
+    """The --halting / --threshold / --num-steps policy (a bad combination is a UsageError)."""
+    from trm_jax.inference import HaltingPolicy  # noqa: PLC0415
+
+    try:
+        return HaltingPolicy(args.halting, args.num_steps, args.threshold)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from trm_jax.train import loop, parallel  # noqa: PLC0415
+    from trm_jax.train.evaluation import make_eval_fn  # noqa: PLC0415
 
-    config, model_config, optim_config, data_path, state, source = _resolve_model(args, overrides)
+    config, model_config, optim_config, data_path, state, source = resolve_model(args, overrides)
     if args.max_batches:
         config.train.eval_max_batches = args.max_batches
     if not (data_path / "test" / "dataset.json").is_file():
         raise loop.RunDirError(f"dataset directory {data_path} does not exist (no test/dataset.json)")
     mesh = parallel.make_mesh()
-    eval_fn = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
-                                     num_steps=args.num_steps or None)
+    eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state, _halting(args))
     eval_loader = loop.make_eval_loader(config, data_path)
     arc = loop.make_arc_evaluator(config, data_path)
     step = int(state.step)
@@ -322,10 +348,9 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from trm_jax.data import render  # noqa: PLC0415
-    from trm_jax.data.loader import IGNORE_LABEL_ID  # noqa: PLC0415
-    from trm_jax.model.act import evaluate_to_halt  # noqa: PLC0415
+    from trm_jax.inference import make_solver  # noqa: PLC0415
 
-    config, model_config, optim_config, _, state, source = _resolve_model(args, overrides)
+    config, model_config, optim_config, _, state, source = resolve_model(args, overrides)
     text = _read_puzzle(args)
     if model_config.seq_len == 81 and model_config.vocab_size == 11:
         kind, tokens = "sudoku", parse_sudoku(text)
@@ -334,14 +359,13 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         raise UsageError(f"predict handles Sudoku (seq 81, vocab 11) and maze (seq 900, vocab 6) models; "
                          f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}")
-    batch = {"inputs": jnp.asarray(tokens[None]),
-             "labels": jnp.full((1, tokens.shape[0]), IGNORE_LABEL_ID, jnp.int32),
-             "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
+    puzzle = {"inputs": jnp.asarray(tokens[None]), "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
     variables = jax.device_get(state.variables(use_ema=optim_config.ema))
-    solve = jax.jit(lambda v, b: evaluate_to_halt(model_config, v, b, args.num_steps or None))
-    _, outputs = solve(variables, batch)
-    pred = np.asarray(jnp.argmax(outputs["logits"], -1))[0]
-    confidence = float(jax.nn.sigmoid(outputs["q_halt_logits"][0]))
+    policy = _halting(args)
+    result = make_solver(model_config, num_slots=1, policy=policy)(variables, puzzle)
+    pred = np.asarray(result["preds"])[0]
+    confidence = float(jax.nn.sigmoid(result["q_halt_logits"][0]))
+    steps = f"{int(result['steps'][0])} supervision step(s) ({policy.mode} halting, at most {policy.cap(model_config)})"
 
     if kind == "sudoku":
         from trm_jax.data.sudoku import is_valid_solution  # noqa: PLC0415
@@ -353,14 +377,15 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
             print(" | ".join(row[i:i + 6].strip() for i in range(0, 18, 6)))
             if r in (2, 5):
                 print("------+-------+------")
-        print(f"valid solution: {'yes' if valid else 'no'}; model confidence (sigmoid q_halt): {confidence:.3f}")
+        print(f"valid solution: {'yes' if valid else 'no'}; model confidence (sigmoid q_halt): {confidence:.3f}; "
+              f"{steps}")
         fig = render.render_sudoku(tokens, prediction=pred, title=f"TRM ({'valid' if valid else 'invalid'})")
     else:
         from trm_jax.data.maze import decode_maze  # noqa: PLC0415
         out = decode_maze(pred)
         for r in range(30):
             print(out[r * 30:(r + 1) * 30])
-        print(f"model confidence (sigmoid q_halt): {confidence:.3f}")
+        print(f"model confidence (sigmoid q_halt): {confidence:.3f}; {steps}")
         fig = render.render_maze(tokens, prediction=pred)
     path = render.save_png(fig, args.png)
     print(f"model: {source}; picture: {path}")

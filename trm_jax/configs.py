@@ -102,7 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=50,  # steps between stdout/TensorBoard lines (averages over them)
         eval_batch_size=0,  # 0: optim.global_batch_size
         eval_max_batches=0,  # 0: the whole test split
-        eval_num_steps=0,  # ACT steps at evaluation; 0: model.halt_max_steps
+        eval_num_steps=0,  # ACT steps at evaluation (adaptive: the cap); 0: model.halt_max_steps
+        # "fixed": every puzzle runs eval_num_steps steps (the official evaluation). "adaptive":
+        # a puzzle stops when sigmoid(q_halt) > eval_halt_threshold, its slot then takes the next
+        # puzzle (continuous batching over eval_slots rows; 0: the eval batch size). One process.
+        eval_halting="fixed",
+        eval_halt_threshold=0.5,
+        eval_slots=0,
         # > 0: when the run finishes, exact accuracy on the test split after 1, 2, 4, ... up to
         # this many test-time supervision steps, and the learned halting point
         # (WORKDIR/depth_curve.{json,png}; see trm_jax.train.depth_curve). 0: not computed.
@@ -307,6 +313,7 @@ def model_config(config: ml_collections.ConfigDict, metadata: Any = None) -> TRM
 
 _PARALLEL_MODES = ("jit", "pmap")
 _EVALUATORS = ("", "arc")
+_HALTING = ("fixed", "adaptive")
 _GENERATORS = ("", "sudoku", "maze")
 
 
@@ -346,10 +353,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     train, data, gen = config.train, config.data, config.data.generate
     need(train.parallel in _PARALLEL_MODES, "train.parallel", f"one of {_PARALLEL_MODES}")
     need(data.evaluator in _EVALUATORS, "data.evaluator", f"one of {_EVALUATORS}")
+    need(train.eval_halting in _HALTING, "train.eval_halting", f"one of {_HALTING}")
+    need(isinstance(train.eval_halt_threshold, (int, float)) and 0 < train.eval_halt_threshold <= 1,
+         "train.eval_halt_threshold", "a probability in (0, 1]")
     for name in ("epochs", "log_every", "max_to_keep", "stop_check_every"):
         need(integer(train[name]) and train[name] >= 1, f"train.{name}", "a positive integer")
     for name in ("eval_interval", "min_eval_interval", "eval_every_steps", "eval_batch_size",
-                 "eval_max_batches", "eval_num_steps", "depth_curve_steps"):
+                 "eval_max_batches", "eval_num_steps", "depth_curve_steps", "eval_slots"):
         need(integer(train[name]) and train[name] >= 0, f"train.{name}", "an integer >= 0")
     need(isinstance(data.dataset_dir, str), "data.dataset_dir", "a path (a string)")
     if gen.kind not in _GENERATORS:
@@ -375,6 +385,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     eval_batch = train.eval_batch_size
     need(eval_batch == 0 or eval_batch % device_count == 0, "train.eval_batch_size",
          f"0 or a multiple of the {device_count} devices")
+    need(train.eval_slots % device_count == 0, "train.eval_slots", f"0 or a multiple of the {device_count} devices")
 
 
 def _with_placeholders(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

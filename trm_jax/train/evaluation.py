@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,7 +10,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from trm_jax.data.loader import PuzzleLoader
+from trm_jax.config import OptimConfig, TRMConfig
+from trm_jax.data.loader import IGNORE_LABEL_ID, PuzzleLoader
+from trm_jax.inference import HaltingPolicy, make_solver, summarize
+from trm_jax.train import parallel
 from trm_jax.train.metrics import sums_to_means
 from trm_jax.train.run_dir import RunDirError
 from trm_jax.train.state import TrainState
@@ -23,14 +27,80 @@ def host_rows(x: Any) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn: Callable,
+@dataclasses.dataclass(frozen=True)
+class AdaptiveEval:
+    """Evaluation with a halting policy and continuous batching (:mod:`trm_jax.inference`)."""
+
+    solve: Callable  # (variables, puzzles) -> per-puzzle results
+    policy: HaltingPolicy
+    cap: int  # the most steps a puzzle runs
+    use_ema: bool
+
+
+def halting_policy(config: ml_collections.ConfigDict) -> HaltingPolicy:
+    """The evaluation's :class:`~trm_jax.inference.HaltingPolicy` (``train.eval_halting``,
+    ``train.eval_num_steps`` as the cap, ``train.eval_halt_threshold``)."""
+    return HaltingPolicy(config.train.eval_halting, config.train.eval_num_steps,
+                         config.train.eval_halt_threshold)
+
+
+def make_eval_fn(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
+                 mesh: jax.sharding.Mesh, state: TrainState, policy: HaltingPolicy | None = None):
+    """What :func:`run_evaluation` runs: the batch eval step jitted over ``mesh`` for ``fixed``
+    halting (the official evaluation), or an :class:`AdaptiveEval` whose ``train.eval_slots``
+    slots (0: the eval batch size) are sharded over ``mesh``."""
+    policy = halting_policy(config) if policy is None else policy
+    if policy.mode == "fixed":
+        step = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
+                                      num_steps=policy.max_steps or None)
+        return lambda state, batch: step(state, parallel.shard_batch(batch, mesh))
+    slots = config.train.eval_slots or config.train.eval_batch_size or config.optim.global_batch_size
+    solve = make_solver(model_config, num_slots=slots, policy=policy, mesh=mesh)
+    return AdaptiveEval(solve, policy, policy.cap(model_config), optim_config.ema)
+
+
+def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.ndarray]:
+    """The test split's rows (padding, rows without any label, dropped) as host arrays, in loader order."""
+    if jax.process_count() > 1:
+        raise RunDirError("adaptive evaluation (train.eval_halting='adaptive') runs in one process; "
+                          "use eval_halting='fixed' for multi-host runs")
+    parts: dict[str, list[np.ndarray]] = {"inputs": [], "labels": [], "puzzle_identifiers": []}
+    for index, batch in enumerate(loader):
+        if max_batches and index >= max_batches:
+            break
+        real = np.any(np.asarray(batch["labels"]) != IGNORE_LABEL_ID, axis=1)  # padding: no label
+        for key in parts:
+            parts[key].append(np.asarray(batch[key])[real])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _run_adaptive(config: ml_collections.ConfigDict, state: TrainState, evaluator: AdaptiveEval,
+                  loader: PuzzleLoader, arc_evaluator: Any) -> dict[str, float]:
+    puzzles = collect_puzzles(loader, config.train.eval_max_batches)
+    results = jax.device_get(evaluator.solve(state.variables(use_ema=evaluator.use_ema), puzzles))
+    metrics = summarize(results, evaluator.cap)
+    if arc_evaluator is not None:
+        arc_evaluator.update(puzzles["inputs"], results["preds"], results["q_halt_logits"],
+                             puzzles["puzzle_identifiers"])
+    return metrics
+
+
+def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn: Callable | AdaptiveEval,
                    loader: PuzzleLoader, *, step: int, out_dir: Path | None = None,
                    arc_evaluator: Any = None) -> dict[str, float]:
     """Metrics over the test split (``eval_max_batches`` batches, 0 = all), EMA weights.
 
-    Means are over the non-padding examples; with an ARC evaluator also pass@k, and the
-    submission is written to ``out_dir/eval/step_<step>/``.
+    ``eval_fn``: from :func:`make_eval_fn` (or any ``(state, batch) -> (predictions, metric
+    sums)``, e.g. :func:`~trm_jax.train.parallel.jit_eval_step`). Means are over the non-padding
+    examples; adaptive halting adds ``halted_early`` (fraction of puzzles that stopped before
+    the cap). With an ARC evaluator also pass@k, and the submission is written to
+    ``out_dir/eval/step_<step>/``.
     """
+    if isinstance(eval_fn, AdaptiveEval):
+        if arc_evaluator is not None:
+            arc_evaluator.begin_eval()
+        result = _run_adaptive(config, state, eval_fn, loader, arc_evaluator)
+        return _with_arc(result, arc_evaluator, out_dir, step)
     sums: dict[str, float] = {}
     batches = 0
     if arc_evaluator is not None:
@@ -48,6 +118,10 @@ def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn
                                  host_rows(batch["puzzle_identifiers"]))
     result = sums_to_means(sums, steps=max(batches, 1), examples=max(sums.get("count", 0.0), 1.0))
     result.pop("loss", None)  # total / global batch per batch: padding rows skew it; lm_loss is the mean
+    return _with_arc(result, arc_evaluator, out_dir, step)
+
+
+def _with_arc(result: dict[str, float], arc_evaluator: Any, out_dir: Path | None, step: int) -> dict[str, float]:
     if arc_evaluator is not None:
         result.update(arc_evaluator.result())
         if out_dir is not None and jax.process_index() == 0:

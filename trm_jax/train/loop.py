@@ -35,7 +35,7 @@ from trm_jax.train import parallel
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.depth_curve import DEPTH_JSON, DEPTH_PLOT, DepthCurve, depth_curve, plot_depth_curve
-from trm_jax.train.evaluation import make_arc_evaluator, run_evaluation
+from trm_jax.train.evaluation import make_arc_evaluator, make_eval_fn, run_evaluation
 from trm_jax.train.metrics import MetricWindow
 from trm_jax.train.metrics_log import CSV_NAME, PLOT_NAME, TB_DIR, MetricsWriter, format_scalars, plot_curves
 from trm_jax.train.preemption import StopSignal
@@ -178,8 +178,8 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
     primary = jax.process_index() == 0
     total = optim_config.total_steps
     eval_every = eval_every_steps(config, total)
-    stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state,
-                      config.train.eval_num_steps or None)
+    stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state)
+    eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state)
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=primary)
     window = MetricWindow(optim_config.global_batch_size)
     bar = tqdm(total=total, initial=start, disable=not (primary and config.train.progress_bar),
@@ -239,7 +239,7 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
                 if at_log or at_eval or stopping:
                     read_window(step, log_it=at_log)
                 if at_eval and (step == total or step // eval_every > config.train.min_eval_interval):
-                    last_eval = run_evaluation(config, stepper.to_canonical(state), stepper.eval, eval_loader,
+                    last_eval = run_evaluation(config, stepper.to_canonical(state), eval_fn, eval_loader,
                                                step=step, out_dir=workdir, arc_evaluator=arc_evaluator)
                     writer.write(step, last_eval, prefix="eval/")
                     if primary:

@@ -11,22 +11,20 @@ from trm_jax.train.state import OptimConfig, TrainState
 
 
 class Stepper:
-    """The train and eval steps of a run and conversions to/from the canonical state layout.
+    """The train step of a run and conversions to/from the canonical state layout.
 
     ``mode="jit"``: the step jitted over the mesh (the main path). ``mode="pmap"``: the same
     step under ``jax.pmap``, the state kept in pmap's layout while training (:meth:`to_running`);
-    evaluation and checkpoints always see the canonical (jit-sharded) state, so both modes
-    share one eval step.
+    evaluation (:func:`~trm_jax.train.evaluation.make_eval_fn`) and checkpoints always see the
+    canonical (jit-sharded) state, so both modes share one evaluation.
     """
 
     def __init__(self, mode: str, model_config: TRMConfig, optim_config: OptimConfig,
-                 mesh: jax.sharding.Mesh, state: TrainState, eval_num_steps: int | None):
+                 mesh: jax.sharding.Mesh, state: TrainState):
         if mode not in ("jit", "pmap"):
             raise ValueError(f"config.train.parallel={mode!r}: expected 'jit' or 'pmap'")
         self.mode, self.mesh = mode, mesh
         self._shardings = parallel.state_shardings(state, mesh)
-        self._eval = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
-                                            num_steps=eval_num_steps)
         if mode == "jit":
             self._train = parallel.jit_train_step(model_config, optim_config, mesh, state)
         else:
@@ -50,6 +48,3 @@ class Stepper:
         state, metrics = self._train(state, parallel.split_batch_for_pmap(batch, self._devices))
         return state, jax.tree_util.tree_map(lambda x: x[0], metrics)
 
-    def eval(self, state: TrainState, batch: dict[str, np.ndarray]) -> tuple[dict, dict]:
-        """Predictions and metric sums of one host batch, on a canonical state."""
-        return self._eval(state, parallel.shard_batch(batch, self.mesh))
