@@ -16,7 +16,8 @@ supervision steps, and writes ``benchmarks/results/inference_<name>.{json,md,png
 
     python benchmarks/inference.py --workdir runs/quickstart --name quickstart_cpu
 
-``--copies K`` repeats the test split K times (more puzzles per pass, steadier timings).
+``--copies K`` (default 8) repeats the test split K times: with many more puzzles than slots
+(default 64) the slots stay full, which is where continuous batching pays off.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--dataset", help="dataset directory (default: the run's)")
     parser.add_argument("--thresholds", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.9])
-    parser.add_argument("--slots", type=int, default=0, help="rows on the devices (default: the eval batch size)")
-    parser.add_argument("--copies", type=int, default=1, help="repeat the test split this many times")
+    parser.add_argument("--slots", type=int, default=64,
+                        help="rows on the devices (0: the eval batch size; rounded up to a multiple of the devices)")
+    parser.add_argument("--copies", type=int, default=8,
+                        help="repeat the test split this many times: continuous batching pays off when there "
+                             "are many more puzzles than slots")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per policy")
     parser.add_argument("--name", default="run", help="results file name: inference_<name>.*")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
