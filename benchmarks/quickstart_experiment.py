@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-control", action="store_true", help="skip the control run")
     parser.add_argument("--workdir", help="keep the run directories here (default: a temporary directory)")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--name", default=STEM, help=f"results file stem (default {STEM})")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
 
@@ -127,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common.write_json(str(out / f"{STEM}.json"), {"meta": meta, "runs": runs})
-    png = plot(runs, out / f"{STEM}.png")
+    common.write_json(str(out / f"{args.name}.json"), {"meta": meta, "runs": runs})
+    png = plot(runs, out / f"{args.name}.png")
     header = ["config", "wall time", "held-out exact", "cell accuracy", "exact by test-time steps",
               "learned halting", "load before (1/5/15 min)"]
     text = (f"# Quickstart: held-out Sudoku solved, with and without recursion\n\n"
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"jax {meta['versions']['jax']}.\n\n" + common.markdown_table(header, summary_rows(runs))
             + f"\nWall time: the whole command (data generation, compilation, training, evaluations, "
               f"depth curve). Plot: `{png.name}`.\n")
-    common.write_atomic(str(out / f"{STEM}.md"), text)
+    common.write_atomic(str(out / f"{args.name}.md"), text)
     print(text)
     return 0
 

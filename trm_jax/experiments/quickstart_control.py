@@ -19,6 +19,6 @@ def get_config():
     c = quickstart.get_config()
     c.model.H_cycles, c.model.L_cycles = 1, 1
     c.model.halt_max_steps = 1
-    c.optim.total_steps = 10000  # about the quickstart's wall time on a 2-core CPU (measured: see above)
+    c.optim.total_steps = 12500  # about the quickstart's wall time on a 2-core CPU (measured: see above)
     c.train.eval_every_steps = 2500
     return c
