@@ -10,6 +10,7 @@ run, and writes ``benchmarks/results/quickstart.{json,md,png}`` with the command
 machine and its load::
 
     python benchmarks/quickstart_experiment.py --repeat 3
+    python benchmarks/quickstart_experiment.py --repeat 0 --name quickstart_control  # the control alone
 
 Run it on an otherwise idle machine: the wall times are the point. ``--workdir`` keeps the run
 directories (default: a temporary directory, removed at the end).

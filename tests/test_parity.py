@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trm_jax import inference
 from trm_jax.config import TRMConfig
 from trm_jax.interop import from_torch_state_dict, to_torch_state_dict
 from trm_jax.losses import act_loss
@@ -190,3 +191,11 @@ def test_evaluation_to_halt(fixture):
     for key, expected in fixture.group("eval/metrics/").items():
         tol = rtol.get("metrics/" + key, LOSS_RTOL)
         assert_close(ours["metrics/" + key], expected, tol, 1e-6, f"eval metrics/{key}")
+
+    # Fixed-depth inference with continuous batching (trm_jax.inference) is the official
+    # evaluation too: 3 slots for the fixture's rows, every puzzle halt_max_steps steps.
+    solved = inference.make_solver(config, num_slots=3)(variables, batch)
+    np.testing.assert_array_equal(np.asarray(solved["preds"]), fixture.data["eval/out/preds"])
+    np.testing.assert_array_equal(np.asarray(solved["steps"]), config.halt_max_steps)
+    assert_close(solved["q_halt_logits"], fixture.data["eval/out/q_halt_logits"], rtol["q_halt_logits"],
+                 ACT_ATOL, "inference q_halt_logits")

