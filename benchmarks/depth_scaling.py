@@ -306,32 +306,20 @@ def supervision_curve(config: TRMConfig, variables: Any, batch: dict[str, jax.Ar
                       num_steps: int) -> dict[str, jax.Array]:
     """Per-step correctness counts of ``num_steps`` evaluation ACT steps on one batch.
 
-    The run uses ``halt_max_steps = num_steps`` so no row halts (and is reset) before the
-    end: step k's predictions are what the model answers after k supervision steps. Returns
-    arrays of shape [num_steps]: ``exact`` (rows fully correct), ``token_accuracy`` (sum over
-    rows of per-row token accuracy), ``q_halt_positive`` (rows whose halt logit is > 0) and
-    the scalar ``rows`` (rows with at least one label).
+    A reduction of :func:`trm_jax.train.depth_curve.depth_trace` (no row halts and is reset
+    before the end: step k's predictions are what the model answers after k supervision
+    steps). Returns arrays of shape [num_steps]: ``exact`` (rows fully correct),
+    ``token_accuracy`` (sum over rows of per-row token accuracy), ``q_halt_positive`` (rows
+    whose halt logit is > 0) and the scalar ``rows`` (rows with at least one label).
     """
-    from trm_jax.model.act import act_step, initial_carry
+    from trm_jax.train.depth_curve import depth_trace
 
-    run_config = config.replace(halt_max_steps=num_steps)
-    labels = batch["labels"]
-    mask = labels != common.IGNORE_LABEL_ID
-    counts = mask.sum(-1)
-    valid = counts > 0
-
-    def one(carry, _):
-        carry, outputs = act_step(run_config, variables, carry, batch, training=False)
-        correct = mask & (jnp.argmax(outputs["logits"], -1) == labels)
-        row_acc = correct.sum(-1) / jnp.maximum(counts, 1)
-        stats = {"exact": jnp.sum(valid & (correct.sum(-1) == counts)),
-                 "token_accuracy": jnp.sum(jnp.where(valid, row_acc, 0.0)),
-                 "q_halt_positive": jnp.sum(valid & (outputs["q_halt_logits"] > 0))}
-        return carry, stats
-
-    _, stats = jax.lax.scan(one, initial_carry(run_config, batch), None, length=num_steps)
-    stats["rows"] = valid.sum()
-    return stats
+    trace = depth_trace(config, variables, batch, num_steps)
+    valid = trace["valid"][:, None]
+    return {"exact": jnp.sum(valid & trace["exact"], axis=0),
+            "token_accuracy": jnp.sum(jnp.where(valid, trace["accuracy"], 0.0), axis=0),
+            "q_halt_positive": jnp.sum(valid & (trace["q_halt_logits"] > 0), axis=0),
+            "rows": trace["valid"].sum()}
 
 
 def dataset_batches(data_dir: str, batch_size: int, max_examples: int

@@ -37,7 +37,8 @@ DEPTH_PLOT = "depth_curve.png"
 
 def depth_trace(config: TRMConfig, variables: Variables, batch: Batch,
                 max_steps: int) -> dict[str, jax.Array]:
-    """Per row and step, ``exact`` (bool) and ``q_halt_logits``, both [B, max_steps].
+    """Per row and step, ``exact`` (bool), ``accuracy`` (the row's token accuracy) and
+    ``q_halt_logits``, all [B, max_steps].
 
     Column k is the state after k + 1 evaluation ACT steps, as
     :func:`~trm_jax.model.act.evaluate_to_halt` with ``num_steps=k + 1`` gives it. ``valid``
@@ -49,11 +50,11 @@ def depth_trace(config: TRMConfig, variables: Variables, batch: Batch,
 
     def body(carry, _):
         carry, outputs = act_step(run_config, variables, carry, batch, training=False)
-        exact = row_metrics(config, batch["labels"], outputs)["exact"]
-        return carry, (exact, outputs["q_halt_logits"].astype(jnp.float32))
+        rows = row_metrics(config, batch["labels"], outputs)
+        return carry, (rows["exact"], rows["accuracy"], outputs["q_halt_logits"].astype(jnp.float32))
 
-    _, (exact, q_halt) = jax.lax.scan(body, initial_carry(config, batch), None, length=max_steps)
-    return {"exact": exact.T, "q_halt_logits": q_halt.T,
+    _, (exact, accuracy, q_halt) = jax.lax.scan(body, initial_carry(config, batch), None, length=max_steps)
+    return {"exact": exact.T, "accuracy": accuracy.T, "q_halt_logits": q_halt.T,
             "valid": jnp.any(batch["labels"] != IGNORE_LABEL_ID, axis=-1)}
 
 
