@@ -48,6 +48,9 @@ def tiny_run_config(dataset: str | os.PathLike, **overrides) -> ml_collections.C
         "optim.lr_warmup_steps": 2, "optim.lr": 1e-3, "train.eval_every_steps": 6, "train.log_every": 3,
         "train.eval_batch_size": 4, "train.progress_bar": False, "data.dataset_dir": str(dataset),
         "data.generate.kind": "", "train.tensorboard": False, "train.depth_curve_steps": 0,
+        # Generation in this process: worker processes would re-run an unguarded script (the
+        # multi-host worker) as their __main__.
+        "data.generate.workers": 1,
     }
     values.update(overrides)
     return configs_lib.apply_overrides(configs_lib.load_config("quickstart"), values)

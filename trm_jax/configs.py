@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
         evaluator="",  # "arc": ARC pass@k and submission.json at every evaluation
         # Built into `dataset_dir` (or WORKDIR/data when empty) if missing; kind "" = never.
         generate=ml_collections.ConfigDict(dict(
+            # workers > 1: generator processes (spawned; the output does not depend on their
+            # number). A script that calls train() needs Python's `if __name__ == "__main__":`.
             kind="", num_train=0, num_test=0, num_aug=0, seed=0, workers=1,
             # Sudoku difficulty: exactly this many blank cells per puzzle (0: minimal
             # puzzles that need search, the hardest the generator makes).
