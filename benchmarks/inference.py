@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from trm_jax import cli  # noqa: PLC0415
     from trm_jax.inference import HaltingPolicy, make_solver, summarize  # noqa: PLC0415
     from trm_jax.train import parallel  # noqa: PLC0415
-    from trm_jax.train.evaluation import collect_puzzles, run_evaluation  # noqa: PLC0415
+    from trm_jax.train.evaluation import collect_puzzles, make_eval_fn, run_evaluation  # noqa: PLC0415
     from trm_jax.train.run_dir import make_eval_loader  # noqa: PLC0415
 
     source = argparse.Namespace(workdir=args.workdir, checkpoint=args.checkpoint, torch=None, config=args.config,
@@ -72,8 +72,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     eval_step = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema)
     batches = [parallel.shard_batch(b, mesh) for b in loader] * args.copies
     times = time_passes(lambda: [eval_step(state, b) for b in batches], args.repeat)
-    metrics = run_evaluation(config, state, lambda s, b: eval_step(s, parallel.shard_batch(b, mesh)), loader,
-                             step=int(state.step))
+    metrics = run_evaluation(config, state, make_eval_fn(config, model_config, optim_config, mesh, state,
+                                                         HaltingPolicy("fixed")), loader, step=int(state.step))
     rows.append({"policy": "batch eval step", "threshold": None, "exact_accuracy": metrics["exact_accuracy"],
                  "mean_steps": metrics["steps"], "halted_early": 0.0, **_rates(times, n)})
 

@@ -298,8 +298,7 @@ def _depth_curve(args: argparse.Namespace, config, model_config, optim_config, s
                               args.depth_curve, mesh)
     out_dir = Path(args.workdir) if args.workdir else Path(args.output).parent if args.output else None
     if out_dir is not None:
-        write_json_atomic(out_dir / depth.DEPTH_JSON, curve.to_dict())
-        depth.plot_depth_curve(curve, out_dir / depth.DEPTH_PLOT, title=source)
+        depth.save_depth_curve(curve, out_dir, title=source)
     print(f"depth curve: {curve.summary()}", file=sys.stderr, flush=True)
     return curve.to_dict()
 

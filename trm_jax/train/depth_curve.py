@@ -131,6 +131,15 @@ def depth_curve(config: TRMConfig, variables: Variables, batches: Iterable[dict[
     return summarize_trace(np.concatenate(exact), np.concatenate(q_halt), config.halt_max_steps)
 
 
+def save_depth_curve(curve: DepthCurve, out_dir: str | os.PathLike, title: str = "") -> Path:
+    """Writes ``out_dir/depth_curve.json`` and ``out_dir/depth_curve.png``; returns the PNG's path."""
+    from trm_jax.fileio import write_json_atomic  # noqa: PLC0415
+
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / DEPTH_JSON, curve.to_dict())
+    return plot_depth_curve(curve, out_dir / DEPTH_PLOT, title=title)
+
+
 def plot_depth_curve(curve: DepthCurve, out: str | os.PathLike, title: str = "") -> Path:
     """A PNG of exact accuracy against test-time supervision steps, with the halting point."""
     from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when plotting

@@ -32,8 +32,7 @@ class AdaptiveEval:
     """Evaluation with a halting policy and continuous batching (:mod:`trm_jax.inference`)."""
 
     solve: Callable  # (variables, puzzles) -> per-puzzle results
-    policy: HaltingPolicy
-    cap: int  # the most steps a puzzle runs
+    cap: int  # the most steps a puzzle runs (the policy's cap for this model)
     use_ema: bool
 
 
@@ -56,7 +55,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, model_config: TRMConfig, opt
         return lambda state, batch: step(state, parallel.shard_batch(batch, mesh))
     slots = config.train.eval_slots or config.train.eval_batch_size or config.optim.global_batch_size
     solve = make_solver(model_config, num_slots=slots, policy=policy, mesh=mesh)
-    return AdaptiveEval(solve, policy, policy.cap(model_config), optim_config.ema)
+    return AdaptiveEval(solve, policy.cap(model_config), optim_config.ema)
 
 
 def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.ndarray]:

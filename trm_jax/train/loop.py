@@ -34,7 +34,7 @@ from trm_jax.fileio import write_json_atomic
 from trm_jax.train import parallel
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
-from trm_jax.train.depth_curve import DEPTH_JSON, DEPTH_PLOT, DepthCurve, depth_curve, plot_depth_curve
+from trm_jax.train.depth_curve import DEPTH_JSON, DepthCurve, depth_curve, save_depth_curve
 from trm_jax.train.evaluation import make_arc_evaluator, make_eval_fn, run_evaluation
 from trm_jax.train.metrics import MetricWindow
 from trm_jax.train.metrics_log import CSV_NAME, PLOT_NAME, TB_DIR, MetricsWriter, format_scalars, plot_curves
@@ -281,13 +281,7 @@ def _depth_report(config: ml_collections.ConfigDict, model_config: TRMConfig, op
     variables = state.variables(use_ema=optim_config.ema)
     curve = depth_curve(model_config, variables, eval_loader, config.train.depth_curve_steps, mesh)
     if jax.process_index() == 0:
-        write_json_atomic(workdir / DEPTH_JSON, curve.to_dict())
-        plot = plot_depth_curve(curve, workdir / DEPTH_PLOT, title=f"{workdir.name}: step {state_step(state)}")
+        plot = save_depth_curve(curve, workdir, title=f"{workdir.name}: step {int(jax.device_get(state.step))}")
         print(f"depth curve: {curve.summary()}", flush=True)
         print(f"depth curve: {plot} (+ {workdir / DEPTH_JSON})", flush=True)
     return curve
-
-
-def state_step(state: TrainState) -> int:
-    """The state's step counter on the host."""
-    return int(jax.device_get(state.step))
