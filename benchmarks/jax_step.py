@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from trm_jax.config import TRMConfig
@@ -99,6 +100,12 @@ class JaxTrainStep:
         self.steps_taken += 1
         return metrics
 
+    def hlo_text(self) -> str:
+        """The optimised HLO of the compiled step (what the profiler's event names refer to)."""
+        if self._compiled is None:
+            raise RuntimeError("JaxTrainStep: call compile(batch) first")
+        return self._compiled.as_text()
+
     @staticmethod
     def sync(result: Any) -> None:
         """Blocks until every array of ``result`` is computed."""
@@ -115,6 +122,53 @@ class JaxTrainStep:
         if not stats or "peak_bytes_in_use" not in stats:
             return None
         return int(stats["peak_bytes_in_use"])
+
+
+class MatmulCeiling:
+    """What one jitted matmul achieves on a device: the yardstick of a step's efficiency.
+
+    ``measure()`` times bursts of ``calls`` [648, 512] x [512, 2048] matmuls (the Sudoku
+    models' rows at batch 8, hidden size, 4x hidden size) in the step's dtype for at least
+    ``window_s`` seconds and returns the fastest burst's FLOP/s. The window outlasts the
+    slowdown that follows a large step on a CPU (measured: ~0.2 s after a batch-32 Sudoku
+    step, the matmul runs at about half speed), so it measures the machine, not the
+    previous step's aftermath.
+    """
+
+    SHAPE = (648, 512, 2048)
+
+    def __init__(self, device: jax.Device, dtype: str, seed: int = 0, calls: int = 10,
+                 window_s: float = 0.5, min_bursts: int = 5) -> None:
+        m, k, n = self.SHAPE
+        rng = np.random.default_rng(seed)
+        self.a = jax.device_put(jnp.asarray(rng.standard_normal((m, k)), dtype), device)
+        self.b = jax.device_put(jnp.asarray(rng.standard_normal((k, n)), dtype), device)
+        self.dtype, self.calls, self.window_s, self.min_bursts = dtype, calls, window_s, min_bursts
+        self.flops = 2.0 * m * k * n
+        self._matmul = jax.jit(jnp.matmul)
+        with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+            self._matmul(self.a, self.b).block_until_ready()
+
+    def measure(self) -> float:
+        """FLOP/s of the fastest burst within the window."""
+        best, bursts, start = 0.0, 0, time.perf_counter()
+        with jax.default_matmul_precision("highest" if self.dtype == "float32" else "default"):
+            while bursts < self.min_bursts or time.perf_counter() - start < self.window_s:
+                burst_start = time.perf_counter()
+                for _ in range(self.calls):
+                    out = self._matmul(self.a, self.b)
+                out.block_until_ready()
+                best = max(best, self.flops * self.calls / (time.perf_counter() - burst_start))
+                bursts += 1
+        return best
+
+    def describe(self) -> dict[str, Any]:
+        """The ceiling's definition, for result files."""
+        m, k, n = self.SHAPE
+        return {"shape_mkn": list(self.SHAPE), "dtype": self.dtype, "calls_per_burst": self.calls,
+                "window_s": self.window_s,
+                "text": f"fastest burst of {self.calls} jitted {m}x{k} @ {k}x{n} {self.dtype} "
+                        f"matmuls within {self.window_s} s"}
 
 
 def _memory_analysis(compiled: Any) -> dict[str, int] | None:

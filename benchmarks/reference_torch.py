@@ -125,6 +125,7 @@ def reference_model_dict(config: TRMConfig) -> dict[str, Any]:
     fields = config.to_dict()
     fields.pop("loss_type")
     fields.pop("remat")
+    fields.pop("saved_activations")
     fields["causal"] = False
     return fields
 

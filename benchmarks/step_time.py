@@ -31,7 +31,7 @@ from typing import Any, Sequence  # noqa: E402
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.jax_step import JaxTrainStep, bench_setup  # noqa: E402
+from benchmarks.jax_step import JaxTrainStep, MatmulCeiling, bench_setup  # noqa: E402
 
 SCHEMA = "trm-jax/step_time/v1"
 LOSS_RTOL = 1e-4
@@ -155,6 +155,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "flops_per_step_analytic": common.model_flops_per_step(config, batch_size),
     }
 
+    ceiling = MatmulCeiling(device, dtype, args.seed)
+    result["ceiling"] = ceiling.describe()
+
     # --- ours
     device_batches = [ours.put(b) for b in batches]
     start = 1 if ours.steps_taken else 0  # the loss check already used batch 0
@@ -165,12 +168,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         ours_first_call = timer.seconds
     for i in range(args.warmup):
         ours.sync(ours(device_batches[(start + i) % num_batches]))
+    ceiling_before = ceiling.measure()
     times = common.time_calls(lambda i: ours(device_batches[i % num_batches]), ours.sync,
                               args.steps, start_index=start + args.warmup)
+    ours_ceiling = max(ceiling_before, ceiling.measure())
     result["ours"] = _summary(times, batch_size, config.seq_len, ours.compile_seconds,
                               ours_first_call, ours.peak_memory_bytes(),
                               result["flops_per_step_analytic"], ours.flops, device.device_kind,
                               dtype)
+    _add_efficiency(result["ours"], result["flops_per_step_analytic"], ours_ceiling)
     result["ours"]["xla_memory"] = ours.memory_analysis
     result["ours"]["flops_per_step_xla"] = ours.flops
     if dtype != "float32" and loss_check["status"] == "passed":
@@ -190,11 +196,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for i in range(args.warmup):
             ref.synchronize(ref(ref_batches[(start + i) % num_batches]))
         ref.reset_peak_memory()
+        ceiling_before = ceiling.measure()
         times = common.time_calls(lambda i: ref(ref_batches[i % num_batches]), ref.synchronize,
                                   args.steps, start_index=start + args.warmup)
+        ref_ceiling = max(ceiling_before, ceiling.measure())
         result["reference"] = _summary(times, batch_size, config.seq_len, None, ref_first_call,
                                        ref.peak_memory_bytes(), result["flops_per_step_analytic"],
                                        ours.flops, device.device_kind, dtype)
+        _add_efficiency(result["reference"], result["flops_per_step_analytic"], ref_ceiling)
         result["reference"]["optimizer"] = ("adam_atan2 (CUDA)" if ref.uses_cuda_adam_atan2
                                             else "AdamATan2Torch (pure PyTorch)")
         result["reference"]["torch_compile"] = on_gpu and not args.no_compile_reference
@@ -234,6 +243,15 @@ def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref:
         prof.export_chrome_trace(path)
         out["reference"] = path
     return out
+
+
+def _add_efficiency(block: dict[str, Any], flops: float, ceiling_flops_per_s: float) -> None:
+    """Adds the achieved GFLOP/s (analytic FLOPs / median step) and its fraction of the matmul
+    ceiling measured just before and after the timed steps (the faster of the two)."""
+    achieved = flops / block["times"]["median_s"]
+    block["gflops_per_s"] = achieved / 1e9
+    block["ceiling_gflops_per_s"] = ceiling_flops_per_s / 1e9
+    block["fraction_of_ceiling"] = achieved / ceiling_flops_per_s
 
 
 class _Stopwatch(contextlib.AbstractContextManager):
@@ -282,10 +300,11 @@ def to_markdown(result: dict[str, Any]) -> str:
                      r["tokens_per_s"], r["compile_s"], r["first_call_s"],
                      common.format_bytes(r["peak_memory_bytes"]),
                      common.format_bytes((r.get("xla_memory") or {}).get("total_bytes")),
-                     None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"])
+                     None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+                     r["gflops_per_s"], f"{100 * r['fraction_of_ceiling']:.1f}%"])
     table = common.markdown_table(
         ["impl", "median ms", "min ms", "max ms", "tokens/s", "compile s", "first call s",
-         "device peak mem", "XLA memory plan", "MFU"], rows)
+         "device peak mem", "XLA memory plan", "MFU", "GFLOP/s", "of matmul ceiling"], rows)
     check = result["loss_check"]
     check_line = (f"loss check (float32, first batch): ours {check['ours']:.8g}, reference "
                   f"{check['reference']:.8g}, rel diff {check['rel_diff']:.2g} "
@@ -303,7 +322,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"- FLOPs per step: XLA cost analysis {_fmt(result['ours']['flops_per_step_xla'])}, "
         f"analytic (matmuls) {_fmt(result['flops_per_step_analytic'])}. MFU uses the analytic "
         f"figure for both implementations (XLA counts a scan body once, so its figure "
-        f"undercounts the recursion); n/a without a known peak (CPUs)",
+        f"undercounts the recursion); n/a without a known peak (CPUs). GFLOP/s: the analytic "
+        f"FLOPs per median step; matmul ceiling: {result['ceiling']['text']}, the faster of "
+        f"two measurements just before and after each implementation's timed steps",
         f"- memory: device peak from the allocators (CUDA only); XLA memory plan = arguments"
         f" + outputs - donated + temporaries of our compiled step; host peak RSS of the whole"
         f" process (both implementations): {common.format_bytes(result['host_peak_rss_bytes'])}",

@@ -28,6 +28,9 @@ def _check_impl_block(block: dict) -> None:
     for key in ("compile_s", "first_call_s", "peak_memory_bytes", "mfu", "mfu_xla"):
         assert key in block
     assert block["mfu"] is None  # CPU: no peak-FLOPs figure, so no MFU
+    assert block["ceiling_gflops_per_s"] > 0
+    assert block["gflops_per_s"] == pytest.approx(
+        block["fraction_of_ceiling"] * block["ceiling_gflops_per_s"])
 
 
 def _check_step_time_document(doc: dict, with_reference: bool) -> None:
@@ -238,3 +241,96 @@ def test_inference_weights_from_our_checkpoint(tmp_path):
                                                                            puzzle_emb_ndim=64), 0)
     with pytest.raises(ValueError, match="expected 'random'"):
         depth_scaling.load_weights("bogus", config, 0)
+
+
+# --- efficiency report and op profile -------------------------------------------------
+
+def test_efficiency_report(tmp_path):
+    """Two configs, interleaved rounds: GFLOP/s, a ceiling and the fraction of it, per row."""
+    from benchmarks import efficiency  # noqa: PLC0415
+
+    argv = ["--configs", "tiny", "--batch-sizes", "2,4", "--rounds", "2", "--warmup", "0",
+            "--device", "cpu", "--set", "saved_activations=all", "--set", "L_cycles=3",
+            "--profile-dir", str(tmp_path / "prof"), "--out-dir", str(tmp_path), "--name", "t"]
+    result = efficiency.main(argv)
+    doc = json.loads((tmp_path / "efficiency_t.json").read_text())
+    assert doc["schema"] == efficiency.SCHEMA and doc["rows"] == json.loads(json.dumps(result["rows"]))
+    assert doc["overrides"] == {"saved_activations": "all", "L_cycles": 3}
+    assert [(r["config"], r["batch_size"]) for r in doc["rows"]] == [("tiny", 2), ("tiny", 4)]
+    for row in doc["rows"]:
+        assert len(row["per_round"]) == 2 and row["times"]["n"] == 2
+        assert row["ceiling_gflops_per_s"] > 0 and row["gflops_per_s"] > 0
+        assert row["flops_per_step"] == common.model_flops_per_step(
+            common.get_config("tiny").model_config(row["batch_size"], "float32", L_cycles=3),
+            row["batch_size"])
+        low, high = row["fraction_of_ceiling_min_max"]
+        assert 0 < low <= row["fraction_of_ceiling"] <= high
+        assert row["efficiency_vs_first_config"] == 1.0  # each row is its batch's first config
+    markdown = (tmp_path / "efficiency_t.md").read_text()
+    assert "| tiny | 4 |" in markdown and "saved_activations" in markdown
+    for prof in doc["profiles"]:
+        assert list((tmp_path / "prof").glob("**/*.xplane.pb"))
+        if prof["breakdown"] is None:
+            assert "xprof" in prof["breakdown_skipped"]
+        else:
+            shares = [c["share"] for c in prof["breakdown"]["categories"].values()]
+            assert abs(sum(shares) - 1) < 1e-9 and prof["breakdown"]["categories"]["matmul"]["ms"] > 0
+
+
+def test_efficiency_rejects_bad_arguments():
+    from benchmarks import efficiency  # noqa: PLC0415
+
+    for argv in (["--configs", "nope"], ["--batch-sizes", "8,x"], ["--rounds", "0"],
+                 ["--set", "saved_activations"]):
+        with pytest.raises(SystemExit):
+            efficiency.parse_args(argv)
+
+
+OP_PROFILE_HLO = """
+%fused_dot (p0: f32[4,4], p1: f32[4,4]) -> f32[4,4] {
+  %p0 = f32[4,4]{1,0} parameter(0)
+  %p1 = f32[4,4]{1,0} parameter(1)
+  %dot.1 = f32[4,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %exp.1 = f32[4,4]{1,0} exponential(%dot.1)
+}
+
+%fused_transpose (p0: f32[4,4]) -> f32[4,4] {
+  %p0 = f32[4,4]{1,0} parameter(0)
+  %transpose.1 = f32[4,4]{0,1} transpose(%p0), dimensions={1,0}
+  ROOT %copy.1 = f32[4,4]{1,0} copy(%transpose.1)
+}
+
+%fused_zeros () -> f32[6,4] {
+  %constant.1 = f32[] constant(0)
+  ROOT %broadcast.1 = f32[6,4]{1,0} broadcast(%constant.1), dimensions={}
+}
+
+ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4,4] {
+  %a = f32[4,4]{1,0} parameter(0)
+  %b = f32[4,4]{1,0} parameter(1)
+  %ynn_fusion.2 = f32[4,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot
+  %copy_fusion = f32[4,4]{1,0} fusion(%ynn_fusion.2), kind=kLoop, calls=%fused_transpose
+  %wrapped_broadcast = f32[6,4]{1,0} fusion(), kind=kLoop, calls=%fused_zeros
+  %while.3 = (f32[4,4]) while(%copy_fusion), condition=%cond, body=%body
+  ROOT %add.1 = f32[4,4]{1,0} add(%copy_fusion, %a)
+}
+"""
+
+
+def test_op_breakdown_sums_events_by_kind_of_operation():
+    from benchmarks import op_profile  # noqa: PLC0415
+
+    events = [{"name": "ynn_fusion.2", "dur": 3000.0}, {"name": "copy_fusion", "dur": 1000.0},
+              {"name": "wrapped_broadcast", "dur": 500.0}, {"name": "add.1", "dur": 500.0},
+              {"name": "while.3", "dur": 9000.0},  # a loop: its ops are counted, not it
+              {"name": "ThunkExecutor::Execute", "dur": 7000.0},  # not an HLO op
+              {"name": "ynn_fusion.2", "dur": 3000.0}]
+    out = op_profile.op_breakdown(OP_PROFILE_HLO, events, steps=2)
+    ms = {c: v["ms"] for c, v in out["categories"].items()}
+    assert ms == {"matmul": 3.0, "copy/transpose": 0.5, "broadcast": 0.25,
+                  "dynamic slice/update": 0.0, "other": 0.25}
+    assert out["total_ms"] == 4.0
+    assert out["top_ops"][0] == {"name": "ynn_fusion.2", "category": "matmul", "ms": 3.0}
+    assert op_profile.categorize("while", set()) is None
+    assert op_profile.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
+        "dynamic slice/update"

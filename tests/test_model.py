@@ -30,6 +30,7 @@ from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
     ("H_cycles", 0, "positive integer"),
     ("halt_exploration_prob", 1.5, "probability"),
     ("forward_dtype", "float64", "JAX_ENABLE_X64"),  # this process runs 32-bit JAX
+    ("saved_activations", "some", "saved_activations"),
 ])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -205,6 +206,106 @@ def test_remat_gives_the_same_gradients():
     out = run_with_devices(REMAT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14),
                            devices=1, x64=True)
     assert "REMAT_OK" in out
+
+
+LAYOUT_SCRIPT = """
+import sys
+import chex, jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, {tests!r})
+from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
+from trm_jax.model.layers import SequenceSwiGLU, SwiGLU
+from trm_jax.train.state import create_train_state
+from trm_jax.train.step import compute_gradients
+
+# SequenceSwiGLU on [L, B, D] is SwiGLU on the tensor moved to [B, D, L], with its parameters.
+x = jnp.asarray(np.random.default_rng(0).standard_normal((19, 3, 8)))  # [L, B, D] float64
+params = SwiGLU(2.0, jnp.float64).init(jax.random.key(0), jnp.moveaxis(x, 0, -1))
+moved = jnp.moveaxis(SwiGLU(2.0, jnp.float64).apply(params, jnp.moveaxis(x, 0, -1)), -1, 0)
+leading = SequenceSwiGLU(2.0, jnp.float64).apply(params, x)
+assert leading.dtype == jnp.float64 and leading.shape == x.shape
+chex.assert_trees_all_close(leading, moved, rtol={rtol!r}, atol={atol!r})
+
+# Keeping only the matrix products' outputs for the backward pass (recomputing the rest)
+# changes no gradient, for attention and mlp_t models.
+for model in (dict(), dict(mlp_t=True, pos_encodings="none")):
+    config = tiny_model_config(forward_dtype="float64", **model)
+    batch = {{k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}}
+    state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0))
+    grads = {{}}
+    for saved in ("matmuls", "all"):
+        run = config.replace(saved_activations=saved)
+        grads[saved] = jax.jit(lambda s: compute_gradients(run, s, batch, jax.random.key(1)))(state)
+    chex.assert_trees_all_close(grads["matmuls"][3], grads["all"][3], rtol={rtol!r}, atol={atol!r})
+    chex.assert_trees_all_close(grads["matmuls"][5], grads["all"][5], rtol={rtol!r}, atol={atol!r})
+print("LAYOUT_OK")
+"""
+
+
+def test_sequence_major_token_mixing_and_saved_activations_change_no_value():
+    """The mlp_t token mixing on sequence-major activations is the official SwiGLU along the
+    sequence, and ``saved_activations="matmuls"`` gives the gradients of ``"all"``.
+
+    Both change only the order of floating-point operations (a summation order inside the
+    matrix products; where element-wise values are recomputed), so they are compared in
+    float64, where that is ~1e-16 relative: 1e-10 leaves a 1e4 amplification margin through
+    the recursion and is far below any real difference (a wrong axis or a wrong saved value
+    is an O(1) change).
+    """
+    from test_train_step import TESTS_DIR, run_with_devices  # noqa: PLC0415
+
+    out = run_with_devices(LAYOUT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14),
+                           devices=1, x64=True)
+    assert "LAYOUT_OK" in out
+
+
+def test_sequence_swiglu_has_the_parameters_of_swiglu():
+    """Same parameter tree, shapes and initial values as the [.., L] SwiGLU it replaces, so
+    checkpoints, interop and the initialisation are unchanged."""
+    from trm_jax.model.layers import SequenceSwiGLU, SwiGLU  # noqa: PLC0415
+
+    x = jnp.ones((19, 3, 8))  # [L, B, D]
+    ours = SequenceSwiGLU(4.0).init(jax.random.key(5), x)
+    theirs = SwiGLU(4.0).init(jax.random.key(5), jnp.moveaxis(x, 0, -1))
+    chex.assert_trees_all_equal(ours, theirs)
+
+
+def _walk_eqns(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _walk_eqns(inner)
+
+
+def _activation_transposes(**overrides) -> list[tuple[int, ...]]:
+    """Shapes of the [B, L, D]-sized (rank-3) tensors transposed in the mlp_t train step."""
+    config = tiny_model_config(mlp_t=True, pos_encodings="none", **overrides)
+    optim_config = tiny_optim_config(global_batch_size=4)
+    state = create_train_state(config, optim_config, jax.random.key(0))
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}
+    jaxpr = jax.make_jaxpr(step_lib.make_train_step(config, optim_config))(state, batch).jaxpr
+    return [tuple(e.invars[0].aval.shape) for e in _walk_eqns(jaxpr)
+            if e.primitive.name == "transpose" and len(e.invars[0].aval.shape) == 3]
+
+
+@pytest.mark.parametrize("saved_activations", ["matmuls", "all"])
+def test_mlp_t_blocks_transpose_no_activation(saved_activations):
+    """The mlp_t blocks mix tokens without transposing activations: the recursion runs on
+    sequence-major tensors (``to_recursion_layout``), so the only [B, L, D]-sized transposes
+    of the train step are the layout changes around the recursion, once per ACT step (the
+    carry and input in, the outputs back, and their backward). Their number does not depend
+    on the number of blocks; the [B, L, D] formulation transposed twice in every block.
+    (The 2-D transposes JAX's dot rules emit in the backward pass are folded into the matrix
+    products by XLA and are not counted.)
+    """
+    one = _activation_transposes(L_layers=1, saved_activations=saved_activations)
+    three = _activation_transposes(L_layers=3, saved_activations=saved_activations)
+    assert sorted(one) == sorted(three), (one, three)
+    assert all(sorted(s) == [4, 18, 32] for s in one), one  # [B, L, D] <-> [L, B, D] only
+    assert 0 < len(one) <= 8, one
 
 
 def test_param_count_of_paper_sudoku_mlp():

@@ -108,7 +108,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
     assert jax.device_count() == 8, jax.devices()
     RTOL, ATOL = {rtol!r}, {atol!r}
-    config = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float64")
+    MODEL = {model!r}
+    config = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float64", **MODEL)
     optim = tiny_optim_config(global_batch_size=16)
     batches = [random_batch(config, 16, i) for i in range(4)]
 
@@ -160,7 +161,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     ref_state, ref_metrics = run_single()
     # The float64 model is the float32 model: the same initial weights (drawn in float32) and,
     # on the first step, the same loss up to float32 rounding (~1e-7 relative, 1e-5 allowed).
-    config32 = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float32")
+    config32 = tiny_model_config(halt_exploration_prob=0.5, forward_dtype="float32", **MODEL)
     state32 = create_train_state(config32, optim, jax.random.key(0))
     state64 = create_train_state(config, optim, jax.random.key(0))
     for a, b in zip(jax.tree_util.tree_leaves(state32.params), jax.tree_util.tree_leaves(state64.params)):
@@ -182,7 +183,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     # The comparison has teeth: the pmap gradient all-reduce with device 0's gradient dropped,
     # or counted twice, (loss and metrics left right) must fail it.
     psum = jax.lax.psum
-    for sign, bug in ((-1.0, "dropped"), (1.0, "counted twice")):
+    for sign, bug in ((-1.0, "dropped"), (1.0, "counted twice")) if {mutations!r} else ():
         def buggy_psum(tree, axis_name, **kw):
             out = psum(tree, axis_name, **kw)
             if isinstance(tree, tuple) and len(tree) == 3:  # (grads, loss, metrics) of compute_gradients
@@ -217,9 +218,19 @@ def run_with_devices(script: str, devices: int = 8, timeout: int = 600, x64: boo
 def test_single_device_equals_sharded_and_pmap():
     """1 device, a sharded jit over 8 and pmap over 8 give the same 4 steps (float64 model)."""
     out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
-        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL), x64=True)
+        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL, model={},
+        mutations=True), x64=True)
     assert "MULTI_DEVICE_OK" in out
     assert "MUTATION_OK dropped" in out and "MUTATION_OK counted twice" in out
+
+
+def test_mlp_t_single_device_equals_sharded_and_pmap():
+    """The same for an mlp_t model, whose recursion runs on sequence-major [L, B, D] tensors
+    with the batch axis (the sharded one) second and merged with D for the token mixing."""
+    out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
+        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL,
+        model=dict(mlp_t=True, pos_encodings="none"), mutations=False), x64=True)
+    assert "MULTI_DEVICE_OK" in out
 
 
 RESUME_SCRIPT = textwrap.dedent("""

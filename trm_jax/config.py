@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("bfloat16", "float32", "float64")  # float64 needs jax_enable_x64
+SAVED_ACTIVATIONS = ("matmuls", "all")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
@@ -56,6 +57,9 @@ class TRMConfig:
     no_ACT_continue: bool = True
     loss_type: str = "stablemax_cross_entropy"
     remat: bool = False  # jax.checkpoint the differentiated cycle (memory for compute)
+    # Without remat, what the differentiated cycle keeps for the backward pass: "matmuls"
+    # (element-wise work recomputed) or "all" (see model/recursion.py: deep_recursion).
+    saved_activations: str = "matmuls"
     # "auto": cuDNN fused attention on GPUs in bfloat16 (no [L, L] scores kept), else XLA.
     attention_impl: str = "auto"
 
@@ -74,6 +78,8 @@ class TRMConfig:
         need(self.puzzle_emb_len >= 0, "puzzle_emb_len", "an integer >= 0")
         need(self.expansion > 0, "expansion", "a positive number")
         need(self.pos_encodings in POS_ENCODINGS, "pos_encodings", f"one of {POS_ENCODINGS}")
+        need(self.saved_activations in SAVED_ACTIVATIONS, "saved_activations",
+             f"one of {SAVED_ACTIVATIONS}")
         need(self.forward_dtype in FORWARD_DTYPES, "forward_dtype", f"one of {FORWARD_DTYPES}")
         if self.forward_dtype == "float64":
             from trm_jax.precision import x64_enabled  # noqa: PLC0415 - keeps this module jax-free

@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from trm_jax.config import TRMConfig
-from trm_jax.model.network import TRMNet, Variables, compute_dtype
+from trm_jax.model.network import (
+    TRMNet,
+    Variables,
+    compute_dtype,
+    from_recursion_layout,
+    to_recursion_layout,
+)
 from trm_jax.model.recursion import deep_recursion
 
 Array = jax.Array
@@ -88,9 +94,12 @@ def inner_forward(config: TRMConfig, params: Any, z_H: Array, z_L: Array, inputs
 
     x = model.apply({"params": params}, inputs, puzzle_rows, method=TRMNet.embed)
     frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, params)
-    z_H_out, carry_H, carry_L = deep_recursion(
+    z_H, z_L, x = (to_recursion_layout(config, a) for a in (z_H, z_L, x))
+    outs = deep_recursion(
         net_with(params), z_H, z_L, x, H_cycles=config.H_cycles, L_cycles=config.L_cycles,
-        remat=config.remat, frozen_net=net_with(frozen))
+        remat=config.remat, saved_activations=config.saved_activations,
+        frozen_net=net_with(frozen))
+    z_H_out, carry_H, carry_L = (from_recursion_layout(config, a) for a in outs)
     heads = model.apply({"params": params}, z_H_out, method=TRMNet.heads)
     return (carry_H, carry_L), heads
 

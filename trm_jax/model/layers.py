@@ -51,10 +51,10 @@ def swiglu_inner_size(dim: int, expansion: float) -> int:
     return -(-inner // 256) * 256
 
 
-def rms_norm(x: Array, eps: float) -> Array:
-    """RMSNorm without a learned scale, computed in (at least) float32 and cast back."""
+def rms_norm(x: Array, eps: float, axis: int = -1) -> Array:
+    """RMSNorm over ``axis`` without a learned scale, in (at least) float32 and cast back."""
     x32 = x.astype(at_least_float32(x.dtype))
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=axis, keepdims=True) + eps)
     return x32.astype(x.dtype)
 
 
@@ -113,6 +113,44 @@ class SwiGLU(nn.Module):
         gate, up = jnp.split(CastedDense(2 * inner, dtype=self.dtype, name="gate_up_proj")(x), 2,
                              axis=-1)
         return CastedDense(dim, dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
+
+
+class _Kernel(nn.Module):
+    """A ``[fan_in, features]`` weight stored as ``CastedDense`` stores it (``{"kernel": ...}``)."""
+
+    fan_in: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> Array:
+        kernel = self.param("kernel", lecun_init(self.fan_in), (self.fan_in, self.features),
+                            at_least_float32(self.dtype))
+        return kernel.astype(self.dtype)
+
+
+class SequenceSwiGLU(nn.Module):
+    """The SwiGLU of :class:`SwiGLU` applied along the *leading* axis of ``x`` [L, ...].
+
+    The same parameters (``gate_up_proj`` [L, 2*inner], ``down_proj`` [inner, L]) and the same
+    function as ``SwiGLU`` on ``x`` moved to the last axis, computed as two 2-D matrix
+    products with the weights on the left: ``W^T @ x.reshape(L, -1)``. Mixing the tokens
+    of a sequence-major [L, B, D] tensor this way needs no transpose of the activations,
+    and each product is one large GEMM (``N = B*D``) instead of one per row.
+    """
+
+    expansion: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        length, rest = x.shape[0], x.shape[1:]
+        inner = swiglu_inner_size(length, self.expansion)
+        gate_up = _Kernel(length, 2 * inner, self.dtype, name="gate_up_proj")()
+        down = _Kernel(inner, length, self.dtype, name="down_proj")()
+        hidden = jnp.dot(gate_up.T, x.astype(self.dtype).reshape(length, -1))
+        gate, up = jnp.split(hidden, 2, axis=0)
+        return jnp.dot(down.T, nn.silu(gate) * up).reshape((length,) + rest)
 
 
 def attention(q: Array, k: Array, v: Array, impl: str) -> Array:

@@ -26,6 +26,7 @@ from trm_jax.config import TRMConfig
 from trm_jax.model.layers import (
     Attention,
     CastedDense,
+    SequenceSwiGLU,
     SwiGLU,
     rms_norm,
     rope_cos_sin,
@@ -47,8 +48,29 @@ def param_dtype(config: TRMConfig) -> jnp.dtype:
     return at_least_float32(compute_dtype(config))
 
 
+def to_recursion_layout(config: TRMConfig, a: Array) -> Array:
+    """A [B, L, D] tensor in the layout the recursion runs in: [L, B, D] for ``mlp_t`` models.
+
+    The ``mlp_t`` token mixing is a SwiGLU along the sequence axis. On sequence-major
+    activations it is two 2-D matrix products with the weights on the left
+    (:class:`SequenceSwiGLU`), where on [B, L, D] it needs a transpose of the activations
+    before and after and its products have the narrow sequence length as their inner or
+    outer size; the channel SwiGLU and the norms work on either layout. Attention models
+    keep [B, L, D]. Only the layout changes, not the function (the parity fixtures hold).
+    """
+    return jnp.swapaxes(a, 0, 1) if config.mlp_t else a
+
+
+def from_recursion_layout(config: TRMConfig, a: Array) -> Array:
+    """The inverse of :func:`to_recursion_layout`: back to [B, L, D]."""
+    return jnp.swapaxes(a, 0, 1) if config.mlp_t else a
+
+
 class TRMBlock(nn.Module):
-    """One post-norm block: token mixing (attention or ``mlp_t``) then a channel SwiGLU."""
+    """One post-norm block: token mixing (attention or ``mlp_t``) then a channel SwiGLU.
+
+    ``h`` is in the recursion layout (:func:`to_recursion_layout`).
+    """
 
     config: TRMConfig
 
@@ -57,10 +79,9 @@ class TRMBlock(nn.Module):
         c = self.config
         dtype = compute_dtype(c)
         if c.mlp_t:
-            # SwiGLU across the sequence axis: [B, L, D] -> [B, D, L] and back.
-            ht = jnp.swapaxes(h, 1, 2)
-            ht = rms_norm(ht + SwiGLU(c.expansion, dtype, name="mlp_t")(ht), c.rms_norm_eps)
-            h = jnp.swapaxes(ht, 1, 2)
+            # h is [L, B, D]: a SwiGLU across the sequence axis, normalised over it.
+            h = rms_norm(h + SequenceSwiGLU(c.expansion, dtype, name="mlp_t")(h), c.rms_norm_eps,
+                         axis=0)
         else:
             attn = Attention(c.num_heads, dtype, c.attention_impl, name="self_attn")
             h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
@@ -130,7 +151,8 @@ class TRMNet(nn.Module):
         return (math.sqrt(c.hidden_size) * emb).astype(dtype)
 
     def reason(self, h: Array, injection: Array) -> Array:
-        """One application of the shared network: ``blocks(h + injection)``."""
+        """One application of the shared network: ``blocks(h + injection)``, on tensors in the
+        recursion layout (:func:`to_recursion_layout`)."""
         return self.L_level(h, injection, self.cos_sin())
 
     def heads(self, z_H: Array) -> tuple[Array, Array, Array]:
@@ -142,7 +164,9 @@ class TRMNet(nn.Module):
     def __call__(self, inputs: Array, puzzle_rows: Array | None, z: Array):
         """A single pass through every sub-module; used to create the parameters."""
         x = self.embed(inputs, puzzle_rows)
-        return self.heads(self.reason(z, x))
+        c = self.config
+        h = self.reason(to_recursion_layout(c, z), to_recursion_layout(c, x))
+        return self.heads(from_recursion_layout(c, h))
 
 
 def init_variables(config: TRMConfig, rng: Array) -> Variables:

@@ -16,6 +16,8 @@ from typing import Callable
 
 import jax
 
+from trm_jax.config import SAVED_ACTIVATIONS
+
 Array = jax.Array
 NetFn = Callable[[Array, Array], Array]  # net(h, injection) -> h
 
@@ -33,7 +35,7 @@ def latent_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array,
 
 
 def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: int,
-                   L_cycles: int, remat: bool = False,
+                   L_cycles: int, remat: bool = False, saved_activations: str = "matmuls",
                    frozen_net: NetFn | None = None) -> tuple[Array, Array, Array]:
     """T-1 gradient-free cycles, then one differentiated cycle.
 
@@ -43,7 +45,13 @@ def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: in
       x: the input embedding [B, L, D].
       H_cycles, L_cycles: T and n.
       remat: wrap ``net`` in ``jax.checkpoint`` inside the differentiated cycle, trading
-        recomputation for activation memory.
+        recomputation for activation memory: nothing of it is kept for the backward pass.
+      saved_activations: without ``remat``, what the backward pass of the differentiated
+        cycle keeps: ``"matmuls"``, the outputs of the matrix products, with the element-wise
+        work between them (norms, SiLU, gating, residual sums) recomputed in the backward
+        pass; or ``"all"``, every intermediate autodiff would keep. Same values either way;
+        ``"matmuls"`` keeps less and, because the cycle is a scan whose saved values are
+        stacked per iteration, writes less memory (measured in benchmarks/README.md).
       frozen_net: ``net`` with stop-gradiented parameters, for the gradient-free cycles.
         It must be given when ``net`` closes over parameters being differentiated;
         otherwise the gradient-free cycles would still be linearised.
@@ -63,7 +71,15 @@ def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: in
 
         (z_H, z_L), _ = jax.lax.scan(free_cycle, (z_H0, z_L0), None, length=H_cycles - 1)
         z_H, z_L = jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
-    grad_net = jax.checkpoint(net) if remat else net
+    if saved_activations not in SAVED_ACTIVATIONS:
+        raise ValueError(f"saved_activations={saved_activations!r}: expected one of "
+                         f"{SAVED_ACTIVATIONS}")
+    if remat:
+        grad_net = jax.checkpoint(net)
+    elif saved_activations == "matmuls":
+        grad_net = jax.checkpoint(net, policy=jax.checkpoint_policies.dots_saveable)
+    else:
+        grad_net = net
     z_H, z_L = latent_recursion(grad_net, z_H, z_L, x, L_cycles)
     return z_H, jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
 

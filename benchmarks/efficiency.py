@@ -1,0 +1,233 @@
+"""How efficiently our train step uses the machine: GFLOP/s and the fraction of a matmul ceiling.
+
+    python benchmarks/efficiency.py                                  # sudoku_mlp + sudoku_att, batch 8 and 32
+    python benchmarks/efficiency.py --configs sudoku_mlp --batch-sizes 8 \\
+        --set saved_activations=all --name before                   # a model option's effect
+    python benchmarks/efficiency.py --profile-dir /tmp/prof         # + where the time goes
+
+A step's work is its analytic matmul FLOPs (``common.model_flops_per_step``: the FLOPs MFU
+counts). Its efficiency is that work per second divided by a *ceiling* measured in the same
+run (``jax_step.MatmulCeiling``: the fastest burst of a jitted [648, 512] x [512, 2048]
+matmul in the step's dtype over half a second), timed immediately before every timed step.
+On a shared or throttling machine both move together, so the ratio means something where a
+bare GFLOP/s figure does not. Each round times every (config, batch) once, interleaved; the
+report gives medians over the rounds.
+
+With ``--profile-dir``, two more steps of each are traced (``jax.profiler``; open them in
+TensorBoard or Perfetto) and, when ``xprof`` is installed, summed by kind of operation
+(:mod:`benchmarks.op_profile`) into the report.
+
+Writes ``<out-dir>/efficiency_<name>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import jax  # noqa: E402
+
+from benchmarks import common, op_profile  # noqa: E402
+from benchmarks.jax_step import MatmulCeiling, JaxTrainStep, bench_setup  # noqa: E402
+
+SCHEMA = "trm-jax/efficiency/v1"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="sudoku_mlp,sudoku_att",
+                        help=f"comma-separated named configs ({', '.join(common.NAMED_CONFIGS)})")
+    parser.add_argument("--batch-sizes", default="8,32")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps of each (interleaved)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each after compiling")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="forward dtype; default bfloat16 on GPU, float32 elsewhere")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a model field of every config (repeatable), e.g. "
+                             "saved_activations=all")
+    parser.add_argument("--profile-dir", default=None)
+    parser.add_argument("--name", default=None, help="output name (default: from the device)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=common.RESULTS_DIR)
+    args = parser.parse_args(argv)
+    args.configs = [c for c in args.configs.split(",") if c]
+    for name in args.configs:
+        if name not in common.NAMED_CONFIGS:
+            parser.error(f"--configs: unknown config {name!r}; known: {', '.join(common.NAMED_CONFIGS)}")
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        parser.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes: expected positive integers")
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be >= 1 and --warmup >= 0")
+    args.overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            args.overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            args.overrides[field] = value  # a bare string, e.g. saved_activations=all
+    return args
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Builds every (config, batch) step, times them in interleaved rounds, returns the report."""
+    args.config = args.configs[0]
+    _, device, dtype = bench_setup(args)
+    ceiling = MatmulCeiling(device, dtype, args.seed)
+    cases = []
+    for name in args.configs:
+        bench = common.get_config(name)
+        for batch_size in args.batch_sizes:
+            config = bench.model_config(batch_size, dtype, **args.overrides)
+            step = JaxTrainStep(bench, config, JaxTrainStep.init_variables(config, args.seed),
+                                device, args.seed)
+            host_batches = common.synthetic_batches(config, batch_size, 4, seed=args.seed)
+            compile_s = step.compile(host_batches[0])
+            batches = [step.put(b) for b in host_batches]
+            for i in range(args.warmup):
+                step.sync(step(batches[i % len(batches)]))
+            cases.append({"config": name, "batch_size": batch_size, "step": step,
+                          "batches": batches, "compile_s": compile_s,
+                          "flops": common.model_flops_per_step(config, batch_size),
+                          "times": [], "ceilings": []})
+            print(f"[efficiency] compiled {name} batch {batch_size} in {compile_s:.1f} s",
+                  file=sys.stderr)
+    for r in range(args.rounds):
+        for case in cases:
+            case["ceilings"].append(ceiling.measure())
+            step = case["step"]
+            start = time.perf_counter()
+            step.sync(step(case["batches"][r % len(case["batches"])]))
+            case["times"].append(time.perf_counter() - start)
+        print(f"[efficiency] round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    rows = [summarize_case(case) for case in cases]
+    for row in rows:  # efficiency relative to the first config at the same batch size
+        base = next(r for r in rows if r["batch_size"] == row["batch_size"])
+        row["efficiency_vs_first_config"] = row["fraction_of_ceiling"] / base["fraction_of_ceiling"]
+    result = {
+        "schema": SCHEMA,
+        "meta": common.run_metadata(argv),
+        "device": {"jax_platform": device.platform, "kind": device.device_kind},
+        "dtype": dtype,
+        "overrides": args.overrides,
+        "ceiling": ceiling.describe(),
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    if args.profile_dir:
+        result["profiles"] = [profile_case(case, args.profile_dir) for case in cases]
+    return result
+
+
+def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Median step time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
+    fractions = [case["flops"] / t / c for t, c in zip(case["times"], case["ceilings"])]
+    median_s = statistics.median(case["times"])
+    return {
+        "config": case["config"], "batch_size": case["batch_size"],
+        "flops_per_step": case["flops"], "compile_s": case["compile_s"],
+        "times": common.summarize_times(case["times"]),
+        "gflops_per_s": case["flops"] / median_s / 1e9,
+        "ceiling_gflops_per_s": statistics.median(case["ceilings"]) / 1e9,
+        "fraction_of_ceiling": statistics.median(fractions),
+        "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+        "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9}
+                      for t, c in zip(case["times"], case["ceilings"])],
+    }
+
+
+def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict[str, Any]:
+    """Traces ``steps`` more steps of one case; sums them by kind of operation if it can."""
+    step = case["step"]
+    trace_dir = os.path.join(profile_dir, f"{case['config']}_b{case['batch_size']}")
+    with jax.profiler.trace(trace_dir):
+        for i in range(steps):
+            step.sync(step(case["batches"][i % len(case["batches"])]))
+    out: dict[str, Any] = {"config": case["config"], "batch_size": case["batch_size"],
+                           "trace_dir": trace_dir}
+    try:
+        events = op_profile.load_trace_events(trace_dir)
+    except ImportError:
+        out["breakdown"] = None
+        out["breakdown_skipped"] = "xprof is not installed (pip install xprof)"
+        return out
+    out["breakdown"] = op_profile.op_breakdown(step.hlo_text(), events, steps)
+    return out
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The report: one row per (config, batch), the profile breakdowns, provenance."""
+    meta = result["meta"]
+    rows = [[r["config"], r["batch_size"], r["times"]["median_s"] * 1e3,
+             r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
+             f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
+             f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})",
+             f"{r['efficiency_vs_first_config']:.2f}"] for r in result["rows"]]
+    lines = [
+        f"## step efficiency, {result['dtype']}, {result['device']['kind']}"
+        + (f", overrides {result['overrides']}" if result["overrides"] else ""),
+        "",
+        common.markdown_table(
+            ["config", "batch", "median step ms", "GFLOP/step", "GFLOP/s", "ceiling GFLOP/s",
+             "of ceiling: median (min-max)", "vs first config"], rows),
+        f"- work: analytic matmul FLOPs per train step; ceiling: {result['ceiling']['text']}, "
+        f"measured before every timed step; {result['rounds']} interleaved rounds",
+    ]
+    for prof in result.get("profiles") or []:
+        lines.append(f"- profile {prof['config']} batch {prof['batch_size']}: trace in "
+                     f"`{prof['trace_dir']}`")
+        b = prof.get("breakdown")
+        if b is None:
+            lines.append(f"  ({prof.get('breakdown_skipped')})")
+            continue
+        parts = ", ".join(f"{c} {v['ms']:.0f} ms ({100 * v['share']:.0f}%)"
+                          for c, v in b["categories"].items())
+        lines.append(f"  ms per step by kind of operation (under the profiler, "
+                     f"{b['total_ms']:.0f} ms in all): {parts}")
+    lines += [
+        f"- command: `{meta['command']}`",
+        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
+        f"({meta['host']['cpu_count']} cpus, load average at start {common.load_text(meta['host'])})",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; returns the result document (also written as JSON + markdown)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    result = run(args, argv)
+    name = args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
+    stem = os.path.join(args.out_dir, f"efficiency_{name}")
+    common.write_json(stem + ".json", result)
+    markdown = to_markdown(result)
+    common.write_atomic(stem + ".md", markdown)
+    print(markdown)
+    print(f"[efficiency] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (KeyError, RuntimeError, ValueError) as err:
+        print(f"[efficiency] error: {err}", file=sys.stderr)
+        sys.exit(2)
