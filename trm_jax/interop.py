@@ -64,15 +64,21 @@ def _param_paths(params: Any) -> list[tuple[tuple[str, ...], Any]]:
     return [(tuple(k.key for k in path), leaf) for path, leaf in flat]
 
 
+def _at_least_float32(x: Any) -> np.ndarray:
+    x = np.asarray(jax.device_get(x))
+    return x.astype(np.promote_types(x.dtype, np.float32))
+
+
 def to_torch_state_dict(variables: Variables) -> dict[str, np.ndarray]:
-    """Our variables as the official state_dict layout (numpy float32 arrays)."""
+    """Our variables as the official state_dict layout (numpy float32 arrays; float64 for a
+    float64 model)."""
     out: dict[str, np.ndarray] = {}
     for path, leaf in _param_paths(variables["params"]):
         name, transposed = _torch_name(path)
-        arr = np.asarray(jax.device_get(leaf), dtype=np.float32)
+        arr = _at_least_float32(leaf)
         out[name] = np.ascontiguousarray(arr.T if transposed else arr)
     for name, key in _BUFFER_KEYS.items():
-        buf = np.asarray(jax.device_get(variables["buffers"][key]), dtype=np.float32)
+        buf = _at_least_float32(variables["buffers"][key])
         if key == "puzzle_emb" and buf.shape[-1] == 0:
             continue
         out[name] = buf
@@ -92,10 +98,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig,
     params_out = {}
     used = set()
 
-    def fetch(name: str, shape: tuple[int, ...], transposed: bool) -> np.ndarray:
+    def fetch(name: str, shape: tuple[int, ...], transposed: bool, dtype: Any) -> np.ndarray:
         if name not in arrays:
             raise CheckpointMismatchError(f"{source}: missing key {name!r} needed by the config")
-        arr = arrays[name].astype(np.float32)
+        arr = arrays[name].astype(dtype)  # the config's parameter dtype: float32 or float64
         arr = arr.T if transposed else arr
         if tuple(arr.shape) != tuple(shape):
             raise CheckpointMismatchError(
@@ -109,14 +115,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig,
         node = params_out
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = jnp.asarray(fetch(name, leaf.shape, transposed))
+        node[path[-1]] = jnp.asarray(fetch(name, leaf.shape, transposed, leaf.dtype))
     buffers = {}
     for name, key in _BUFFER_KEYS.items():
-        shape = template["buffers"][key].shape
+        shape, dtype = template["buffers"][key].shape, template["buffers"][key].dtype
         if key == "puzzle_emb" and config.puzzle_emb_ndim == 0:
-            buffers[key] = jnp.zeros(shape, jnp.float32)
+            buffers[key] = jnp.zeros(shape, dtype)
             continue
-        buffers[key] = jnp.asarray(fetch(name, shape, False))
+        buffers[key] = jnp.asarray(fetch(name, shape, False, dtype))
     # Non-persistent reference buffers (rotary tables, sparse-embedding scratch) are ignored.
     ignorable = re.compile(r"(rotary_emb\.|puzzle_emb\.local_)")
     unexpected = sorted(k for k in arrays if k not in used and not ignorable.search(k))

@@ -123,13 +123,16 @@ def exploration_min_steps(config: TRMConfig, rng: Array, row_index: Array) -> Ar
 
 
 def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array | None,
-            rng: Array | None, *, training: bool,
-            row_offset: Array | int = 0) -> tuple[ACTCarry, dict[str, Array]]:
+            rng: Array | None, *, training: bool, row_offset: Array | int = 0,
+            min_halt_steps: Array | None = None) -> tuple[ACTCarry, dict[str, Array]]:
     """One ACT step on a carry whose halted rows were already reset.
 
     Split from :func:`act_step` so that a train step can differentiate with respect to
     ``params`` and the gathered ``puzzle_rows`` together. ``row_offset`` is the index of
     this shard's first row in the global batch (pmap); see :func:`exploration_min_steps`.
+    ``min_halt_steps`` [B] replaces the exploration draws (training only): a row may halt
+    only from that step on. It replays another run's exploration, e.g. the official code's
+    in the parity fixtures.
     """
     data = carry.current_data
     (z_H, z_L), (logits, q_halt, q_continue) = inner_forward(
@@ -145,12 +148,14 @@ def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array 
             halted = halted | (q_halt_sg > 0)
         else:
             halted = halted | (q_halt_sg > jax.lax.stop_gradient(q_continue))
-        if config.halt_exploration_prob > 0:
+        if min_halt_steps is None and config.halt_exploration_prob > 0:
             if rng is None:
                 raise ValueError("act_step(training=True) with halt_exploration_prob > 0 "
                                  "needs an rng key")
             row_index = row_offset + jnp.arange(steps.shape[0], dtype=jnp.int32)
-            halted = halted & (steps >= exploration_min_steps(config, rng, row_index))
+            min_halt_steps = exploration_min_steps(config, rng, row_index)
+        if min_halt_steps is not None:
+            halted = halted & (steps >= min_halt_steps)
         if not config.no_ACT_continue:
             # Bootstrapped Q-continue target: the Q values one more step ahead, from the
             # carry this step produced (no replay buffer, no target network).
