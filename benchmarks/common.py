@@ -287,6 +287,14 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def write_report(stem: str, result: Mapping[str, Any], markdown: str, tag: str) -> None:
+    """Writes ``stem.json`` and ``stem.md`` atomically, prints the markdown and where they went."""
+    write_json(stem + ".json", result)
+    write_atomic(stem + ".md", markdown)
+    print(markdown)
+    print(f"[{tag}] wrote {stem}.json and {stem}.md", file=sys.stderr)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -217,11 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(args, argv)
     name = args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
     stem = os.path.join(args.out_dir, f"efficiency_{name}")
-    common.write_json(stem + ".json", result)
-    markdown = to_markdown(result)
-    common.write_atomic(stem + ".md", markdown)
-    print(markdown)
-    print(f"[efficiency] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    common.write_report(stem, result, to_markdown(result), "efficiency")
     return result
 
 

@@ -354,11 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args, argv)
     stem = os.path.join(args.out_dir, output_stem(result))
-    common.write_json(stem + ".json", result)
-    markdown = to_markdown(result)
-    common.write_atomic(stem + ".md", markdown)
-    print(markdown)
-    print(f"[step_time] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    common.write_report(stem, result, to_markdown(result), "step_time")
     return result
 
 
