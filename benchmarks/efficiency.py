@@ -31,13 +31,12 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 import argparse  # noqa: E402
 import ast  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 
 from benchmarks import common, op_profile  # noqa: E402
-from benchmarks.jax_step import MatmulCeiling, JaxTrainStep, bench_setup  # noqa: E402
+from benchmarks.jax_step import JaxTrainStep, MatmulCeiling, device_and_dtype  # noqa: E402
 
 SCHEMA = "trm-jax/efficiency/v1"
 
@@ -86,8 +85,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Builds every (config, batch) step, times them in interleaved rounds, returns the report."""
-    args.config = args.configs[0]
-    _, device, dtype = bench_setup(args)
+    device, dtype = device_and_dtype(args)
     ceiling = MatmulCeiling(device, dtype, args.seed)
     cases = []
     for name in args.configs:
@@ -110,10 +108,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     for r in range(args.rounds):
         for case in cases:
             case["ceilings"].append(ceiling.measure())
-            step = case["step"]
-            start = time.perf_counter()
-            step.sync(step(case["batches"][r % len(case["batches"])]))
-            case["times"].append(time.perf_counter() - start)
+            step, batches = case["step"], case["batches"]
+            case["times"] += common.time_calls(lambda i: step(batches[i % len(batches)]), step.sync,
+                                               1, start_index=r)
         print(f"[efficiency] round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     rows = [summarize_case(case) for case in cases]

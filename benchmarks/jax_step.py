@@ -31,18 +31,27 @@ def jax_device(kind: str) -> jax.Device:
         raise RuntimeError(f"--device {kind}: JAX has no {kind} backend here ({err})") from err
 
 
-def bench_setup(args: Any) -> tuple[BenchConfig, jax.Device, str]:
-    """``(config, device, dtype)`` of the ``--config/--device/--dtype`` arguments; the dtype
-    defaults to bfloat16 on a GPU and float32 elsewhere."""
+def device_and_dtype(args: Any) -> tuple[jax.Device, str]:
+    """``(device, dtype)`` of the ``--device/--dtype`` arguments; the dtype defaults to
+    bfloat16 on a GPU and float32 elsewhere."""
     device = jax_device(args.device)
-    dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
-    return get_config(args.config), device, dtype
+    return device, args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
+
+
+def bench_setup(args: Any) -> tuple[BenchConfig, jax.Device, str]:
+    """``(config, device, dtype)`` of the ``--config/--device/--dtype`` arguments."""
+    return (get_config(args.config), *device_and_dtype(args))
+
+
+def matmul_precision(dtype: str) -> str:
+    """float32 runs use full-precision matmuls, as PyTorch does by default (no TF32): the
+    float32 loss check and float32 timings then compare the same arithmetic."""
+    return "highest" if dtype == "float32" else "default"
 
 
 def precision_for(config: TRMConfig) -> str:
-    """float32 runs use full-precision matmuls, as PyTorch does by default (no TF32): the
-    float32 loss check and float32 timings then compare the same arithmetic."""
-    return "highest" if config.forward_dtype == "float32" else "default"
+    """:func:`matmul_precision` of a model config's forward dtype."""
+    return matmul_precision(config.forward_dtype)
 
 
 class JaxTrainStep:
@@ -145,14 +154,15 @@ class MatmulCeiling:
         self.b = jax.device_put(jnp.asarray(rng.standard_normal((k, n)), dtype), device)
         self.dtype, self.calls, self.window_s, self.min_bursts = dtype, calls, window_s, min_bursts
         self.flops = 2.0 * m * k * n
+        self._precision = matmul_precision(dtype)
         self._matmul = jax.jit(jnp.matmul)
-        with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+        with jax.default_matmul_precision(self._precision):
             self._matmul(self.a, self.b).block_until_ready()
 
     def measure(self) -> float:
         """FLOP/s of the fastest burst within the window."""
         best, bursts, start = 0.0, 0, time.perf_counter()
-        with jax.default_matmul_precision("highest" if self.dtype == "float32" else "default"):
+        with jax.default_matmul_precision(self._precision):
             while bursts < self.min_bursts or time.perf_counter() - start < self.window_s:
                 burst_start = time.perf_counter()
                 for _ in range(self.calls):

@@ -68,8 +68,9 @@ def _forward_dtype(path: str) -> str:
         return json.loads(str(data["config"]))["forward_dtype"]
 
 
-FLOAT32_PATHS = [p for p in fixture_paths() if _forward_dtype(p) != "bfloat16"]
-BFLOAT16_PATHS = [p for p in fixture_paths() if _forward_dtype(p) == "bfloat16"]
+FLOAT32_PATHS, BFLOAT16_PATHS = [], []
+for _path in fixture_paths():
+    (BFLOAT16_PATHS if _forward_dtype(_path) == "bfloat16" else FLOAT32_PATHS).append(_path)
 
 
 @pytest.fixture(scope="module", params=FLOAT32_PATHS, ids=lambda p: pathlib.Path(p).stem)

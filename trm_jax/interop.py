@@ -21,6 +21,7 @@ import numpy as np
 from trm_jax.config import TRMConfig
 from trm_jax.fileio import atomic_write_with
 from trm_jax.model.network import Variables, init_variables
+from trm_jax.precision import at_least_float32
 
 _PREFIXES = ("_orig_mod.", "model.")
 _BUFFER_KEYS = {
@@ -66,7 +67,7 @@ def _param_paths(params: Any) -> list[tuple[tuple[str, ...], Any]]:
 
 def _at_least_float32(x: Any) -> np.ndarray:
     x = np.asarray(jax.device_get(x))
-    return x.astype(np.promote_types(x.dtype, np.float32))
+    return x.astype(at_least_float32(x.dtype))
 
 
 def to_torch_state_dict(variables: Variables) -> dict[str, np.ndarray]:
