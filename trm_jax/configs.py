@@ -14,7 +14,6 @@ missing file raises :class:`ConfigLoadError` with a one-line message.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 import json
@@ -25,18 +24,14 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from trm_jax.config import ConfigError, OptimConfig, TRMConfig
+from trm_jax.config_overrides import OVERRIDE_PREFIX, ConfigLoadError, apply_overrides  # noqa: F401 - re-exported
 from trm_jax.fileio import read_json
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "experiments"
 # Where the configs lived before they moved into the package: ``configs/x.py`` (as older
 # commands and scripts name them) still selects the packaged ``x`` when no such file exists.
 _LEGACY_DIR = "configs"
-OVERRIDE_PREFIX = "--config."
 DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
-
-
-class ConfigLoadError(ValueError):
-    """A config file or override cannot be used (message names the file/key and the problem)."""
 
 
 # Where the experiments' defaults differ from the dataclasses' (which follow the official
@@ -166,79 +161,6 @@ def load_config_file(name_or_path: str) -> ml_collections.ConfigDict:
     config = module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigLoadError(f"{path}: get_config() returned {type(config).__name__}, expected a ConfigDict")
-    return config
-
-
-def _parse_value(key: str, text: str, current: Any) -> Any:
-    """``text`` converted to the type of the field's current value."""
-    if isinstance(current, bool):
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ConfigLoadError(f"--config.{key}={text}: expected true or false")
-    if isinstance(current, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigLoadError(f"--config.{key}={text}: expected an integer") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigLoadError(f"--config.{key}={text}: expected a number") from None
-    if isinstance(current, str):
-        return text
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigLoadError(f"--config.{key}={text}: expected a Python literal "
-                              f"like the current value {current!r}") from None
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
-    """Sets ``a.b=value`` (strings ``--config.a.b=value`` / ``a.b=value``, or a mapping of values).
-
-    Only existing leaf keys can be set; the value takes the type of the current one, and the
-    assignment itself is ``ConfigDict``'s typed one. Text is converted here rather than by
-    ``ml_collections.config_flags``, which needs absl's global flags (this command line is
-    argparse) and reports errors over several lines.
-    """
-    items: list[tuple[str, Any, bool]] = []
-    if isinstance(overrides, Mapping):
-        items = [(k, v, False) for k, v in overrides.items()]
-    else:
-        for arg in overrides:
-            text = arg[len(OVERRIDE_PREFIX):] if arg.startswith(OVERRIDE_PREFIX) else arg
-            if "=" not in text:
-                raise ConfigLoadError(f"override {arg!r}: expected --config.key=value")
-            key, value = text.split("=", 1)
-            items.append((key, value, True))
-    for key, value, from_text in items:
-        *parents, leaf = key.split(".")
-        node = config
-        for depth, name in enumerate(parents):
-            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-                raise ConfigLoadError(f"unknown config key config.{'.'.join(parents[:depth + 1])} "
-                                      f"(in override of config.{key})")
-            node = node[name]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            section = ".".join(parents)
-            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-            raise ConfigLoadError(f"unknown config key config.{key}"
-                                  + (f" (config.{section} has: {known})" if section and known else ""))
-        if isinstance(node[leaf], ml_collections.ConfigDict):
-            raise ConfigLoadError(f"config.{key} is a section, not a value")
-        current = node[leaf]
-        new = _parse_value(key, value, current) if from_text else value
-        if isinstance(current, float) and isinstance(new, int) and not isinstance(new, bool):
-            new = float(new)
-        try:
-            node[leaf] = new
-        except TypeError as err:
-            raise ConfigLoadError(f"config.{key}={value!r}: {err}") from None
     return config
 
 
