@@ -121,6 +121,19 @@ def test_mismatched_target_gives_a_clear_error(tmp_path) -> None:
             ck.restore(target=wrong_dtype)
 
 
+def test_prng_key_mismatch_gives_a_clear_error(tmp_path) -> None:
+    with Checkpointer(tmp_path / "ck", async_save=False) as ck:
+        ck.save(1, {"rng": jax.random.key(0), "data": jnp.zeros((2,), jnp.uint32)})
+        with pytest.raises(CheckpointMismatchError, match="param data is a PRNG key in the target, not in the checkpoint"):
+            ck.restore(target={"rng": jax.random.key(0), "data": jax.random.key(1)})
+        rbg = jax.random.key(0, impl="rbg")
+        with pytest.raises(CheckpointMismatchError, match="rng holds PRNG keys of implementation threefry2x32, "
+                                                          "expected key<rbg>"):
+            ck.restore(target={"rng": rbg, "data": jnp.zeros((2,), jnp.uint32)})
+        with pytest.raises(CheckpointMismatchError, match=r"rng has PRNG key data shape \(2,\), expected \(3, 2\)"):
+            ck.restore(target={"rng": jax.random.split(jax.random.key(0), 3), "data": jnp.zeros((2,), jnp.uint32)})
+
+
 def test_rejects_non_json_extras(tmp_path) -> None:
     with Checkpointer(tmp_path) as ck:
         with pytest.raises(TypeError, match="JSON"):

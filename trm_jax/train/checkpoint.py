@@ -47,10 +47,6 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's tree structure, shapes or dtypes differ from the restore target."""
 
 
-def _show(path: Path) -> str:
-    return "/".join(path) if path else "<root>"
-
-
 def _is_key(dtype: Any) -> bool:
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
@@ -75,13 +71,13 @@ def _stored_leaf(leaf: Any) -> Any:
     return leaf
 
 
-def _key_data_sharding(sharding: jax.sharding.Sharding | None, extra_dims: int) -> jax.sharding.Sharding | None:
+def _key_data_sharding(sharding: jax.sharding.Sharding, extra_dims: int) -> jax.sharding.Sharding:
     """Sharding of a key array's raw data (the key's own trailing dims are not sharded)."""
-    if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
-        return sharding
     if isinstance(sharding, jax.sharding.NamedSharding):
-        spec = tuple(sharding.spec) + (None,) * extra_dims
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        spec = jax.sharding.PartitionSpec(*sharding.spec, *[None] * extra_dims)
+        return jax.sharding.NamedSharding(sharding.mesh, spec)
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
     raise TypeError(f"Checkpointer: cannot restore a PRNG key array with sharding {type(sharding).__name__}; "
                     "use a NamedSharding or SingleDeviceSharding in the target")
 
@@ -102,12 +98,43 @@ def _abstract_leaf(leaf: Any) -> Any:
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
+def _as_target_kind(prng_keys: Mapping[Path, str], keypath: Any, want: Any, got: Any) -> Any:
+    """A restored leaf as the kind of its target leaf (zeros for a zero-size array, not stored)."""
+    if got is None:
+        zeros = np.zeros(want.shape, want.dtype)
+        return zeros if isinstance(want, np.ndarray) else jax.device_put(zeros, getattr(want, "sharding", None))
+    if isinstance(want, np.generic):
+        return type(want)(np.asarray(got))
+    if isinstance(want, (bool, int, float)):
+        return type(want)(got)
+    if _is_key(getattr(want, "dtype", None)):
+        return jax.random.wrap_key_data(got, impl=prng_keys[_names(keypath)])
+    return got
+
+
 def _replace_at(tree: Any, path: Path, fn: Callable[[Any], Any]) -> None:
     """Replaces the value at ``path`` of a nested dict/list tree by ``fn(value)`` (None where missing)."""
     for name in path[:-1]:
         tree = tree[int(name)] if isinstance(tree, list) else tree.setdefault(name, {})
     last = int(path[-1]) if isinstance(tree, list) else path[-1]
     tree[last] = fn(tree[last] if isinstance(tree, list) else tree.get(last))
+
+
+def _leaf_problems(name: str, leaf: Any, stored: Any, impl: str | None) -> list[str]:
+    """How one stored array's metadata differs from its target leaf (``impl``: of a stored PRNG key)."""
+    what = "shape"
+    if _is_key(getattr(leaf, "dtype", None)):
+        if impl is None:
+            return [f"param {name} is a PRNG key in the target, not in the checkpoint"]
+        if jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype != leaf.dtype:
+            return [f"param {name} holds PRNG keys of implementation {impl}, expected {leaf.dtype}"]
+        leaf = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+        what = "PRNG key data shape"
+    if tuple(stored.shape) != tuple(np.shape(leaf)):
+        return [f"param {name} has {what} {tuple(stored.shape)}, expected {tuple(np.shape(leaf))}"]
+    if np.dtype(stored.dtype) != np.dtype(leaf.dtype):
+        return [f"param {name} has dtype {np.dtype(stored.dtype)}, expected {np.dtype(leaf.dtype)}"]
+    return []
 
 
 class Checkpointer:
@@ -123,21 +150,11 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"Checkpointer: max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _EXTRAS: ocp.JsonCheckpointHandler(),
-                _META: ocp.JsonCheckpointHandler(),
-            },
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, create=True)
+        handlers = {_STATE: ocp.StandardCheckpointHandler(), _EXTRAS: ocp.JsonCheckpointHandler(),
+                    _META: ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # ----------------------------------------------------------------------------------- saving
     def save(self, step: int, state: Any, extras: Mapping[str, Any] | None = None, force: bool = False) -> bool:
@@ -159,18 +176,9 @@ class Checkpointer:
             "empty_arrays": [{"path": list(path), "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
                              for path, leaf in leaves if _is_empty(leaf)],
         }
-        stored = jax.tree.map(_stored_leaf, state)
-        return self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardSave(stored),
-                    _EXTRAS: ocp.args.JsonSave(extras),
-                    _META: ocp.args.JsonSave(meta),
-                }
-            ),
-            force=force,
-        )
+        items = {_STATE: ocp.args.StandardSave(jax.tree.map(_stored_leaf, state)),
+                 _EXTRAS: ocp.args.JsonSave(extras), _META: ocp.args.JsonSave(meta)}
+        return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def wait_until_finished(self) -> None:
         """Blocks until every started save is committed to disk."""
@@ -215,7 +223,7 @@ class Checkpointer:
         read = self._read_v1 if meta.get("format_version") == 1 else self._read
         state, extras = read(step, abstract)
         if target is not None:
-            as_target = functools.partial(self._as_target_kind, step, prng_keys)
+            as_target = functools.partial(_as_target_kind, prng_keys)
             return jax.tree_util.tree_map_with_path(as_target, target, state), extras
         for path, impl in prng_keys.items():
             _replace_at(state, path, functools.partial(jax.random.wrap_key_data, impl=impl))
@@ -225,12 +233,8 @@ class Checkpointer:
 
     def _read(self, step: int, abstract: Any) -> tuple[Any, dict]:
         """The state item restored onto ``abstract`` (None: as laid out on disk), and the extras."""
-        restored = self._guarded(step, lambda: self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(abstract), _EXTRAS: ocp.args.JsonRestore()}
-            ),
-        ))
+        items = {_STATE: ocp.args.StandardRestore(abstract), _EXTRAS: ocp.args.JsonRestore()}
+        restored = self._guarded(step, lambda: self._manager.restore(step, args=ocp.args.Composite(**items)))
         extras = restored[_EXTRAS]
         if extras is not None and not isinstance(extras, Mapping):
             raise self.damaged(step, f"{_EXTRAS}/ holds {type(extras).__name__}, expected a JSON object")
@@ -243,63 +247,27 @@ class Checkpointer:
         state, extras = self._read(step, ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(abstract)))
         return ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(state), target=abstract), extras
 
-    def _as_target_kind(self, step: int, prng_keys: Mapping[Path, str], keypath: Any, want: Any, got: Any) -> Any:
-        """A restored leaf as the kind of its target leaf (zeros for a zero-size array)."""
-        if got is None:
-            zeros = np.zeros(want.shape, want.dtype)
-            return zeros if isinstance(want, np.ndarray) else jax.device_put(zeros, getattr(want, "sharding", None))
-        if isinstance(want, np.generic):
-            return type(want)(np.asarray(got))
-        if isinstance(want, (bool, int, float)):
-            return type(want)(got)
-        if not _is_key(getattr(want, "dtype", None)):
-            return got
-        key = jax.random.wrap_key_data(got, impl=prng_keys[_names(keypath)])
-        if key.dtype != want.dtype:
-            raise CheckpointMismatchError(
-                f"checkpoint at {self.directory} step {step} was written by a different architecture: "
-                f"param {_show(_names(keypath))} holds PRNG keys {key.dtype}, expected {want.dtype}"
-            )
-        return key
-
     def _check_matches(self, step: int, target: Any, prng_keys: Mapping[Path, str],
                        empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]]) -> None:
         """Raises :class:`CheckpointMismatchError` naming up to three paths whose leaves differ."""
         tree = self._guarded(step, lambda: self._manager.item_metadata(step)[_STATE])
-        on_disk = ocp.tree.to_flat_dict(getattr(tree, "tree", tree))
+        on_disk = ocp.tree.to_flat_dict(tree.tree)
         on_disk.update({path: jax.ShapeDtypeStruct(shape, dtype) for path, (shape, dtype) in empty.items()})
         wanted = ocp.tree.to_flat_dict(target)
         problems = []
         for path, leaf in wanted.items():
             stored = on_disk.get(path)
             if stored is None:
-                problems.append(f"param {_show(path)} is missing from the checkpoint")
+                problems.append(f"param {'/'.join(path)} is missing from the checkpoint")
             elif not (isinstance(leaf, (bool, int, float)) or isinstance(stored, ocp.metadata.ScalarMetadata)):
                 # Python scalars are stored with orbax's own 64-bit dtype: only kinds matter.
-                problems.extend(self._leaf_problems(path, leaf, stored, path in prng_keys))
-        problems += [f"param {_show(path)} is in the checkpoint but not in the target"
+                problems.extend(_leaf_problems("/".join(path), leaf, stored, prng_keys.get(path)))
+        problems += [f"param {'/'.join(path)} is in the checkpoint but not in the target"
                      for path in on_disk if path not in wanted]
         if problems:
             more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
-            raise CheckpointMismatchError(
-                f"checkpoint at {self.directory} step {step} was written by a different architecture: "
-                + "; ".join(problems[:3]) + more
-            )
-
-    @staticmethod
-    def _leaf_problems(path: Path, leaf: Any, stored: Any, stored_key: bool) -> list[str]:
-        """How one stored array's metadata differs from its target leaf (PRNG keys: their key data)."""
-        what = "shape"
-        if _is_key(getattr(leaf, "dtype", None)):
-            if not stored_key:
-                return [f"param {_show(path)} is a PRNG key in the target, not in the checkpoint"]
-            leaf = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-            what = "PRNG key data shape"
-        if tuple(stored.shape) != tuple(np.shape(leaf)):
-            return [f"param {_show(path)} has {what} {tuple(stored.shape)}, expected {tuple(np.shape(leaf))}"]
-        if np.dtype(stored.dtype) != np.dtype(leaf.dtype):
-            return [f"param {_show(path)} has dtype {np.dtype(stored.dtype)}, expected {np.dtype(leaf.dtype)}"]
-        return []
+            raise CheckpointMismatchError(f"checkpoint at {self.directory} step {step} was written by a different "
+                                          f"architecture: {'; '.join(problems[:3])}{more}")
 
     # ------------------------------------------------------------------------- damaged steps
     def _step_dir(self, step: int) -> str:
