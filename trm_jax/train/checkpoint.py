@@ -17,7 +17,8 @@ Each step stores three items:
   zero-size arrays' paths, shapes and dtypes.
 
 Format 1 differed only in laying the state out as a nested dict keyed by the key-path names
-(tuples as dicts keyed "0", "1"...); :meth:`Checkpointer._read_v1` still reads it.
+(``{"opt_state": {"0": ...}}``, the form ``restore`` without a target returns);
+:meth:`Checkpointer._read_v1` still reads it.
 """
 
 from __future__ import annotations
@@ -112,14 +113,6 @@ def _as_target_kind(prng_keys: Mapping[Path, str], keypath: Any, want: Any, got:
     return got
 
 
-def _replace_at(tree: Any, path: Path, fn: Callable[[Any], Any]) -> None:
-    """Replaces the value at ``path`` of a nested dict/list tree by ``fn(value)`` (None where missing)."""
-    for name in path[:-1]:
-        tree = tree[int(name)] if isinstance(tree, list) else tree.setdefault(name, {})
-    last = int(path[-1]) if isinstance(tree, list) else path[-1]
-    tree[last] = fn(tree[last] if isinstance(tree, list) else tree.get(last))
-
-
 def _leaf_problems(name: str, leaf: Any, stored: Any, impl: str | None) -> list[str]:
     """How one stored array's metadata differs from its target leaf (``impl``: of a stored PRNG key)."""
     what = "shape"
@@ -206,8 +199,7 @@ class Checkpointer:
         as jax arrays laid out on that sharding; numpy arrays / scalars and Python scalars restore
         as the same kind. Typed PRNG key leaves are restored as key arrays. Raises
         :class:`CheckpointMismatchError` if paths, shapes or dtypes differ from the checkpoint.
-        Without ``target`` the state comes back as a nested dict (tuples as lists) as laid out on
-        disk.
+        Without ``target`` the state comes back as a nested dict keyed by the key-path names.
         """
         step = self._resolve_step(step)
         self._check_items(step)
@@ -225,11 +217,10 @@ class Checkpointer:
         if target is not None:
             as_target = functools.partial(_as_target_kind, prng_keys)
             return jax.tree_util.tree_map_with_path(as_target, target, state), extras
-        for path, impl in prng_keys.items():
-            _replace_at(state, path, functools.partial(jax.random.wrap_key_data, impl=impl))
-        for path, (shape, dtype) in empty.items():
-            _replace_at(state, path, lambda _, shape=shape, dtype=dtype: np.zeros(shape, dtype))
-        return state, extras
+        flat = ocp.tree.to_flat_dict(state)
+        flat.update({path: jax.random.wrap_key_data(flat[path], impl=impl) for path, impl in prng_keys.items()})
+        flat.update({path: np.zeros(shape, dtype) for path, (shape, dtype) in empty.items()})
+        return ocp.tree.from_flat_dict(flat), extras
 
     def _read(self, step: int, abstract: Any) -> tuple[Any, dict]:
         """The state item restored onto ``abstract`` (None: as laid out on disk), and the extras."""
