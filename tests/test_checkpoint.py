@@ -4,19 +4,23 @@ and a SIGKILL during a save leaving the previous checkpoint restorable."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from trm_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from trm_jax.train.state import TrainState
 
-
+FORMAT_1_DIR = Path(__file__).parent / "fixtures" / "checkpoint_format1"
 
 class Carry(NamedTuple):
     z: jax.Array
@@ -81,6 +85,12 @@ def test_round_trip_is_bit_exact(tmp_path) -> None:
         with pytest.raises(FileNotFoundError, match="step 4"):
             ck.restore(4, target=state)
 
+        # Without a target: a nested dict keyed by the key-path names, keys as keys.
+        on_disk, _ = ck.restore()
+        assert sorted(on_disk["carry"]) == ["halted", "z"]
+        assert jax.dtypes.issubdtype(on_disk["rng"].dtype, jax.dtypes.prng_key)
+        assert np.asarray(on_disk["params"]["w"]).tobytes() == np.asarray(state["params"]["w"]).tobytes()
+
 
 def test_keeps_only_the_newest_n(tmp_path) -> None:
     with Checkpointer(tmp_path, max_to_keep=2) as ck:
@@ -115,6 +125,20 @@ def test_mismatched_target_gives_a_clear_error(tmp_path) -> None:
         wrong_dtype["params"]["e"] = jnp.zeros((5,), jnp.float32)
         with pytest.raises(CheckpointMismatchError, match="params/e has dtype bfloat16, expected float32"):
             ck.restore(target=wrong_dtype)
+
+
+def test_prng_key_mismatch_gives_a_clear_error(tmp_path) -> None:
+    with Checkpointer(tmp_path / "ck", async_save=False) as ck:
+        ck.save(1, {"rng": jax.random.key(0), "data": jnp.zeros((2,), jnp.uint32)})
+        with pytest.raises(CheckpointMismatchError, match="param data is a PRNG key in the target, not in the"):
+            ck.restore(target={"rng": jax.random.key(0), "data": jax.random.key(1)})
+        rbg = jax.random.key(0, impl="rbg")
+        with pytest.raises(CheckpointMismatchError, match="rng holds PRNG keys of implementation threefry2x32, "
+                                                          "expected key<rbg>"):
+            ck.restore(target={"rng": rbg, "data": jnp.zeros((2,), jnp.uint32)})
+        keys = jax.random.split(jax.random.key(0), 3)
+        with pytest.raises(CheckpointMismatchError, match=r"rng has PRNG key data shape \(2,\), expected \(3, 2\)"):
+            ck.restore(target={"rng": keys, "data": jnp.zeros((2,), jnp.uint32)})
 
 
 def test_rejects_non_json_extras(tmp_path) -> None:
@@ -232,3 +256,53 @@ def test_zero_size_arrays_round_trip(tmp_path):
         bad = dict(target, table=jax.ShapeDtypeStruct((8, 0), jnp.float32))
         with pytest.raises(CheckpointMismatchError, match="table.*shape"):
             ckpt.restore(target=bad)
+
+
+def _format_1_state() -> dict:
+    """The state saved in ``tests/fixtures/checkpoint_format1`` (no jax.random ops: their values may change)."""
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+              "e": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)}
+    train = TrainState(
+        step=jnp.int32(2),
+        params=params,
+        buffers={"H_init": jnp.asarray(rng.normal(size=(3,)), jnp.float32), "puzzle_emb": jnp.zeros((3, 0))},
+        opt_state=(optax.ScaleByAdamState(count=jnp.int32(2), mu=jax.tree.map(lambda x: x * 2, params),
+                                          nu=jax.tree.map(lambda x: x * x, params)), optax.EmptyState()),
+        ema=jax.tree.map(lambda x: x + 1, params),
+        carry=Carry(z=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), halted=jnp.array([True, False])),
+        rng=jax.random.key(3),
+    )
+    return {"train": train, "keys": jax.random.wrap_key_data(np.arange(6, dtype=np.uint32).reshape(3, 2)),
+            "np_step": np.int32(11), "np_mask": np.array([False, True]), "epoch": 3}
+
+
+def test_format_1_checkpoints_still_restore(tmp_path) -> None:
+    """Checkpoints of format 1 (a nested dict of key-path names, PRNG keys as key data) restore bit-exactly.
+
+    The fixture was written by trm_jax/train/checkpoint.py as of commit f893abc with
+    ``Checkpointer(directory, async_save=False).save(2, _format_1_state(), {"loader": {"epoch": 1, "batch": 2}})``.
+    """
+    shutil.copytree(FORMAT_1_DIR, tmp_path / "ck")
+    state = _format_1_state()
+    with Checkpointer(tmp_path / "ck") as ck:
+        restored, extras = ck.restore(target=state)
+        _assert_bit_equal(restored, state)
+        assert extras == {"loader": {"epoch": 1, "batch": 2}}
+        assert type(restored["np_step"]) is np.int32 and isinstance(restored["train"].carry, Carry)
+
+        restored, _ = ck.restore(2, target=jax.eval_shape(lambda: state))
+        assert jax.dtypes.issubdtype(restored["train"].rng.dtype, jax.dtypes.prng_key)
+        assert restored["train"].buffers["puzzle_emb"].shape == (3, 0)
+        _assert_bit_equal(jax.tree.map(np.asarray, restored["train"].opt_state[0].mu), state["train"].opt_state[0].mu)
+
+        on_disk, _ = ck.restore()  # as laid out by format 1: dicts all the way down
+        assert on_disk["train"]["buffers"]["puzzle_emb"].shape == (3, 0)
+        assert np.asarray(on_disk["train"]["opt_state"]["0"]["mu"]["w"]).tobytes() == \
+            np.asarray(state["train"].opt_state[0].mu["w"]).tobytes()
+        np.testing.assert_array_equal(jax.random.key_data(on_disk["keys"]), jax.random.key_data(state["keys"]))
+
+        wrong = _format_1_state()
+        wrong["train"] = wrong["train"].replace(params={**wrong["train"].params, "w": jnp.zeros((8, 3))})
+        with pytest.raises(CheckpointMismatchError, match="train/params/w has shape \\(4, 3\\), expected \\(8, 3\\)"):
+            ck.restore(target=wrong)

@@ -6,18 +6,27 @@ previous steps intact (leftover temporary directories are ignored and cleaned up
 
 Each step stores three items:
 
-- ``state``: the train-state pytree, stored as a nested dict keyed by the pytree's key paths (so
-  any pytree of arrays works: dicts, NamedTuples, dataclasses, optax states). Typed PRNG key
-  arrays are stored as their ``jax.random.key_data`` and wrapped back on restore.
+- ``state``: the train-state pytree as orbax's ``StandardCheckpointHandler`` writes it: one array
+  per leaf, named by the leaf's key path, with the tree's structure in orbax's metadata (tuples
+  as lists, NamedTuples and dataclasses as dicts). Typed PRNG key arrays are stored as their
+  ``jax.random.key_data`` (orbax 0.11 cannot write key arrays). Zero-size arrays (the ``[N, 0]``
+  puzzle table of a model without puzzle embeddings), which orbax cannot write, are stored as
+  empty nodes and restored as zeros.
 - ``extras``: a JSON-able dict (data-loader position, config, metrics...).
-- ``meta``: our format version and which leaves were PRNG keys (with their implementation).
+- ``meta``: our format version, the PRNG key leaves' paths and implementations, and the
+  zero-size arrays' paths, shapes and dtypes.
+
+Format 1 differed only in laying the state out as a nested dict keyed by the key-path names
+(``{"opt_state": {"0": ...}}``, the form ``restore`` without a target returns);
+:meth:`Checkpointer._read_v1` still reads it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -27,8 +36,9 @@ from trm_jax.train.checkpoint_damage import CheckpointDamagedError, DamagedRead,
 
 __all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _STATE, _EXTRAS, _META = "state", "extras", "meta"
+_JSON_FILES = {_EXTRAS: "metadata", _META: "metadata"}  # the files JsonCheckpointHandler writes
 
 Path = tuple[str, ...]
 _T = TypeVar("_T")
@@ -38,69 +48,86 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's tree structure, shapes or dtypes differ from the restore target."""
 
 
-_JSON_FILES = {_EXTRAS: "metadata", _META: "metadata"}  # the files JsonCheckpointHandler writes
-
-
-def _key_name(key: Any) -> str:
-    """The name of one step of a jax key path (dict key, attribute, sequence index)."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _flatten(tree: Any) -> tuple[list[tuple[Path, Any]], Any]:
-    """Leaves of ``tree`` with their key paths as tuples of strings, and the treedef."""
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    pairs = [(tuple(_key_name(k) for k in path), leaf) for path, leaf in with_paths]
-    seen: set[Path] = set()
-    for path, _ in pairs:
-        if path in seen:
-            raise ValueError(f"Checkpointer: two leaves share the key path {_show(path)}")
-        seen.add(path)
-    return pairs, treedef
-
-
-def _nest(pairs: Sequence[tuple[Path, Any]]) -> dict:
-    """Nested dict ``{k0: {k1: leaf}}`` from ``(path, leaf)`` pairs."""
-    root: dict = {}
-    for path, leaf in pairs:
-        node = root
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = leaf
-    return root
-
-
-def _flatten_nested(nested: Any, prefix: Path = ()) -> dict[Path, Any]:
-    """Inverse of :func:`_nest`: ``{path: leaf}`` of a nested dict."""
-    if isinstance(nested, Mapping):
-        out: dict[Path, Any] = {}
-        for name, value in nested.items():
-            out.update(_flatten_nested(value, prefix + (str(name),)))
-        return out
-    return {prefix: nested}
-
-
-def _show(path: Path) -> str:
-    return "/".join(path) if path else "<root>"
-
-
-def _is_key_dtype(dtype: Any) -> bool:
+def _is_key(dtype: Any) -> bool:
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _key_data_sharding(sharding: jax.sharding.Sharding | None, extra_dims: int):
+def _is_empty(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray)) and np.prod(leaf.shape) == 0
+
+
+def _names(keypath: Any) -> Path:
+    """A jax key path as the names orbax gives it (dict key, attribute, sequence index)."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keypath)
+
+
+def _stored_leaf(leaf: Any) -> Any:
+    """What orbax writes for one state leaf: None for zero-size arrays, key data for PRNG keys."""
+    if _is_empty(leaf):
+        return None
+    if isinstance(leaf, jax.Array) and _is_key(leaf.dtype):
+        return jax.random.key_data(leaf)
+    if isinstance(leaf, np.generic):  # orbax 0.11 refuses numpy scalars
+        return np.asarray(leaf)
+    return leaf
+
+
+def _key_data_sharding(sharding: jax.sharding.Sharding, extra_dims: int) -> jax.sharding.Sharding:
     """Sharding of a key array's raw data (the key's own trailing dims are not sharded)."""
-    if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
-        return sharding
     if isinstance(sharding, jax.sharding.NamedSharding):
-        spec = tuple(sharding.spec) + (None,) * extra_dims
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-    raise TypeError(
-        f"Checkpointer: cannot restore a PRNG key array with sharding {type(sharding).__name__}; "
-        "use a NamedSharding or SingleDeviceSharding in the target"
-    )
+        spec = jax.sharding.PartitionSpec(*sharding.spec, *[None] * extra_dims)
+        return jax.sharding.NamedSharding(sharding.mesh, spec)
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    raise TypeError(f"Checkpointer: cannot restore a PRNG key array with sharding {type(sharding).__name__}; "
+                    "use a NamedSharding or SingleDeviceSharding in the target")
+
+
+def _abstract_leaf(leaf: Any) -> Any:
+    """What orbax should restore for one target leaf (None: a zero-size array, not stored)."""
+    if _is_empty(leaf):
+        return None
+    if isinstance(leaf, np.generic):  # orbax restores numpy scalars as 0-d arrays
+        return np.zeros((), leaf.dtype)
+    if not isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+        return leaf
+    sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if _is_key(leaf.dtype):
+        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+        return jax.ShapeDtypeStruct(data.shape, data.dtype,
+                                    sharding=_key_data_sharding(sharding, len(data.shape) - len(leaf.shape)))
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+
+def _as_target_kind(prng_keys: Mapping[Path, str], keypath: Any, want: Any, got: Any) -> Any:
+    """A restored leaf as the kind of its target leaf (zeros for a zero-size array, not stored)."""
+    if got is None:
+        zeros = np.zeros(want.shape, want.dtype)
+        return zeros if isinstance(want, np.ndarray) else jax.device_put(zeros, getattr(want, "sharding", None))
+    if isinstance(want, np.generic):
+        return type(want)(np.asarray(got))
+    if isinstance(want, (bool, int, float)):
+        return type(want)(got)
+    if _is_key(getattr(want, "dtype", None)):
+        return jax.random.wrap_key_data(got, impl=prng_keys[_names(keypath)])
+    return got
+
+
+def _leaf_problems(name: str, leaf: Any, stored: Any, impl: str | None) -> list[str]:
+    """How one stored array's metadata differs from its target leaf (``impl``: of a stored PRNG key)."""
+    what = "shape"
+    if _is_key(getattr(leaf, "dtype", None)):
+        if impl is None:
+            return [f"param {name} is a PRNG key in the target, not in the checkpoint"]
+        if jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype != leaf.dtype:
+            return [f"param {name} holds PRNG keys of implementation {impl}, expected {leaf.dtype}"]
+        leaf = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+        what = "PRNG key data shape"
+    if tuple(stored.shape) != tuple(np.shape(leaf)):
+        return [f"param {name} has {what} {tuple(stored.shape)}, expected {tuple(np.shape(leaf))}"]
+    if np.dtype(stored.dtype) != np.dtype(leaf.dtype):
+        return [f"param {name} has dtype {np.dtype(stored.dtype)}, expected {np.dtype(leaf.dtype)}"]
+    return []
 
 
 class Checkpointer:
@@ -116,21 +143,11 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"Checkpointer: max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _EXTRAS: ocp.JsonCheckpointHandler(),
-                _META: ocp.JsonCheckpointHandler(),
-            },
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, create=True)
+        handlers = {_STATE: ocp.StandardCheckpointHandler(), _EXTRAS: ocp.JsonCheckpointHandler(),
+                    _META: ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # ----------------------------------------------------------------------------------- saving
     def save(self, step: int, state: Any, extras: Mapping[str, Any] | None = None, force: bool = False) -> bool:
@@ -144,41 +161,17 @@ class Checkpointer:
             json.dumps(extras)
         except TypeError as err:
             raise TypeError(f"Checkpointer.save: extras must be JSON-serialisable ({err})") from err
-
-        pairs, _ = _flatten(state)
-        stored, prng_keys, empty = [], {}, []
-        for path, leaf in pairs:
-            if isinstance(leaf, (jax.Array, np.ndarray)) and leaf.size == 0:
-                # orbax cannot write zero-size arrays (e.g. the [N, 0] puzzle table of a model
-                # without puzzle embeddings): their shape and dtype go to the metadata instead.
-                empty.append({"path": list(path), "shape": list(leaf.shape),
-                              "dtype": str(np.dtype(leaf.dtype))})
-                continue
-            if isinstance(leaf, jax.Array) and _is_key_dtype(leaf.dtype):
-                prng_keys[path] = str(jax.random.key_impl(leaf))
-                leaf = jax.random.key_data(leaf)
-            elif not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, bool)):
-                raise TypeError(
-                    f"Checkpointer.save: leaf {_show(path)} has unsupported type {type(leaf).__name__}; "
-                    "expected an array or a numeric scalar"
-                )
-            stored.append((path, leaf))
+        leaves = ocp.tree.to_flat_dict(state).items()
         meta = {
             "format_version": _FORMAT_VERSION,
-            "prng_keys": [{"path": list(path), "impl": impl} for path, impl in prng_keys.items()],
-            "empty_arrays": empty,
+            "prng_keys": [{"path": list(path), "impl": str(jax.random.key_impl(leaf))} for path, leaf in leaves
+                          if isinstance(leaf, jax.Array) and _is_key(leaf.dtype)],
+            "empty_arrays": [{"path": list(path), "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
+                             for path, leaf in leaves if _is_empty(leaf)],
         }
-        return self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardSave(_nest(stored)),
-                    _EXTRAS: ocp.args.JsonSave(extras),
-                    _META: ocp.args.JsonSave(meta),
-                }
-            ),
-            force=force,
-        )
+        items = {_STATE: ocp.args.StandardSave(jax.tree.map(_stored_leaf, state)),
+                 _EXTRAS: ocp.args.JsonSave(extras), _META: ocp.args.JsonSave(meta)}
+        return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def wait_until_finished(self) -> None:
         """Blocks until every started save is committed to disk."""
@@ -206,7 +199,7 @@ class Checkpointer:
         as jax arrays laid out on that sharding; numpy arrays / scalars and Python scalars restore
         as the same kind. Typed PRNG key leaves are restored as key arrays. Raises
         :class:`CheckpointMismatchError` if paths, shapes or dtypes differ from the checkpoint.
-        Without ``target`` the state comes back as a nested dict as laid out on disk.
+        Without ``target`` the state comes back as a nested dict keyed by the key-path names.
         """
         step = self._resolve_step(step)
         self._check_items(step)
@@ -214,63 +207,58 @@ class Checkpointer:
             step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
         if not isinstance(meta, Mapping):
             raise self.damaged(step, f"{_META}/ holds {type(meta).__name__}, expected a JSON object")
-        prng_keys = {tuple(entry["path"]): entry["impl"] for entry in meta.get("prng_keys", [])}
-        empty = {tuple(e["path"]): (tuple(e["shape"]), np.dtype(e["dtype"]))
-                 for e in meta.get("empty_arrays", [])}
+        prng_keys = {tuple(e["path"]): e["impl"] for e in meta.get("prng_keys", [])}
+        empty = {tuple(e["path"]): (tuple(e["shape"]), np.dtype(e["dtype"])) for e in meta.get("empty_arrays", [])}
+        if target is not None:
+            self._check_matches(step, target, prng_keys, empty)
+        abstract = None if target is None else jax.tree.map(_abstract_leaf, target)
+        read = self._read_v1 if meta.get("format_version") == 1 else self._read
+        state, extras = read(step, abstract)
+        if target is not None:
+            as_target = functools.partial(_as_target_kind, prng_keys)
+            return jax.tree_util.tree_map_with_path(as_target, target, state), extras
+        flat = ocp.tree.to_flat_dict(state)
+        flat.update({path: jax.random.wrap_key_data(flat[path], impl=impl) for path, impl in prng_keys.items()})
+        flat.update({path: np.zeros(shape, dtype) for path, (shape, dtype) in empty.items()})
+        return ocp.tree.from_flat_dict(flat), extras
 
-        if target is None:
-            restored = self._guarded(step, lambda: self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{_STATE: ocp.args.StandardRestore(None), _EXTRAS: ocp.args.JsonRestore()}
-                ),
-            ))
-            self._check_extras(step, restored[_EXTRAS])
-            flat = _flatten_nested(restored[_STATE])
-            for path, impl in prng_keys.items():
-                flat[path] = jax.random.wrap_key_data(flat[path], impl=impl)
-            for path, (shape, dtype) in empty.items():
-                flat[path] = np.zeros(shape, dtype)
-            return _nest(list(flat.items())), dict(restored[_EXTRAS] or {})
+    def _read(self, step: int, abstract: Any) -> tuple[Any, dict]:
+        """The state item restored onto ``abstract`` (None: as laid out on disk), and the extras."""
+        items = {_STATE: ocp.args.StandardRestore(abstract), _EXTRAS: ocp.args.JsonRestore()}
+        restored = self._guarded(step, lambda: self._manager.restore(step, args=ocp.args.Composite(**items)))
+        extras = restored[_EXTRAS]
+        if extras is not None and not isinstance(extras, Mapping):
+            raise self.damaged(step, f"{_EXTRAS}/ holds {type(extras).__name__}, expected a JSON object")
+        return restored[_STATE], dict(extras or {})
 
-        all_pairs, treedef = _flatten(target)
-        on_disk = _flatten_nested(self._guarded(step, lambda: self._manager.item_metadata(step)[_STATE].tree))
+    def _read_v1(self, step: int, abstract: Any) -> tuple[Any, dict]:
+        """:meth:`_read` of a format-1 step, whose state is a nested dict keyed by key-path names."""
+        if abstract is None:
+            return self._read(step, None)
+        state, extras = self._read(step, ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(abstract)))
+        return ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(state), target=abstract), extras
+
+    def _check_matches(self, step: int, target: Any, prng_keys: Mapping[Path, str],
+                       empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]]) -> None:
+        """Raises :class:`CheckpointMismatchError` naming up to three paths whose leaves differ."""
+        tree = self._guarded(step, lambda: self._manager.item_metadata(step)[_STATE])
+        on_disk = ocp.tree.to_flat_dict(tree.tree)
         on_disk.update({path: jax.ShapeDtypeStruct(shape, dtype) for path, (shape, dtype) in empty.items()})
-        try:
-            abstract = [(path, self._abstract_leaf(path, leaf, prng_keys)) for path, leaf in all_pairs]
-        except CheckpointMismatchError as err:
-            raise CheckpointMismatchError(
-                f"checkpoint at {self.directory} step {step} was written by a different architecture: {err}"
-            ) from None
-        self._check_matches(step, abstract, on_disk, prng_keys)
-
-        restored = self._guarded(step, lambda: self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(_nest([(path, leaf) for path, leaf in abstract
-                                                           if path not in empty])),
-                   _EXTRAS: ocp.args.JsonRestore()}
-            ),
-        ))
-        self._check_extras(step, restored[_EXTRAS])
-        flat = _flatten_nested(restored[_STATE])
-        leaves = []
-        for path, leaf in all_pairs:
-            if path in empty:
-                sharding = getattr(leaf, "sharding", None)
-                value = (np.zeros(leaf.shape, leaf.dtype) if isinstance(leaf, np.ndarray)
-                         else jax.device_put(np.zeros(leaf.shape, leaf.dtype), sharding))
-                leaves.append(value)
-                continue
-            value = flat[path]
-            if path in prng_keys:
-                value = jax.random.wrap_key_data(value, impl=prng_keys[path])
-            elif isinstance(leaf, np.generic):
-                value = type(leaf)(np.asarray(value))
-            elif isinstance(leaf, (bool, int, float)):
-                value = type(leaf)(value)
-            leaves.append(value)
-        return jax.tree_util.tree_unflatten(treedef, leaves), dict(restored[_EXTRAS] or {})
+        wanted = ocp.tree.to_flat_dict(target)
+        problems = []
+        for path, leaf in wanted.items():
+            stored = on_disk.get(path)
+            if stored is None:
+                problems.append(f"param {'/'.join(path)} is missing from the checkpoint")
+            elif not (isinstance(leaf, (bool, int, float)) or isinstance(stored, ocp.metadata.ScalarMetadata)):
+                # Python scalars are stored with orbax's own 64-bit dtype: only kinds matter.
+                problems.extend(_leaf_problems("/".join(path), leaf, stored, prng_keys.get(path)))
+        problems += [f"param {'/'.join(path)} is in the checkpoint but not in the target"
+                     for path in on_disk if path not in wanted]
+        if problems:
+            more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
+            raise CheckpointMismatchError(f"checkpoint at {self.directory} step {step} was written by a different "
+                                          f"architecture: {'; '.join(problems[:3])}{more}")
 
     # ------------------------------------------------------------------------- damaged steps
     def _step_dir(self, step: int) -> str:
@@ -296,10 +284,6 @@ class Checkpointer:
             raise self.damaged(step, f"its item director{'ies' if len(missing) > 1 else 'y'} "
                                       f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing")
 
-    def _check_extras(self, step: int, extras: Any) -> None:
-        if extras is not None and not isinstance(extras, Mapping):
-            raise self.damaged(step, f"{_EXTRAS}/ holds {type(extras).__name__}, expected a JSON object")
-
     def _guarded(self, step: int, read: Callable[[], _T]) -> _T:
         """``read()``; damaged files raise :class:`CheckpointDamagedError` naming ``step``."""
         try:
@@ -316,66 +300,6 @@ class Checkpointer:
         if int(step) not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} (available: {steps})")
         return int(step)
-
-    @staticmethod
-    def _abstract_leaf(path: Path, leaf: Any, prng_keys: Mapping[Path, str]) -> Any:
-        """What orbax should restore for one target leaf (key arrays become their raw data)."""
-        if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
-            sharding = getattr(leaf, "sharding", None)
-            if _is_key_dtype(leaf.dtype):
-                impl = prng_keys.get(path)
-                if impl is None:
-                    raise CheckpointMismatchError(f"param {_show(path)} is a PRNG key in the target, not in the checkpoint")
-                data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-                if jax.eval_shape(lambda: jax.random.wrap_key_data(jax.numpy.zeros(data.shape, data.dtype), impl=impl)).dtype != leaf.dtype:
-                    raise CheckpointMismatchError(
-                        f"param {_show(path)} holds PRNG keys of implementation {impl}, expected {leaf.dtype}"
-                    )
-                sharding = _key_data_sharding(sharding, len(data.shape) - len(leaf.shape))
-                shape, dtype = data.shape, data.dtype
-            else:
-                shape, dtype = leaf.shape, leaf.dtype
-            if sharding is None:
-                sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-        if isinstance(leaf, np.ndarray):
-            return np.zeros(leaf.shape, leaf.dtype)
-        if isinstance(leaf, np.generic):
-            return np.zeros((), leaf.dtype)
-        if isinstance(leaf, (bool, int, float)):
-            return leaf
-        raise TypeError(f"Checkpointer.restore: target leaf {_show(path)} has unsupported type {type(leaf).__name__}")
-
-    def _check_matches(
-        self, step: int, abstract: Sequence[tuple[Path, Any]], on_disk: Mapping[Path, Any], prng_keys: Mapping[Path, str]
-    ) -> None:
-        problems = []
-        wanted = dict(abstract)
-        for path, leaf in abstract:
-            name = _show(path)
-            if path not in on_disk:
-                problems.append(f"param {name} is missing from the checkpoint")
-                continue
-            stored = on_disk[path]
-            if isinstance(leaf, (bool, int, float)) or isinstance(stored, ocp.metadata.ScalarMetadata):
-                continue  # Python scalars are stored with orbax's own 64-bit dtype: only kinds matter
-            stored_shape = tuple(stored.shape)
-            expected_shape = tuple(np.shape(leaf))
-            if stored_shape != expected_shape:
-                what = "PRNG key data shape" if path in prng_keys else "shape"
-                problems.append(f"param {name} has {what} {stored_shape}, expected {expected_shape}")
-            elif np.dtype(stored.dtype) != np.dtype(leaf.dtype):
-                problems.append(f"param {name} has dtype {np.dtype(stored.dtype)}, expected {np.dtype(leaf.dtype)}")
-        for path in on_disk:
-            if path not in wanted:
-                problems.append(f"param {_show(path)} is in the checkpoint but not in the target")
-        if problems:
-            more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
-            raise CheckpointMismatchError(
-                f"checkpoint at {self.directory} step {step} was written by a different architecture: "
-                + "; ".join(problems[:3])
-                + more
-            )
 
     # ---------------------------------------------------------------------------------- closing
     def close(self) -> None:
