@@ -22,6 +22,7 @@ from trm_jax.train.state import TrainState
 
 FORMAT_1_DIR = Path(__file__).parent / "fixtures" / "checkpoint_format1"
 
+
 class Carry(NamedTuple):
     z: jax.Array
     halted: jax.Array

@@ -202,8 +202,13 @@ def test_evaluation_to_halt(fixture):
     float_keys = ("logits", "q_halt_logits", "loss", "metrics/lm_loss", "metrics/q_halt_loss")
     noise = rounding_noise(run, variables, {k: ours[k] for k in float_keys})
     rtol = {k: max(LOSS_RTOL if "loss" in k else ACT_RTOL, 4 * noise[k]) for k in float_keys}
+    # The gate keeps the comparison meaningful (a tolerance near 1 would pass anything). How far
+    # the recursion amplifies a one-ulp change depends on the CPU's matmul kernels: the mlp_t
+    # fixture's eval logits move by ~1e-3 on an AMD EPYC and by 2.6e-3 on an Intel Xeon
+    # (AVX-512), where ours-vs-official is 1.2e-3, so 4x the noise reaches 1e-2 there. A wrong
+    # port moves the logits by O(1), and test_parity_float64 pins this evaluation at 1e-9.
     for k, tol in rtol.items():
-        assert tol < 1e-2, f"eval {k}: rounding noise {noise[k]:.3g} too large to test"
+        assert tol < 5e-2, f"eval {k}: rounding noise {noise[k]:.3g} too large to test"
 
     for key in ("logits", "q_halt_logits"):
         assert_close(ours[key], fixture.data["eval/out/" + key], rtol[key], ACT_ATOL, f"eval {key}")
