@@ -129,7 +129,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
     if args.profile_dir:
         result["profiles"] = [profile_case(case, args.profile_dir) for case in cases]
+        for prof, row in zip(result["profiles"], rows):
+            prof["matmul_only_fraction_of_ceiling"] = matmul_only_fraction(row, prof.get("breakdown"))
     return result
+
+
+def matmul_only_fraction(row: dict[str, Any], breakdown: dict[str, Any] | None) -> float | None:
+    """The fraction of the ceiling the step would reach if all but its matrix products took no
+    time: its fraction divided by the matmuls' share of the profiled time. An upper bound on
+    what removing element-wise, copy and loop overheads can give; None without a breakdown."""
+    if not breakdown or not breakdown["categories"]["matmul"]["share"]:
+        return None
+    return row["fraction_of_ceiling"] / breakdown["categories"]["matmul"]["share"]
 
 
 def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +208,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                           for c, v in b["categories"].items())
         lines.append(f"  ms per step by kind of operation (under the profiler, "
                      f"{b['total_ms']:.0f} ms in all): {parts}")
+        bound = prof.get("matmul_only_fraction_of_ceiling")
+        if bound is not None:
+            lines.append(f"  matmuls alone: {100 * bound:.0f}% of the ceiling (the step's fraction if all "
+                         f"other work took no time)")
     lines += [
         f"- command: `{meta['command']}`",
         f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "

@@ -275,6 +275,11 @@ def test_efficiency_report(tmp_path):
         else:
             shares = [c["share"] for c in prof["breakdown"]["categories"].values()]
             assert abs(sum(shares) - 1) < 1e-9 and prof["breakdown"]["categories"]["matmul"]["ms"] > 0
+            row = next(r for r in doc["rows"] if r["batch_size"] == prof["batch_size"])
+            share = prof["breakdown"]["categories"]["matmul"]["share"]
+            assert prof["matmul_only_fraction_of_ceiling"] == pytest.approx(row["fraction_of_ceiling"] / share)
+            assert prof["matmul_only_fraction_of_ceiling"] >= row["fraction_of_ceiling"]
+            assert "matmuls alone:" in markdown
 
 
 def test_efficiency_rejects_bad_arguments():
