@@ -38,8 +38,8 @@ def _expected(current: Any) -> str:
     return f"a Python literal like the current value {current!r}"
 
 
-def _check_key(config: ml_collections.ConfigDict, key: str) -> Any:
-    """The current value of the leaf ``key`` (``a.b.c``); an unknown key or a section is an error."""
+def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    """``(section, leaf name)`` of the leaf ``key`` (``a.b.c``); an unknown key or a section is an error."""
     *parents, leaf = key.split(".")
     node = config
     for depth, name in enumerate(parents):
@@ -54,7 +54,7 @@ def _check_key(config: ml_collections.ConfigDict, key: str) -> Any:
                               + (f" (config.{section} has: {known})" if section and known else ""))
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigLoadError(f"config.{key} is a section, not a value")
-    return node[leaf]
+    return node, leaf
 
 
 def _split(arg: str) -> tuple[str, str]:
@@ -68,7 +68,10 @@ def _split(arg: str) -> tuple[str, str]:
 
 def _parse_command_line(config: ml_collections.ConfigDict, pairs: Sequence[tuple[str, str]]) -> None:
     """Sets every ``(key, text)`` on ``config`` in place with ml_collections' override parser."""
-    current = {key: _check_key(config, key) for key, _ in pairs}
+    current = {}
+    for key, _ in pairs:
+        node, leaf = _lookup(config, key)
+        current[key] = node[leaf]
     argv = ["trm-jax"] + [f"{OVERRIDE_PREFIX}{key}={value}" for key, value in pairs]
     flag_values = flags.FlagValues()
     try:
@@ -100,13 +103,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] 
             _parse_command_line(config, pairs)
         return config
     for key, value in overrides.items():
-        current = _check_key(config, key)
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        node, leaf = _lookup(config, key)
+        if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
         try:
             node[leaf] = value
         except TypeError as err:

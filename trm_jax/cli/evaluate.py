@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from trm_jax.cli.errors import UsageError
-from trm_jax.cli.model_source import halting_policy, resolve_model
+from trm_jax.cli.model_source import resolve_model
+from trm_jax.cli.parser import halting_policy
 from trm_jax.fileio import write_json_atomic
 
 

@@ -81,13 +81,3 @@ def resolve_model(args: argparse.Namespace, overrides: list[str]):
     finally:
         checkpointer.close()
     return config, model_config, optim_config, data_path, state, f"{ckpt_dir} step {step}"
-
-
-def halting_policy(args: argparse.Namespace):
-    """The --halting / --threshold / --num-steps policy (a bad combination is a UsageError)."""
-    from trm_jax.inference import HaltingPolicy  # noqa: PLC0415
-
-    try:
-        return HaltingPolicy(args.halting, args.num_steps, args.threshold)
-    except ValueError as err:
-        raise UsageError(str(err)) from None

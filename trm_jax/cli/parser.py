@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from trm_jax.cli.errors import UsageError
+
+
 OVERRIDES_HELP = ("config overrides: any --config.SECTION.KEY=VALUE after the options sets one value of "
                   "the config (e.g. --config.optim.lr=3e-4 --config.train.progress_bar=false); the value "
                   "takes the type of the current one. `trm-jax config NAME` prints every key and its value; "
@@ -75,3 +78,13 @@ def _add_halting(p: argparse.ArgumentParser) -> None:
                         "continuous batching, train.eval_slots rows)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="adaptive halting: stop when sigmoid(q_halt) > this (default 0.5, the training rule)")
+
+
+def halting_policy(args: argparse.Namespace):
+    """The --halting / --threshold / --num-steps policy (a bad combination is a UsageError)."""
+    from trm_jax.inference import HaltingPolicy  # noqa: PLC0415
+
+    try:
+        return HaltingPolicy(args.halting, args.num_steps, args.threshold)
+    except ValueError as err:
+        raise UsageError(str(err)) from None

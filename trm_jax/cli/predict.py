@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.cli.errors import UsageError
-from trm_jax.cli.model_source import halting_policy, resolve_model
+from trm_jax.cli.model_source import resolve_model
+from trm_jax.cli.parser import halting_policy
 
 
 
