@@ -1,4 +1,4 @@
-"""Experiment configs: the shared defaults, loading a config file, command-line overrides.
+"""Experiment configs: the shared defaults, loading a config file, validation.
 
 A config is an ``ml_collections.ConfigDict`` with four sections: ``model`` (every
 :class:`~trm_jax.config.TRMConfig` field), ``optim`` (every
@@ -8,8 +8,9 @@ and define ``get_config()`` (big_vision style); they start from :func:`base_conf
 what their experiment changes.
 
 :func:`load_config` accepts a bare name (``sudoku_mlp``) or a path to any config file
-(``my_configs/x.py``) and applies ``--config.a.b=value`` overrides. An unknown key, a value of the wrong type or a
-missing file raises :class:`ConfigLoadError` with a one-line message.
+(``my_configs/x.py``) and applies ``--config.a.b=value`` overrides (:mod:`trm_jax.config_overrides`,
+through ml_collections' own parser). An unknown key, a value of the wrong type or a missing
+file raises :class:`ConfigLoadError` with a one-line message.
 """
 
 from __future__ import annotations
