@@ -339,3 +339,76 @@ def test_op_breakdown_sums_events_by_kind_of_operation():
     assert op_profile.categorize("while", set()) is None
     assert op_profile.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
         "dynamic slice/update"
+
+
+def test_peer_flops_count_the_same_work_as_ours():
+    """The NNX port's analytic count equals ours on the same model: mlp_t, no puzzle prefix,
+    81 positions, 10 tokens. The one difference is its halting head (one logit, ours two),
+    counted forward and twice for the backward."""
+    import types  # noqa: PLC0415
+
+    from benchmarks import peers  # noqa: PLC0415
+
+    port_config = types.SimpleNamespace(seq_len=81, vocab_size=10, n_layers=2, h_dim=512,
+                                        mlp_factor=4, n=6, T=3)
+    ours = common.get_config("sudoku_mlp").model_config(8, "float32", puzzle_emb_ndim=0,
+                                                          puzzle_emb_len=0, vocab_size=10)
+    assert ours.total_len == 81
+    assert (common.model_flops_per_step(ours, 8)
+            - peers.nnx_port_flops_per_supervision_step(port_config, 8)) == 3 * 2.0 * 8 * 512
+
+
+def test_peers_needs_a_checkout_of_the_port(tmp_path, monkeypatch):
+    from benchmarks import peers  # noqa: PLC0415
+
+    monkeypatch.delenv(peers.NNX_PORT_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        peers.parse_args([])
+    for argv in (["--nnx-port-dir", "x", "--batch-sizes", "8,y"],
+                 ["--nnx-port-dir", "x", "--supervision-steps", "0"]):
+        with pytest.raises(SystemExit):
+            peers.parse_args(argv)
+    with pytest.raises(FileNotFoundError, match="main.py and utils.py"):
+        peers.load_nnx_port(str(tmp_path))
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRM_NNX_PORT_DIR"),
+                    reason="set TRM_NNX_PORT_DIR to a checkout of github.com/ecntu/trm-jax "
+                           "to time our step against it")
+def test_peers_report_against_the_nnx_port(tmp_path):
+    import sys  # noqa: PLC0415
+
+    from benchmarks import peers  # noqa: PLC0415
+
+    result = peers.main(["--batch-sizes", "2", "--rounds", "1", "--warmup", "0",
+                         "--supervision-steps", "2", "--device", "cpu",
+                         "--out-dir", str(tmp_path), "--name", "t"])
+    doc = json.loads((tmp_path / "peers_t.json").read_text())
+    assert doc["schema"] == peers.SCHEMA and doc["rows"] == json.loads(json.dumps(result["rows"]))
+    (row,) = doc["rows"]
+    for side in ("ours", "peer"):
+        assert row[side]["gflops_per_s"] > 0 and 0 < row[side]["fraction_of_ceiling"]
+    assert row["peer_time_per_flop_over_ours"] > 0
+    assert "NNX port" in (tmp_path / "peers_t.md").read_text()
+    assert "clu" not in sys.modules or sys.modules["clu"].__spec__ is not None  # no stand-in left
+
+
+def test_gemm_products_are_the_steps_matmul_flops(tmp_path):
+    """gemm.py's products, weighted by their calls per step, are exactly the analytic count's
+    network FLOPs (all but the heads); its report times each in XLA (and PyTorch if present)."""
+    from benchmarks import gemm  # noqa: PLC0415
+
+    config = common.get_config("sudoku_mlp").model_config(8, "float32")
+    products = gemm.mlp_t_products(config, 8)
+    assert len(products) == 12
+    heads = 2.0 * 8 * config.seq_len * config.hidden_size * config.vocab_size + 2.0 * 8 * 512 * 2
+    assert sum(2.0 * p["m"] * p["k"] * p["n"] * p["calls"] for p in products) == pytest.approx(
+        common.model_flops_per_step(config, 8) - 3 * heads, rel=1e-12)
+    with pytest.raises(ValueError, match="mlp_t"):
+        gemm.mlp_t_products(common.get_config("sudoku_att").model_config(8, "float32"), 8)
+    result = gemm.main(["--batch-size", "1", "--calls", "1", "--reps", "1", "--device", "cpu",
+                        "--out-dir", str(tmp_path), "--name", "t"])
+    doc = json.loads((tmp_path / "gemm_sudoku_mlp_cpu_float32_b1_t.json").read_text())
+    assert doc["schema"] == gemm.SCHEMA and len(doc["rows"]) == 13
+    assert all(r["xla"] > 0 for r in doc["rows"]) and result["matmul_only_step_s"]["xla"] > 0
+    assert "token gate_up d_weight" in (tmp_path / "gemm_sudoku_mlp_cpu_float32_b1_t.md").read_text()
