@@ -5,7 +5,8 @@
         --device gpu --reference-dir /path/to/TinyRecursiveModels
 
 Both steps start from the same weights (ours, exported with ``to_torch_state_dict``) and see
-the same batches. Before anything is timed, both are run in float32 on the first batch and
+the same batches, and the timed steps alternate (one of ours, one of the reference's), so a
+machine that drifts moves both alike; each pair also gives a ratio. Before anything is timed, both are run in float32 on the first batch and
 their losses must agree to 1e-4 relative; otherwise the run stops, so two different
 computations are never compared. The reference half is skipped, with a message, when no
 checkout is given (``--reference-dir`` / ``$TRM_REFERENCE_DIR``) or with ``--skip-reference``.
@@ -26,6 +27,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import statistics  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
@@ -158,61 +160,75 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     ceiling = MatmulCeiling(device, dtype, args.seed)
     result["ceiling"] = ceiling.describe()
 
-    # --- ours
+    # --- warm-up: ours, then the reference
     device_batches = [ours.put(b) for b in batches]
-    start = 1 if ours.steps_taken else 0  # the loss check already used batch 0
-    if start == 0:
+    ours_start = 1 if ours.steps_taken else 0  # the loss check already used batch 0
+    if ours_start == 0:
         timer = _Stopwatch()
         with timer:
             ours.sync(ours(device_batches[0]))
         ours_first_call = timer.seconds
+        ours_start = 1
     for i in range(args.warmup):
-        ours.sync(ours(device_batches[(start + i) % num_batches]))
+        ours.sync(ours(device_batches[(ours_start + i) % num_batches]))
+    ours_start += args.warmup
+    if ref is not None:
+        ref_batches = [ref.to_device(b) for b in batches]
+        ref_start = ref.step_count
+        if ref_start == 0:
+            timer = _Stopwatch()
+            with timer:
+                ref.synchronize(ref(ref_batches[0]))
+            ref_first_call = timer.seconds
+            ref_start = 1
+        for i in range(args.warmup):
+            ref.synchronize(ref(ref_batches[(ref_start + i) % num_batches]))
+        ref_start += args.warmup
+        ref.reset_peak_memory()
+
+    # --- timed steps, interleaved (one of ours, one of the reference's): a machine that
+    # speeds up or slows down during the run moves both alike, and each pair gives a ratio.
     ceiling_before = ceiling.measure()
-    times = common.time_calls(lambda i: ours(device_batches[i % num_batches]), ours.sync,
-                              args.steps, start_index=start + args.warmup)
-    ours_ceiling = max(ceiling_before, ceiling.measure())
-    result["ours"] = _summary(times, batch_size, config.seq_len, ours.compile_seconds,
+    ours_times: list[float] = []
+    ref_times: list[float] = []
+    for k in range(args.steps):
+        ours_times += common.time_calls(lambda i: ours(device_batches[i % num_batches]),
+                                        ours.sync, 1, start_index=ours_start + k)
+        if ref is not None:
+            ref_times += common.time_calls(lambda i: ref(ref_batches[i % num_batches]),
+                                           ref.synchronize, 1, start_index=ref_start + k)
+    ceiling_flops = max(ceiling_before, ceiling.measure())
+    result["timing"]["interleaved"] = ref is not None
+
+    result["ours"] = _summary(ours_times, batch_size, config.seq_len, ours.compile_seconds,
                               ours_first_call, ours.peak_memory_bytes(),
                               result["flops_per_step_analytic"], ours.flops, device.device_kind,
                               dtype)
-    _add_efficiency(result["ours"], result["flops_per_step_analytic"], ours_ceiling)
+    _add_efficiency(result["ours"], result["flops_per_step_analytic"], ceiling_flops)
     result["ours"]["xla_memory"] = ours.memory_analysis
     result["ours"]["flops_per_step_xla"] = ours.flops
     if dtype != "float32" and loss_check["status"] == "passed":
         # JAX cannot reset its allocator's peak: it includes the float32 check step.
         result["ours"]["peak_memory_note"] = "includes the float32 loss-check step"
 
-    # --- reference
     if ref is not None:
-        ref_batches = [ref.to_device(b) for b in batches]
-        start = ref.step_count
-        if start == 0:
-            timer = _Stopwatch()
-            with timer:
-                ref.synchronize(ref(ref_batches[0]))
-            ref_first_call = timer.seconds
-            start = 1
-        for i in range(args.warmup):
-            ref.synchronize(ref(ref_batches[(start + i) % num_batches]))
-        ref.reset_peak_memory()
-        ceiling_before = ceiling.measure()
-        times = common.time_calls(lambda i: ref(ref_batches[i % num_batches]), ref.synchronize,
-                                  args.steps, start_index=start + args.warmup)
-        ref_ceiling = max(ceiling_before, ceiling.measure())
-        result["reference"] = _summary(times, batch_size, config.seq_len, None, ref_first_call,
+        result["reference"] = _summary(ref_times, batch_size, config.seq_len, None, ref_first_call,
                                        ref.peak_memory_bytes(), result["flops_per_step_analytic"],
                                        ours.flops, device.device_kind, dtype)
-        _add_efficiency(result["reference"], result["flops_per_step_analytic"], ref_ceiling)
+        _add_efficiency(result["reference"], result["flops_per_step_analytic"], ceiling_flops)
         result["reference"]["optimizer"] = ("adam_atan2 (CUDA)" if ref.uses_cuda_adam_atan2
                                             else "AdamATan2Torch (pure PyTorch)")
         result["reference"]["torch_compile"] = on_gpu and not args.no_compile_reference
         result["ratio_ours_over_reference"] = (result["ours"]["times"]["median_s"]
                                                / result["reference"]["times"]["median_s"])
+        paired = [o / r for o, r in zip(ours_times, ref_times)]
+        result["ratio_paired"] = {"median": statistics.median(paired), "min": min(paired),
+                                  "max": max(paired)}
     else:
         result["reference"] = None
         result["reference_skipped"] = skip_reason
         result["ratio_ours_over_reference"] = None
+        result["ratio_paired"] = None
     if args.profile_dir:
         result["profiles"] = profile_steps(args.profile_dir, ours, device_batches, ref,
                                            ref_batches if ref is not None else None)
@@ -317,14 +333,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         table,
         f"- ratio ours / reference (median step time): "
-        f"{'n/a (reference skipped)' if ratio is None else f'{ratio:.3f}'}",
+        f"{'n/a (reference skipped)' if ratio is None else f'{ratio:.3f}'}"
+        + ("" if ratio is None else
+           f"; per interleaved pair of steps: median {result['ratio_paired']['median']:.3f} "
+           f"(min {result['ratio_paired']['min']:.3f}, max {result['ratio_paired']['max']:.3f})"),
         f"- {check_line}",
         f"- FLOPs per step: XLA cost analysis {_fmt(result['ours']['flops_per_step_xla'])}, "
         f"analytic (matmuls) {_fmt(result['flops_per_step_analytic'])}. MFU uses the analytic "
         f"figure for both implementations (XLA counts a scan body once, so its figure "
         f"undercounts the recursion); n/a without a known peak (CPUs). GFLOP/s: the analytic "
         f"FLOPs per median step; matmul ceiling: {result['ceiling']['text']}, the faster of "
-        f"two measurements just before and after each implementation's timed steps",
+        f"two measurements just before and after the timed steps",
         f"- memory: device peak from the allocators (CUDA only); XLA memory plan = arguments"
         f" + outputs - donated + temporaries of our compiled step; host peak RSS of the whole"
         f" process (both implementations): {common.format_bytes(result['host_peak_rss_bytes'])}",

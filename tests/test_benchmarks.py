@@ -50,9 +50,12 @@ def _check_step_time_document(doc: dict, with_reference: bool) -> None:
         assert doc["loss_check"]["status"] == "passed"
         assert doc["loss_check"]["rel_diff"] <= step_time.LOSS_RTOL
         assert math.isfinite(doc["loss_check"]["ours"])
-        assert doc["ratio_ours_over_reference"] > 0
+        assert doc["ratio_ours_over_reference"] > 0 and doc["timing"]["interleaved"]
+        paired = doc["ratio_paired"]
+        assert 0 < paired["min"] <= paired["median"] <= paired["max"]
     else:
         assert doc["reference"] is None and doc["ratio_ours_over_reference"] is None
+        assert doc["ratio_paired"] is None and not doc["timing"]["interleaved"]
         assert doc["loss_check"]["status"] == "skipped" and doc["loss_check"]["reason"]
 
 
