@@ -11,7 +11,7 @@ their losses must agree to 1e-4 relative; otherwise the run stops, so two differ
 computations are never compared. The reference half is skipped, with a message, when no
 checkout is given (``--reference-dir`` / ``$TRM_REFERENCE_DIR``) or with ``--skip-reference``.
 
-Writes ``<out-dir>/step_time_<config>_<device>_<dtype>_b<batch>.{json,md}``.
+Writes ``<out-dir>/step_time_<config>_<device>_<dtype>_b<batch>[_<name>].{json,md}``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, op_profile  # noqa: E402
 from benchmarks.jax_step import JaxTrainStep, MatmulCeiling, bench_setup  # noqa: E402
 
 SCHEMA = "trm-jax/step_time/v1"
@@ -64,6 +64,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "chrome trace for the reference)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
+    parser.add_argument("--name", default=None,
+                        help="suffix of the output name, e.g. the machine (step_time_..._b8_NAME)")
     args = parser.parse_args(argv)
     for name in ("steps", "warmup"):
         if getattr(args, name) < (1 if name == "steps" else 0):
@@ -236,20 +238,37 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+_TORCH_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                     "aten::_scaled_dot_product_flash_attention_for_cpu",
+                     "aten::_scaled_dot_product_efficient_attention",
+                     "aten::_scaled_dot_product_flash_attention")
+
+
 def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref: Any,
-                  ref_batches: list | None, steps: int = 3) -> dict[str, str]:
-    """Traces ``steps`` more steps of each implementation; returns where the traces are."""
-    out = {}
+                  ref_batches: list | None, steps: int = 3) -> dict[str, Any]:
+    """Traces ``steps`` more steps of each implementation; returns where the traces are and,
+    per implementation, the milliseconds per step its matrix products took under the profiler
+    against the whole (ours: ``op_profile`` over the XLA trace, when ``xprof`` is installed;
+    the reference: self time of its matmul operators)."""
+    out: dict[str, Any] = {}
     jax_dir = os.path.join(profile_dir, "jax")
     with jax.profiler.trace(jax_dir):
         for i in range(steps):
             ours.sync(ours(ours_batches[i % len(ours_batches)]))
     out["ours"] = jax_dir
+    try:
+        breakdown = op_profile.op_breakdown(ours.hlo_text(), op_profile.load_trace_events(jax_dir),
+                                            steps)
+        out["ours_matmul"] = {"matmul_ms": breakdown["categories"]["matmul"]["ms"],
+                              "total_ms": breakdown["total_ms"]}
+    except ImportError:
+        out["ours_matmul"] = None
     if ref is not None and ref_batches is not None:
         import torch
 
         activities = [torch.profiler.ProfilerActivity.CPU]
-        if ref.device.type == "cuda":
+        on_cuda = ref.device.type == "cuda"
+        if on_cuda:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
             for i in range(steps):
@@ -258,6 +277,12 @@ def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref:
         os.makedirs(profile_dir, exist_ok=True)
         prof.export_chrome_trace(path)
         out["reference"] = path
+        field = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+        averages = prof.key_averages()
+        total_us = sum(getattr(e, field, 0.0) for e in averages)
+        matmul_us = sum(getattr(e, field, 0.0) for e in averages if e.key in _TORCH_MATMUL_OPS)
+        out["reference_matmul"] = {"matmul_ms": matmul_us / 1e3 / steps,
+                                   "total_ms": total_us / 1e3 / steps}
     return out
 
 
@@ -347,6 +372,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"- memory: device peak from the allocators (CUDA only); XLA memory plan = arguments"
         f" + outputs - donated + temporaries of our compiled step; host peak RSS of the whole"
         f" process (both implementations): {common.format_bytes(result['host_peak_rss_bytes'])}",
+        *_profile_lines(result.get("profiles")),
         f"- command: `{meta['command']}`",
         f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
         f"({meta['host']['cpu_count']} cpus, load average at start "
@@ -357,14 +383,29 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _profile_lines(profiles: dict[str, Any] | None) -> list[str]:
+    """Where the traces are and how much of each step the matrix products took under them."""
+    if not profiles:
+        return []
+    parts = []
+    for side, label in (("ours", "ours"), ("reference", "reference")):
+        split = profiles.get(f"{side}_matmul")
+        if split:
+            parts.append(f"{label} {split['matmul_ms']:.0f} of {split['total_ms']:.0f} ms "
+                         f"({100 * split['matmul_ms'] / split['total_ms']:.0f}%)")
+    where = ", ".join(f"`{profiles[k]}`" for k in ("ours", "reference") if k in profiles)
+    return [f"- profiles in {where}; matrix products per step under the profiler: "
+            + ("; ".join(parts) if parts else "n/a (pip install xprof for ours)")]
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def output_stem(result: dict[str, Any]) -> str:
+def output_stem(result: dict[str, Any], name: str | None = None) -> str:
     cfg = result["config"]
     return (f"step_time_{cfg['name']}_{result['device']['jax_platform']}_{cfg['dtype']}"
-            f"_b{cfg['batch_size']}")
+            f"_b{cfg['batch_size']}" + (f"_{name}" if name else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -372,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    stem = os.path.join(args.out_dir, output_stem(result))
+    stem = os.path.join(args.out_dir, output_stem(result, args.name))
     common.write_report(stem, result, to_markdown(result), "step_time")
     return result
 

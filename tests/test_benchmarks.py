@@ -78,8 +78,17 @@ def test_step_time_ours_only(tmp_path, capsys):
 
 @NEEDS_REFERENCE
 def test_step_time_against_reference(tmp_path):
-    doc = _run_step_time(tmp_path, ["--reference-dir", REFERENCE_DIR])
+    doc = _run_step_time(tmp_path, ["--reference-dir", REFERENCE_DIR,
+                                    "--profile-dir", str(tmp_path / "prof")])
     _check_step_time_document(doc, with_reference=True)
+    # the profiles: traces on disk, and the matrix products' share of each step under them
+    profiles = doc["profiles"]
+    assert (tmp_path / "prof" / "torch_trace.json").is_file()
+    assert 0 < profiles["reference_matmul"]["matmul_ms"] < profiles["reference_matmul"]["total_ms"]
+    if profiles["ours_matmul"] is not None:  # None without xprof
+        assert 0 < profiles["ours_matmul"]["matmul_ms"] < profiles["ours_matmul"]["total_ms"]
+    assert "matrix products per step under the profiler" in (
+        tmp_path / "step_time_tiny_cpu_float32_b4.md").read_text()
 
 
 def test_loss_check_refuses_different_computations():
