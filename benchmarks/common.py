@@ -274,6 +274,17 @@ def run_metadata(argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def provenance_lines(meta: Mapping[str, Any]) -> list[str]:
+    """The markdown lines every report ends with: command, commit and host, versions."""
+    host = meta["host"]
+    return [
+        f"- command: `{meta['command']}`",
+        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {host['cpu']} "
+        f"({host['cpu_count']} cpus, load average at start {load_text(host)})",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+    ]
+
+
 # --------------------------------------------------------------------------- output
 
 def write_atomic(path: str, text: str) -> None:

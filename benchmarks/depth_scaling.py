@@ -237,11 +237,7 @@ def train_markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         f"## depth scaling: `{cfg['name']}`, batch {cfg['batch_size']}, {cfg['dtype']}, "
         f"{result['device']['kind']}", "", common.markdown_table(header, rows), *fit_lines,
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus, load average at start "
-        f"{common.load_text(meta['host'])})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""])
+        *common.provenance_lines(meta), ""])
 
 
 def _fit_text(fit: dict[str, float | None]) -> str:

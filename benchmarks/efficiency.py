@@ -213,10 +213,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"  matmuls alone: {100 * bound:.0f}% of the ceiling (the step's fraction if all "
                          f"other work took no time)")
     lines += [
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus, load average at start {common.load_text(meta['host'])})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        *common.provenance_lines(meta),
         "",
     ]
     return "\n".join(lines)

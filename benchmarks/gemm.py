@@ -172,10 +172,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"a @ b, contiguous row-major operands",
         f"- matmul-only step time at these speeds ({result['matmul_flops_per_step'] / 1e9:.1f} "
         f"GFLOP): {total_text}",
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus, load average at start {common.load_text(meta['host'])})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        *common.provenance_lines(meta),
         "",
     ]
     return "\n".join(lines)

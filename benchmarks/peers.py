@@ -300,10 +300,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"timed and divided)",
         f"- work: analytic matmul FLOPs per train step; ceiling: {result['ceiling']['text']}, "
         f"measured before every timed call; {result['rounds']} interleaved rounds",
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus, load average at start {common.load_text(meta['host'])})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        *common.provenance_lines(meta),
         "",
     ]
     return "\n".join(lines)

@@ -164,28 +164,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
     # --- warm-up: ours, then the reference
     device_batches = [ours.put(b) for b in batches]
-    ours_start = 1 if ours.steps_taken else 0  # the loss check already used batch 0
-    if ours_start == 0:
-        timer = _Stopwatch()
-        with timer:
-            ours.sync(ours(device_batches[0]))
-        ours_first_call = timer.seconds
-        ours_start = 1
-    for i in range(args.warmup):
-        ours.sync(ours(device_batches[(ours_start + i) % num_batches]))
-    ours_start += args.warmup
+    first_call, ours_start = _warm_up(ours, ours.sync, device_batches, ours.steps_taken,
+                                      args.warmup)
+    ours_first_call = ours_first_call if first_call is None else first_call
     if ref is not None:
         ref_batches = [ref.to_device(b) for b in batches]
-        ref_start = ref.step_count
-        if ref_start == 0:
-            timer = _Stopwatch()
-            with timer:
-                ref.synchronize(ref(ref_batches[0]))
-            ref_first_call = timer.seconds
-            ref_start = 1
-        for i in range(args.warmup):
-            ref.synchronize(ref(ref_batches[(ref_start + i) % num_batches]))
-        ref_start += args.warmup
+        first_call, ref_start = _warm_up(ref, ref.synchronize, ref_batches, ref.step_count,
+                                         args.warmup)
+        ref_first_call = ref_first_call if first_call is None else first_call
         ref.reset_peak_memory()
 
     # --- timed steps, interleaved (one of ours, one of the reference's): a machine that
@@ -236,6 +222,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                                            ref_batches if ref is not None else None)
     result["host_peak_rss_bytes"] = common.host_peak_rss_bytes()
     return result
+
+
+def _warm_up(step: Any, sync: Any, batches: list, steps_taken: int, warmup: int
+             ) -> tuple[float | None, int]:
+    """Runs a step's first call (timed; skipped when the loss check already made it, on
+    batch 0) and ``warmup`` more; returns (first call seconds or None, next batch index)."""
+    first_call = None
+    if steps_taken == 0:
+        timer = _Stopwatch()
+        with timer:
+            sync(step(batches[0]))
+        first_call = timer.seconds
+    for i in range(warmup):
+        sync(step(batches[(1 + i) % len(batches)]))
+    return first_call, 1 + warmup
 
 
 _TORCH_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
@@ -373,11 +374,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f" + outputs - donated + temporaries of our compiled step; host peak RSS of the whole"
         f" process (both implementations): {common.format_bytes(result['host_peak_rss_bytes'])}",
         *_profile_lines(result.get("profiles")),
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, host {meta['host']['cpu']} "
-        f"({meta['host']['cpu_count']} cpus, load average at start "
-        f"{common.load_text(meta['host'])})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        *common.provenance_lines(meta),
         "",
     ]
     return "\n".join(lines)
