@@ -155,6 +155,7 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
         "ceiling_gflops_per_s": statistics.median(case["ceilings"]) / 1e9,
         "fraction_of_ceiling": statistics.median(fractions),
         "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+        "xla_memory": case["step"].memory_analysis,
         "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9}
                       for t, c in zip(case["times"], case["ceilings"])],
     }
@@ -186,14 +187,16 @@ def to_markdown(result: dict[str, Any]) -> str:
              r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
              f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
              f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})",
-             f"{r['efficiency_vs_first_config']:.2f}"] for r in result["rows"]]
+             f"{r['efficiency_vs_first_config']:.2f}",
+             common.format_bytes((r.get("xla_memory") or {}).get("temp_size_in_bytes"))]
+            for r in result["rows"]]
     lines = [
         f"## step efficiency, {result['dtype']}, {result['device']['kind']}"
         + (f", overrides {result['overrides']}" if result["overrides"] else ""),
         "",
         common.markdown_table(
             ["config", "batch", "median step ms", "GFLOP/step", "GFLOP/s", "ceiling GFLOP/s",
-             "of ceiling: median (min-max)", "vs first config"], rows),
+             "of ceiling: median (min-max)", "vs first config", "XLA temp memory"], rows),
         f"- work: analytic matmul FLOPs per train step; ceiling: {result['ceiling']['text']}, "
         f"measured before every timed step; {result['rounds']} interleaved rounds",
     ]

@@ -278,6 +278,7 @@ def test_efficiency_report(tmp_path):
         low, high = row["fraction_of_ceiling_min_max"]
         assert 0 < low <= row["fraction_of_ceiling"] <= high
         assert row["efficiency_vs_first_config"] == 1.0  # each row is its batch's first config
+        assert row["xla_memory"] is None or row["xla_memory"]["temp_size_in_bytes"] > 0
     markdown = (tmp_path / "efficiency_t.md").read_text()
     assert "| tiny | 4 |" in markdown and "saved_activations" in markdown
     for prof in doc["profiles"]:

@@ -17,7 +17,8 @@ from trm_test_utils import tiny_model_config, tiny_optim_config
 
 
 def step_temp_bytes(**model_overrides) -> int:
-    model_config = tiny_model_config(seq_len=64, hidden_size=64, L_cycles=3, **model_overrides)
+    model_config = tiny_model_config(**{"seq_len": 64, "hidden_size": 64, "L_cycles": 3,
+                                        **model_overrides})
     optim_config = tiny_optim_config(global_batch_size=32)
     state = jax.eval_shape(lambda: create_train_state(model_config, optim_config,
                                                       jax.random.key(0)))
@@ -46,6 +47,21 @@ def test_keeping_only_matmul_outputs_saves_memory(model):
     matmuls = step_temp_bytes(H_cycles=2, saved_activations="matmuls", **model)
     remat = step_temp_bytes(H_cycles=2, remat=True, **model)
     assert remat < matmuls < 0.7 * everything, (remat, matmuls, everything)
+
+
+@pytest.mark.parametrize("model", [dict(), dict(mlp_t=True, pos_encodings="none")],
+                         ids=["attention", "mlp_t"])
+def test_keeping_only_wide_matmul_outputs_saves_more(model):
+    """``saved_activations="wide_matmuls"`` also recomputes the products that contract over
+    fewer than 128 elements: with hidden size 128 and 64 + prefix positions, the token mixing
+    over the sequence (mlp_t) or the attention scores and weighted values, while the channel
+    products over the hidden size are kept. So it keeps less than ``"matmuls"`` and more than
+    full remat."""
+    sizes = dict(H_cycles=2, hidden_size=128, **model)
+    matmuls = step_temp_bytes(saved_activations="matmuls", **sizes)
+    wide = step_temp_bytes(saved_activations="wide_matmuls", **sizes)
+    remat = step_temp_bytes(remat=True, **sizes)
+    assert remat < wide < matmuls, (remat, wide, matmuls)
 
 
 def eval_temp_bytes(num_steps: int) -> int:

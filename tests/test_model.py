@@ -225,25 +225,27 @@ leading = SequenceSwiGLU(2.0, jnp.float64).apply(params, x)
 assert leading.dtype == jnp.float64 and leading.shape == x.shape
 chex.assert_trees_all_close(leading, moved, rtol={rtol!r}, atol={atol!r})
 
-# Keeping only the matrix products' outputs for the backward pass (recomputing the rest)
-# changes no gradient, for attention and mlp_t models.
+# Keeping only the (wide) matrix products' outputs for the backward pass (recomputing the
+# rest) changes no gradient, for attention and mlp_t models.
 for model in (dict(), dict(mlp_t=True, pos_encodings="none")):
     config = tiny_model_config(forward_dtype="float64", **model)
     batch = {{k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}}
     state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0))
     grads = {{}}
-    for saved in ("matmuls", "all"):
+    for saved in ("matmuls", "wide_matmuls", "all"):
         run = config.replace(saved_activations=saved)
         grads[saved] = jax.jit(lambda s: compute_gradients(run, s, batch, jax.random.key(1)))(state)
-    chex.assert_trees_all_close(grads["matmuls"][3], grads["all"][3], rtol={rtol!r}, atol={atol!r})
-    chex.assert_trees_all_close(grads["matmuls"][5], grads["all"][5], rtol={rtol!r}, atol={atol!r})
+    for saved in ("matmuls", "wide_matmuls"):
+        chex.assert_trees_all_close(grads[saved][3], grads["all"][3], rtol={rtol!r}, atol={atol!r})
+        chex.assert_trees_all_close(grads[saved][5], grads["all"][5], rtol={rtol!r}, atol={atol!r})
 print("LAYOUT_OK")
 """
 
 
 def test_sequence_major_token_mixing_and_saved_activations_change_no_value():
     """The mlp_t token mixing on sequence-major activations is the official SwiGLU along the
-    sequence, and ``saved_activations="matmuls"`` gives the gradients of ``"all"``.
+    sequence, and ``saved_activations="matmuls"`` and ``"wide_matmuls"`` give the gradients
+    of ``"all"``.
 
     Both change only the order of floating-point operations (a summation order inside the
     matrix products; where element-wise values are recomputed), so they are compared in

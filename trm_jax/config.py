@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("bfloat16", "float32", "float64")  # float64 needs jax_enable_x64
-SAVED_ACTIVATIONS = ("matmuls", "all")
+SAVED_ACTIVATIONS = ("matmuls", "wide_matmuls", "all")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
@@ -58,7 +58,9 @@ class TRMConfig:
     loss_type: str = "stablemax_cross_entropy"
     remat: bool = False  # jax.checkpoint the differentiated cycle (memory for compute)
     # Without remat, what the differentiated cycle keeps for the backward pass: "matmuls"
-    # (element-wise work recomputed) or "all" (see model/recursion.py: deep_recursion).
+    # (element-wise work recomputed), "wide_matmuls" (also the products contracting over
+    # fewer than 128 elements recomputed: less memory, a little more compute) or "all"
+    # (see model/recursion.py: deep_recursion).
     saved_activations: str = "matmuls"
     # "auto": cuDNN fused attention on GPUs in bfloat16 (no [L, L] scores kept), else XLA.
     attention_impl: str = "auto"

@@ -12,7 +12,8 @@ The traced program has the same size for every n and T: both loops are scans.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import jax
 
@@ -49,9 +50,13 @@ def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: in
       saved_activations: without ``remat``, what the backward pass of the differentiated
         cycle keeps: ``"matmuls"``, the outputs of the matrix products, with the element-wise
         work between them (norms, SiLU, gating, residual sums) recomputed in the backward
-        pass; or ``"all"``, every intermediate autodiff would keep. Same values either way;
-        ``"matmuls"`` keeps less and, because the cycle is a scan whose saved values are
-        stacked per iteration, writes less memory (measured in benchmarks/README.md).
+        pass; ``"wide_matmuls"``, only the outputs of products that contract over at least
+        ``WIDE_DOT_MIN_CONTRACTION`` elements (the ones over the sequence, e.g. mlp_t's
+        token mixing over 97 positions or attention's weighted values, and over a head's
+        width, the attention scores, are recomputed too); or ``"all"``, every intermediate
+        autodiff would keep. Same values each way; each keeps less than the next and,
+        because the cycle is a scan whose saved values are stacked per iteration, writes
+        less memory (measured in benchmarks/README.md).
       frozen_net: ``net`` with stop-gradiented parameters, for the gradient-free cycles.
         It must be given when ``net`` closes over parameters being differentiated;
         otherwise the gradient-free cycles would still be linearised.
@@ -82,7 +87,8 @@ def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: in
 
 def _differentiated_net(net: NetFn, remat: bool, saved_activations: str) -> NetFn:
     """``net`` with what its backward pass keeps: nothing (``remat``), the matrix products'
-    outputs (``"matmuls"``) or everything (``"all"``).
+    outputs (``"matmuls"``), those of the wide ones (``"wide_matmuls"``) or everything
+    (``"all"``).
 
     ``prevent_cse=False``: by default ``jax.checkpoint`` hides the recomputed operations from
     XLA's common-subexpression elimination behind barriers, which also keep XLA from fusing
@@ -96,4 +102,20 @@ def _differentiated_net(net: NetFn, remat: bool, saved_activations: str) -> NetF
     if saved_activations == "matmuls":
         return jax.checkpoint(net, policy=jax.checkpoint_policies.dots_saveable,
                               prevent_cse=False)
+    if saved_activations == "wide_matmuls":
+        return jax.checkpoint(net, policy=saves_wide_dots, prevent_cse=False)
     return net
+
+
+# A product contracting over K elements costs 2K FLOPs per output element: below this, its
+# output is cheaper to recompute in the backward pass than to keep (stacked per iteration).
+WIDE_DOT_MIN_CONTRACTION = 128
+
+
+def saves_wide_dots(prim: Any, *avals: Any, **params: Any) -> bool:
+    """A ``jax.checkpoint`` policy: keep the outputs of ``dot_general``s whose contraction is
+    at least ``WIDE_DOT_MIN_CONTRACTION`` long; recompute everything else."""
+    if prim is not jax.lax.dot_general_p:
+        return False
+    (lhs_contracting, _), _ = params["dimension_numbers"]
+    return math.prod(avals[0].shape[d] for d in lhs_contracting) >= WIDE_DOT_MIN_CONTRACTION
