@@ -215,17 +215,27 @@ def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
 
 # --------------------------------------------------------------------------- provenance
 
+def git_head(directory: str) -> str | None:
+    """The commit checked out in ``directory`` (a git checkout), or None."""
+    try:
+        return subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def git_commit() -> str | None:
     """The commit of this checkout (with ``-dirty`` if tracked files changed), or None."""
+    head = git_head(REPO_ROOT)
+    if head is None:
+        return None
     try:
-        head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "-uno",
                                 "--", "trm_jax", "benchmarks"],
                                capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+    return head + ("-dirty" if dirty else "")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -170,7 +170,7 @@ class NnxPortStep:
             self.ema_model = nnx.clone(self.model)
 
     def batches(self, count: int, seed: int) -> list[dict[str, jax.Array]]:
-        """Random Sudoku-shaped batches (digits 1-9 as inputs and labels) on the device."""
+        """Random Sudoku-shaped batches on the device: inputs 0-9 (0 the blank), labels 1-9."""
         rng = np.random.default_rng(seed)
         shape = (self.cfg.batch_size, self.cfg.seq_len)
         return [jax.device_put({"inputs": rng.integers(0, self.cfg.vocab_size, shape, np.int32),
@@ -236,22 +236,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "device": {"jax_platform": device.platform, "kind": device.device_kind},
         "dtype": dtype,
         "peer": {"name": "Flax NNX port (mlp_t, no puzzle prefix)", "url": NNX_PORT_URL,
-                 "git_commit": _git_head(args.nnx_port_dir),
+                 "git_commit": common.git_head(args.nnx_port_dir),
                  "config": dataclasses.asdict(cases[0]["peer"]["step"].cfg) if cases else None},
         "ceiling": ceiling.describe(),
         "rounds": args.rounds,
         "supervision_steps_per_peer_call": args.supervision_steps,
         "rows": [summarize_case(case) for case in cases],
     }
-
-
-def _git_head(directory: str) -> str | None:
-    import subprocess
-    try:
-        return subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def summarize_case(case: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@
 
 Both steps start from the same weights (ours, exported with ``to_torch_state_dict``) and see
 the same batches, and the timed steps alternate (one of ours, one of the reference's), so a
-machine that drifts moves both alike; each pair also gives a ratio. Before anything is timed, both are run in float32 on the first batch and
-their losses must agree to 1e-4 relative; otherwise the run stops, so two different
+machine that drifts moves both alike; each pair also gives a ratio. Before anything is timed,
+both are run in float32 on the first batch and their losses must agree to 1e-4 relative; otherwise the run stops, so two different
 computations are never compared. The reference half is skipped, with a message, when no
 checkout is given (``--reference-dir`` / ``$TRM_REFERENCE_DIR``) or with ``--skip-reference``.
 
