@@ -4,6 +4,8 @@
     python benchmarks/efficiency.py --configs sudoku_mlp --batch-sizes 8 \\
         --set saved_activations=all --name before                   # a model option's effect
     python benchmarks/efficiency.py --profile-dir /tmp/prof         # + where the time goes
+    python benchmarks/efficiency.py --configs sudoku_mlp --batch-sizes 32 \
+        --microbatches 1,4                                          # gradient accumulation
 
 A step's work is its analytic matmul FLOPs (``common.model_flops_per_step``: the FLOPs MFU
 counts). Its efficiency is that work per second divided by a *ceiling* measured in the same
@@ -54,6 +56,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model field of every config (repeatable), e.g. "
                              "saved_activations=all")
+    parser.add_argument("--microbatches", default="1",
+                        help="comma-separated optim.microbatches values to time each config "
+                             "with (chunks of the batch run one after the other)")
     parser.add_argument("--profile-dir", default=None)
     parser.add_argument("--name", default=None, help="output name (default: from the device)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,6 +74,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         parser.error("--batch-sizes: expected positive integers")
+    try:
+        args.microbatches = [int(m) for m in args.microbatches.split(",") if m]
+    except ValueError:
+        parser.error(f"--microbatches: expected comma-separated integers, got {args.microbatches!r}")
+    if not args.microbatches or min(args.microbatches) < 1:
+        parser.error("--microbatches: expected positive integers")
+    for b in args.batch_sizes:
+        for m in args.microbatches:
+            if b % m:
+                parser.error(f"--microbatches {m} does not divide --batch-sizes {b}")
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
     args.overrides = {}
@@ -91,20 +106,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     for name in args.configs:
         bench = common.get_config(name)
         for batch_size in args.batch_sizes:
-            config = bench.model_config(batch_size, dtype, **args.overrides)
-            step = JaxTrainStep(bench, config, JaxTrainStep.init_variables(config, args.seed),
-                                device, args.seed)
-            host_batches = common.synthetic_batches(config, batch_size, 4, seed=args.seed)
-            compile_s = step.compile(host_batches[0])
-            batches = [step.put(b) for b in host_batches]
-            for i in range(args.warmup):
-                step.sync(step(batches[i % len(batches)]))
-            cases.append({"config": name, "batch_size": batch_size, "step": step,
-                          "batches": batches, "compile_s": compile_s,
-                          "flops": common.model_flops_per_step(config, batch_size),
-                          "times": [], "ceilings": []})
-            print(f"[efficiency] compiled {name} batch {batch_size} in {compile_s:.1f} s",
-                  file=sys.stderr)
+            for microbatches in args.microbatches:
+                config = bench.model_config(batch_size, dtype, **args.overrides)
+                step = JaxTrainStep(bench, config, JaxTrainStep.init_variables(config, args.seed),
+                                    device, args.seed, microbatches=microbatches)
+                host_batches = common.synthetic_batches(config, batch_size, 4, seed=args.seed)
+                compile_s = step.compile(host_batches[0])
+                batches = [step.put(b) for b in host_batches]
+                for i in range(args.warmup):
+                    step.sync(step(batches[i % len(batches)]))
+                cases.append({"config": name, "batch_size": batch_size,
+                              "microbatches": microbatches, "step": step,
+                              "batches": batches, "compile_s": compile_s,
+                              "flops": common.model_flops_per_step(config, batch_size),
+                              "times": [], "ceilings": []})
+                print(f"[efficiency] compiled {name} batch {batch_size} microbatches "
+                      f"{microbatches} in {compile_s:.1f} s", file=sys.stderr)
     for r in range(args.rounds):
         for case in cases:
             case["ceilings"].append(ceiling.measure())
@@ -114,8 +131,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         print(f"[efficiency] round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     rows = [summarize_case(case) for case in cases]
-    for row in rows:  # efficiency relative to the first config at the same batch size
-        base = next(r for r in rows if r["batch_size"] == row["batch_size"])
+    for row in rows:  # efficiency relative to the first config at the same batch and chunks
+        base = next(r for r in rows if (r["batch_size"], r["microbatches"])
+                    == (row["batch_size"], row["microbatches"]))
         row["efficiency_vs_first_config"] = row["fraction_of_ceiling"] / base["fraction_of_ceiling"]
     result = {
         "schema": SCHEMA,
@@ -149,7 +167,7 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     median_s = statistics.median(case["times"])
     return {
         "config": case["config"], "batch_size": case["batch_size"],
-        "flops_per_step": case["flops"], "compile_s": case["compile_s"],
+        "microbatches": case["microbatches"], "flops_per_step": case["flops"], "compile_s": case["compile_s"],
         "times": common.summarize_times(case["times"]),
         "gflops_per_s": case["flops"] / median_s / 1e9,
         "ceiling_gflops_per_s": statistics.median(case["ceilings"]) / 1e9,
@@ -164,12 +182,13 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
 def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict[str, Any]:
     """Traces ``steps`` more steps of one case; sums them by kind of operation if it can."""
     step = case["step"]
-    trace_dir = os.path.join(profile_dir, f"{case['config']}_b{case['batch_size']}")
+    suffix = f"_m{case['microbatches']}" if case["microbatches"] > 1 else ""
+    trace_dir = os.path.join(profile_dir, f"{case['config']}_b{case['batch_size']}{suffix}")
     with jax.profiler.trace(trace_dir):
         for i in range(steps):
             step.sync(step(case["batches"][i % len(case["batches"])]))
     out: dict[str, Any] = {"config": case["config"], "batch_size": case["batch_size"],
-                           "trace_dir": trace_dir}
+                           "microbatches": case["microbatches"], "trace_dir": trace_dir}
     try:
         events = op_profile.load_trace_events(trace_dir)
     except ImportError:
@@ -183,7 +202,7 @@ def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: one row per (config, batch), the profile breakdowns, provenance."""
     meta = result["meta"]
-    rows = [[r["config"], r["batch_size"], r["times"]["median_s"] * 1e3,
+    rows = [[r["config"], r["batch_size"], r.get("microbatches", 1), r["times"]["median_s"] * 1e3,
              r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
              f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
              f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})",
@@ -195,13 +214,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         + (f", overrides {result['overrides']}" if result["overrides"] else ""),
         "",
         common.markdown_table(
-            ["config", "batch", "median step ms", "GFLOP/step", "GFLOP/s", "ceiling GFLOP/s",
+            ["config", "batch", "microbatches", "median step ms", "GFLOP/step", "GFLOP/s", "ceiling GFLOP/s",
              "of ceiling: median (min-max)", "vs first config", "XLA temp memory"], rows),
         f"- work: analytic matmul FLOPs per train step; ceiling: {result['ceiling']['text']}, "
         f"measured before every timed step; {result['rounds']} interleaved rounds",
     ]
     for prof in result.get("profiles") or []:
-        lines.append(f"- profile {prof['config']} batch {prof['batch_size']}: trace in "
+        lines.append(f"- profile {prof['config']} batch {prof['batch_size']} microbatches "
+                     f"{prof.get('microbatches', 1)}: trace in "
                      f"`{prof['trace_dir']}`")
         b = prof.get("breakdown")
         if b is None:

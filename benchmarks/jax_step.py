@@ -58,13 +58,13 @@ class JaxTrainStep:
     """Our jitted train step with its state, compiled ahead of time for one batch shape."""
 
     def __init__(self, bench: BenchConfig, config: TRMConfig, variables: Mapping[str, Any],
-                 device: jax.Device, seed: int) -> None:
+                 device: jax.Device, seed: int, microbatches: int = 1) -> None:
         from trm_jax.train import parallel
 
         self.config = config
         self.device = device
         self.batch_size = config.batch_size
-        optim_config = optim_config_for(bench, config.batch_size)
+        optim_config = optim_config_for(bench, config.batch_size, microbatches)
         # The production path on a one-device mesh: the state is created by a jit with its
         # shardings and the step is jitted with the state donated, as the trainer runs it.
         self.mesh = parallel.make_mesh([device])
@@ -199,9 +199,11 @@ def _memory_analysis(compiled: Any) -> dict[str, int] | None:
     return out
 
 
-def optim_config_for(bench: BenchConfig, batch_size: int) -> Any:
-    """Our ``OptimConfig`` with the bench setting's hyper-parameters and batch size."""
-    return dataclasses.replace(bench.optim, global_batch_size=batch_size)
+def optim_config_for(bench: BenchConfig, batch_size: int, microbatches: int = 1) -> Any:
+    """Our ``OptimConfig`` with the bench setting's hyper-parameters, batch size and number
+    of microbatches."""
+    return dataclasses.replace(bench.optim, global_batch_size=batch_size,
+                               microbatches=microbatches)
 
 
 def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool = True,

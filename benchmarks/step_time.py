@@ -56,6 +56,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--reference-dir", default=None,
                         help=f"checkout of the official repository (or ${common.REFERENCE_ENV})")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--microbatches", type=int, default=1,
+                        help="our step's optim.microbatches (the batch run as this many chunks, "
+                             "gradients summed); the reference always takes the whole batch")
     parser.add_argument("--no-compile-reference", action="store_true",
                         help="run the reference eagerly on GPU too (it is compiled by default)")
     parser.add_argument("--profile-dir", default=None,
@@ -72,6 +75,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--{name} must be >= {1 if name == 'steps' else 0}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.microbatches < 1:
+        parser.error("--microbatches must be >= 1")
     return args
 
 
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         from trm_jax.interop import to_torch_state_dict
 
         state_dict = to_torch_state_dict(variables)
-        ours32 = JaxTrainStep(bench, config32, variables, device, args.seed)
+        ours32 = JaxTrainStep(bench, config32, variables, device, args.seed, args.microbatches)
         ref32 = ReferenceTrainStep(reference_dir, config32, bench.optim, state_dict, torch_device,
                                    compile_model=on_gpu and not args.no_compile_reference)
         ours32.compile(batches[0])
@@ -142,7 +147,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             ref = ReferenceTrainStep(reference_dir, config, bench.optim, state_dict, torch_device,
                                      compile_model=on_gpu and not args.no_compile_reference)
     if ours is None:
-        ours = JaxTrainStep(bench, config, variables, device, args.seed)
+        ours = JaxTrainStep(bench, config, variables, device, args.seed, args.microbatches)
     if ours.compile_seconds is None:
         ours.compile(batches[0])
 
@@ -150,7 +155,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "schema": SCHEMA,
         "meta": common.run_metadata(argv),
         "config": {"name": bench.name, "description": bench.description,
-                   "batch_size": batch_size, "dtype": dtype, "model": config.to_dict(),
+                   "batch_size": batch_size, "microbatches": args.microbatches,
+                   "dtype": dtype, "model": config.to_dict(),
                    "optim": dataclasses.asdict(bench.optim)},
         "device": {"jax_platform": device.platform, "kind": device.device_kind,
                    "torch_device": torch_device},
@@ -354,8 +360,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                   else f"loss check skipped: {check['reason']}")
     ratio = result.get("ratio_ours_over_reference")
     lines = [
-        f"## step time: `{cfg['name']}`, batch {cfg['batch_size']}, {cfg['dtype']}, "
-        f"{result['device']['kind']}",
+        f"## step time: `{cfg['name']}`, batch {cfg['batch_size']}"
+        + (f" (ours in {cfg['microbatches']} microbatches)" if cfg.get("microbatches", 1) > 1
+           else "") + f", {cfg['dtype']}, {result['device']['kind']}",
         "",
         table,
         f"- ratio ours / reference (median step time): "

@@ -113,7 +113,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     optim = tiny_optim_config(global_batch_size=16)
     batches = [random_batch(config, 16, i) for i in range(4)]
 
-    def run_single():
+    def run_single(optim=optim):
         state = create_train_state(config, optim, jax.random.key(0))
         assert state.params["lm_head"]["kernel"].dtype == jnp.float64
         step = jax.jit(step_lib.make_train_step(config, optim))
@@ -123,7 +123,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
             out.append(sums_to_means(m, examples=16))
         return state, out
 
-    def run_sharded():
+    def run_sharded(optim=optim):
         mesh = parallel.make_mesh()
         state = parallel.create_sharded_train_state(config, optim, jax.random.key(0), mesh)
         assert len(state.carry.z_H.sharding.device_set) == 8
@@ -134,7 +134,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
             out.append(sums_to_means(m, examples=16))
         return state, out
 
-    def run_pmap():
+    def run_pmap(optim=optim):
         state = parallel.replicate_for_pmap(create_train_state(config, optim, jax.random.key(0)))
         step = parallel.pmap_train_step(config, optim)
         out = []
@@ -169,8 +169,16 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     loss32 = jax.jit(step_lib.make_train_step(config32, optim))(state32, batches[0])[1]["loss"]
     loss64 = jax.jit(step_lib.make_train_step(config, optim))(state64, batches[0])[1]["loss"]
     np.testing.assert_allclose(float(loss32), float(loss64), rtol=1e-5)
+    # Microbatches (gradient accumulation) give the same steps: 4 chunks of 4 rows on one
+    # device, 2 chunks of 8 rows each sharded over the 8 devices, 2 chunks of each device's 2
+    # rows under pmap (exploration draws and puzzle-embedding rows follow each row).
+    runs = [("sharded", run_sharded), ("pmap", run_pmap)]
+    if {microbatches!r}:
+        runs += [("single, 4 microbatches", lambda: run_single(optim.replace(microbatches=4))),
+                 ("sharded, 2 microbatches", lambda: run_sharded(optim.replace(microbatches=2))),
+                 ("pmap, 2 microbatches", lambda: run_pmap(optim.replace(microbatches=2)))]
     worst = {{}}
-    for name, run in (("sharded", run_sharded), ("pmap", run_pmap)):
+    for name, run in runs:
         state, metrics = run()
         worst[name] = assert_states_equal(ref_state, state, name)
         for m1, m2 in zip(ref_metrics, metrics):
@@ -216,10 +224,11 @@ def run_with_devices(script: str, devices: int = 8, timeout: int = 600, x64: boo
 
 
 def test_single_device_equals_sharded_and_pmap():
-    """1 device, a sharded jit over 8 and pmap over 8 give the same 4 steps (float64 model)."""
+    """1 device, a sharded jit over 8 and pmap over 8 give the same 4 steps (float64 model),
+    with the batch in one piece or in microbatches."""
     out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
         tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL, model={},
-        mutations=True), x64=True)
+        mutations=True, microbatches=True), x64=True)
     assert "MULTI_DEVICE_OK" in out
     assert "MUTATION_OK dropped" in out and "MUTATION_OK counted twice" in out
 
@@ -229,7 +238,8 @@ def test_mlp_t_single_device_equals_sharded_and_pmap():
     with the batch axis (the sharded one) second and merged with D for the token mixing."""
     out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
         tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL,
-        model=dict(mlp_t=True, pos_encodings="none"), mutations=False), x64=True)
+        model=dict(mlp_t=True, pos_encodings="none"), mutations=False, microbatches=True),
+        x64=True)
     assert "MULTI_DEVICE_OK" in out
 
 
@@ -281,3 +291,59 @@ def test_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys() and len(a) > 20
     for path, value in a.items():
         np.testing.assert_array_equal(value, b[path], err_msg=path)
+
+
+def test_microbatches_keep_each_rows_exploration_draw():
+    """Chunk c of a microbatched step holds rows c, c + k, ...: their halting must follow the
+    exploration draws of those rows' global indices. With the Q-halt bias at +10 every row
+    wants to halt at once, so which rows halt is decided by the draws alone (the multi-device
+    test's model, starting at -5, never reaches them in its 4 steps)."""
+    config = tiny_model_config(halt_exploration_prob=0.5, halt_max_steps=8)
+    state = create_train_state(config, tiny_optim_config(global_batch_size=16),
+                               jax.random.key(0))
+    params = dict(state.params, q_head=dict(state.params["q_head"],
+                                            bias=jnp.full((2,), 10.0, jnp.float32)))
+    state = state.replace(params=params)
+    batch = random_batch(config, 16, 0)
+    runs = {}
+    for chunks in (1, 4, 16):
+        _, carry, metrics, grads, ids, row_grads = jax.jit(
+            lambda s, m=chunks: compute_gradients(config, s, batch, jax.random.key(3),
+                                                  microbatches=m))(state)
+        runs[chunks] = carry, metrics, ids, row_grads
+    whole = runs[1]
+    assert 0 < int(np.sum(whole[0].halted)) < 16, "the draws must split the batch"
+    for chunks in (4, 16):
+        carry, metrics, ids, row_grads = runs[chunks]
+        np.testing.assert_array_equal(carry.halted, whole[0].halted, err_msg=f"{chunks} chunks")
+        np.testing.assert_array_equal(carry.steps, whole[0].steps)
+        np.testing.assert_array_equal(ids, whole[2])
+        np.testing.assert_array_equal(metrics["count"], whole[1]["count"])
+        # Row order restored: each row's gradient is its own. The chunked products round
+        # differently (float32, eps 1.2e-7): measured 1.5e-6 of the largest element; we
+        # allow 1e-5 of it, while a row holding another row's gradient is off by O(largest).
+        scale = float(np.max(np.abs(whole[3])))
+        np.testing.assert_allclose(row_grads, whole[3], rtol=0, atol=1e-5 * scale)
+
+
+def test_microbatches_must_divide_the_batch():
+    import pytest
+    from trm_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="microbatches=3.*global_batch_size=8"):
+        tiny_optim_config(global_batch_size=8, microbatches=3)
+    config = tiny_model_config()
+    state = create_train_state(config, tiny_optim_config(), jax.random.key(0))
+    with pytest.raises(ValueError, match="microbatches=3: expected a positive divisor of the "
+                                         "per-device batch 8"):
+        compute_gradients(config, state, random_batch(config, 8, 0), jax.random.key(0),
+                          microbatches=3)
+    from trm_jax.train import parallel
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    optim = tiny_optim_config(global_batch_size=8, microbatches=4)
+    state = parallel.create_sharded_train_state(config, optim, jax.random.key(0), mesh,
+                                                batch_size=6)
+    with pytest.raises(ValueError, match="global batch 6 is not divisible by the 1 devices x "
+                                         "optim.microbatches=4"):
+        parallel.jit_train_step(config, optim, mesh, state)

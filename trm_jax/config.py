@@ -159,15 +159,22 @@ class OptimConfig:
     puzzle_emb_weight_decay: float = 0.1
     ema: bool = True
     ema_rate: float = 0.999
+    # Gradient accumulation: each device's batch is run as this many chunks, one after the
+    # other, their gradients summed before the one optimiser update (less activation memory;
+    # on a CPU, chunks that fit its caches also run faster: benchmarks/README.md).
+    microbatches: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("global_batch_size", "total_steps"):
+        for name in ("global_batch_size", "total_steps", "microbatches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 1")
         for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
                      "lr_warmup_steps", "lr_min_ratio"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 0")
+        if self.global_batch_size % self.microbatches:
+            raise ConfigError(f"OptimConfig.microbatches={self.microbatches!r}: expected a "
+                              f"divisor of global_batch_size={self.global_batch_size}")
         if not 0.0 <= self.ema_rate < 1.0:
             raise ConfigError(f"OptimConfig.ema_rate={self.ema_rate!r}: expected in [0, 1)")
 
@@ -182,3 +189,6 @@ class OptimConfig:
         if unknown:
             raise ConfigError(f"unknown OptimConfig field(s): {', '.join(unknown)}")
         return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> "OptimConfig":
+        return dataclasses.replace(self, **changes)

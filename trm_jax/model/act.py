@@ -124,12 +124,15 @@ def exploration_min_steps(config: TRMConfig, rng: Array, row_index: Array) -> Ar
 
 def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array | None,
             rng: Array | None, *, training: bool, row_offset: Array | int = 0,
+            row_stride: int = 1,
             min_halt_steps: Array | None = None) -> tuple[ACTCarry, dict[str, Array]]:
     """One ACT step on a carry whose halted rows were already reset.
 
     Split from :func:`act_step` so that a train step can differentiate with respect to
     ``params`` and the gathered ``puzzle_rows`` together. ``row_offset`` is the index of
-    this shard's first row in the global batch (pmap); see :func:`exploration_min_steps`.
+    this call's first row in the global batch (pmap, microbatches) and ``row_stride`` the
+    distance in the global batch between consecutive rows of the call (a microbatch takes
+    every ``row_stride``-th row); see :func:`exploration_min_steps`.
     ``min_halt_steps`` [B] replaces the exploration draws (training only): a row may halt
     only from that step on. It replays another run's exploration, e.g. the official code's
     in the parity fixtures.
@@ -152,7 +155,7 @@ def advance(config: TRMConfig, params: Any, carry: ACTCarry, puzzle_rows: Array 
             if rng is None:
                 raise ValueError("act_step(training=True) with halt_exploration_prob > 0 "
                                  "needs an rng key")
-            row_index = row_offset + jnp.arange(steps.shape[0], dtype=jnp.int32)
+            row_index = row_offset + row_stride * jnp.arange(steps.shape[0], dtype=jnp.int32)
             min_halt_steps = exploration_min_steps(config, rng, row_index)
         if min_halt_steps is not None:
             halted = halted & (steps >= min_halt_steps)

@@ -104,7 +104,16 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 def jit_train_step(model_config: TRMConfig, optim_config: OptimConfig, mesh: Mesh,
                    state: TrainState) -> Callable:
-    """The train step jitted over ``mesh`` with the state donated."""
+    """The train step jitted over ``mesh`` with the state donated.
+
+    With ``optim_config.microbatches`` > 1, every chunk must split evenly over the mesh
+    (each device then runs its share of every chunk): the global batch must be a multiple
+    of devices x microbatches.
+    """
+    global_batch = state.carry.steps.shape[0]
+    if global_batch % (mesh.size * optim_config.microbatches):
+        raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
+                         f"devices x optim.microbatches={optim_config.microbatches}")
     shardings = state_shardings(state, mesh)
     return jax.jit(step_lib.make_train_step(model_config, optim_config),
                    in_shardings=(shardings, batch_sharding(mesh)),

@@ -38,13 +38,21 @@ def _global_batch_and_offset(local_batch: int, axis_name: str | None) -> tuple[A
 
 
 def compute_gradients(model_config: TRMConfig, state: TrainState, batch: Batch,
-                      step_rng: Array, *, axis_name: str | None = None):
+                      step_rng: Array, *, axis_name: str | None = None,
+                      microbatches: int = 1):
     """Loss, new carry, metric sums and gradients of one training ACT step.
 
     Returns ``(loss, new_carry, metrics, grads, ids, row_grads)``: ``loss`` is the total
     divided by the global batch (as the reference optimises), ``grads`` its gradient w.r.t.
     the parameters (summed over devices under pmap), ``row_grads`` [B, ndim] the gradient of
     the gathered puzzle-embedding rows whose ids are ``ids`` (None without puzzle embeddings).
+
+    ``microbatches`` > 1 splits the (local) batch into that many chunks of equal size, chunk
+    ``c`` holding rows ``c, c + microbatches, c + 2 * microbatches, ...`` (so a batch sharded
+    by rows over a mesh stays evenly sharded in every chunk), runs them one after the other
+    in a ``jax.lax.scan`` and sums their losses, metrics and gradients: the same values up to
+    the order of the float sums (rows are independent; exploration draws follow each row's
+    global index), with the activations of one chunk alive at a time.
     """
     local_batch = batch["inputs"].shape[0]
     global_batch, row_offset = _global_batch_and_offset(local_batch, axis_name)
@@ -52,18 +60,60 @@ def compute_gradients(model_config: TRMConfig, state: TrainState, batch: Batch,
     ids = carry.current_data["puzzle_identifiers"]
     rows = act.gather_puzzle_rows(model_config, state.buffers, ids)
 
-    def loss_fn(params, rows):
-        new_carry, outputs = act.advance(model_config, params, carry, rows, step_rng,
-                                         training=True, row_offset=row_offset)
-        loss, metrics = act_loss(model_config, new_carry.halted, new_carry.steps,
-                                 new_carry.current_data["labels"], outputs)
-        return loss / global_batch, (new_carry, metrics)
+    def gradients_of(carry, rows, offset, stride):
+        def loss_fn(params, rows):
+            new_carry, outputs = act.advance(model_config, params, carry, rows, step_rng,
+                                             training=True, row_offset=offset,
+                                             row_stride=stride)
+            loss, metrics = act_loss(model_config, new_carry.halted, new_carry.steps,
+                                     new_carry.current_data["labels"], outputs)
+            return loss / global_batch, (new_carry, metrics)
 
-    (loss, (new_carry, metrics)), (grads, row_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.params, rows)
+        (loss, (new_carry, metrics)), (grads, row_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(state.params, rows)
+        return (loss, metrics, grads), (new_carry, row_grads)
+
+    if microbatches == 1:
+        (loss, metrics, grads), (new_carry, row_grads) = gradients_of(carry, rows, row_offset, 1)
+    else:
+        (loss, metrics, grads), (new_carry, row_grads) = _sum_over_microbatches(
+            gradients_of, carry, rows, row_offset, microbatches)
     if axis_name is not None:
         grads, loss, metrics = jax.lax.psum((grads, loss, metrics), axis_name)
     return loss, new_carry, metrics, grads, ids, row_grads
+
+
+def _sum_over_microbatches(gradients_of, carry: act.ACTCarry, rows: Array | None,
+                           row_offset: Any, microbatches: int):
+    """``gradients_of(carry, rows, offset, stride)`` over strided chunks of the rows: the sums
+    of its first output, its second output reassembled in the original row order."""
+    local_batch = carry.steps.shape[0]
+    if microbatches < 1 or local_batch % microbatches:
+        raise ValueError(f"microbatches={microbatches}: expected a positive divisor of the "
+                         f"per-device batch {local_batch}")
+
+    def to_chunks(x):  # [B, ...] -> [chunks, B / chunks, ...], chunk c = rows c::chunks
+        return jnp.swapaxes(x.reshape((local_batch // microbatches, microbatches) + x.shape[1:]),
+                            0, 1)
+
+    def from_chunks(x):
+        return jnp.swapaxes(x, 0, 1).reshape((local_batch,) + x.shape[2:])
+
+    chunked = jax.tree_util.tree_map(to_chunks, (carry, rows))
+    first = jax.tree_util.tree_map(lambda x: x[0], chunked)
+    sums_shape, _ = jax.eval_shape(lambda c, r: gradients_of(c, r, row_offset, microbatches),
+                                   *first)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+
+    def chunk(sums, inputs):
+        index, (chunk_carry, chunk_rows) = inputs
+        chunk_sums, per_row = gradients_of(chunk_carry, chunk_rows, row_offset + index,
+                                           microbatches)
+        return jax.tree_util.tree_map(jnp.add, sums, chunk_sums), per_row
+
+    sums, per_row = jax.lax.scan(chunk, zeros, (jnp.arange(microbatches, dtype=jnp.int32),
+                                                chunked))
+    return sums, jax.tree_util.tree_map(from_chunks, per_row)
 
 
 def train_step(model_config: TRMConfig, optim_config: OptimConfig, state: TrainState,
@@ -77,7 +127,8 @@ def train_step(model_config: TRMConfig, optim_config: OptimConfig, state: TrainS
     """
     rng, step_rng = jax.random.split(state.rng)
     loss, new_carry, metrics, grads, ids, row_grads = compute_gradients(
-        model_config, state, batch, step_rng, axis_name=axis_name)
+        model_config, state, batch, step_rng, axis_name=axis_name,
+        microbatches=optim_config.microbatches)
 
     tx = make_optimizer(optim_config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
