@@ -71,8 +71,9 @@ def _run_step_time(tmp_path, extra: list[str]) -> dict:
 
 
 def test_step_time_ours_only(tmp_path, capsys):
-    doc = _run_step_time(tmp_path, ["--skip-reference"])
+    doc = _run_step_time(tmp_path, ["--skip-reference", "--microbatches", "2"])
     _check_step_time_document(doc, with_reference=False)
+    assert doc["config"]["microbatches"] == 2
     assert "reference skipped" in capsys.readouterr().err
 
 
@@ -263,12 +264,13 @@ def test_efficiency_report(tmp_path):
 
     argv = ["--configs", "tiny", "--batch-sizes", "2,4", "--rounds", "2", "--warmup", "0",
             "--device", "cpu", "--set", "saved_activations=all", "--set", "L_cycles=3",
-            "--profile-dir", str(tmp_path / "prof"), "--out-dir", str(tmp_path), "--name", "t"]
+            "--microbatches", "1,2", "--profile-dir", str(tmp_path / "prof"), "--out-dir", str(tmp_path), "--name", "t"]
     result = efficiency.main(argv)
     doc = json.loads((tmp_path / "efficiency_t.json").read_text())
     assert doc["schema"] == efficiency.SCHEMA and doc["rows"] == json.loads(json.dumps(result["rows"]))
     assert doc["overrides"] == {"saved_activations": "all", "L_cycles": 3}
-    assert [(r["config"], r["batch_size"]) for r in doc["rows"]] == [("tiny", 2), ("tiny", 4)]
+    assert [(r["config"], r["batch_size"], r["microbatches"]) for r in doc["rows"]] == [
+        ("tiny", 2, 1), ("tiny", 2, 2), ("tiny", 4, 1), ("tiny", 4, 2)]
     for row in doc["rows"]:
         assert len(row["per_round"]) == 2 and row["times"]["n"] == 2
         assert row["ceiling_gflops_per_s"] > 0 and row["gflops_per_s"] > 0
@@ -279,8 +281,11 @@ def test_efficiency_report(tmp_path):
         assert 0 < low <= row["fraction_of_ceiling"] <= high
         assert row["efficiency_vs_first_config"] == 1.0  # each row is its batch's first config
         assert row["xla_memory"] is None or row["xla_memory"]["temp_size_in_bytes"] > 0
+    memory = {(r["batch_size"], r["microbatches"]): r["xla_memory"] for r in doc["rows"]}
+    if memory[(4, 1)] is not None:  # chunks of the batch keep fewer activations at once
+        assert memory[(4, 2)]["temp_size_in_bytes"] < memory[(4, 1)]["temp_size_in_bytes"]
     markdown = (tmp_path / "efficiency_t.md").read_text()
-    assert "| tiny | 4 |" in markdown and "saved_activations" in markdown
+    assert "| tiny | 4 | 2 |" in markdown and "saved_activations" in markdown
     for prof in doc["profiles"]:
         assert list((tmp_path / "prof").glob("**/*.xplane.pb"))
         if prof["breakdown"] is None:
@@ -288,7 +293,8 @@ def test_efficiency_report(tmp_path):
         else:
             shares = [c["share"] for c in prof["breakdown"]["categories"].values()]
             assert abs(sum(shares) - 1) < 1e-9 and prof["breakdown"]["categories"]["matmul"]["ms"] > 0
-            row = next(r for r in doc["rows"] if r["batch_size"] == prof["batch_size"])
+            row = next(r for r in doc["rows"] if (r["batch_size"], r["microbatches"])
+                       == (prof["batch_size"], prof["microbatches"]))
             share = prof["breakdown"]["categories"]["matmul"]["share"]
             assert prof["matmul_only_fraction_of_ceiling"] == pytest.approx(row["fraction_of_ceiling"] / share)
             assert prof["matmul_only_fraction_of_ceiling"] >= row["fraction_of_ceiling"]
@@ -299,7 +305,8 @@ def test_efficiency_rejects_bad_arguments():
     from benchmarks import efficiency  # noqa: PLC0415
 
     for argv in (["--configs", "nope"], ["--batch-sizes", "8,x"], ["--rounds", "0"],
-                 ["--set", "saved_activations"]):
+                 ["--set", "saved_activations"], ["--microbatches", "0"],
+                 ["--batch-sizes", "8", "--microbatches", "3"]):
         with pytest.raises(SystemExit):
             efficiency.parse_args(argv)
 
@@ -425,3 +432,20 @@ def test_gemm_products_are_the_steps_matmul_flops(tmp_path):
     assert doc["schema"] == gemm.SCHEMA and len(doc["rows"]) == 13
     assert all(r["xla"] > 0 for r in doc["rows"]) and result["matmul_only_step_s"]["xla"] > 0
     assert "token gate_up d_weight" in (tmp_path / "gemm_sudoku_mlp_cpu_float32_b1_t.md").read_text()
+
+
+def test_memory_fit_with_microbatches(tmp_path):
+    """memory_fit compiles the step with optim.microbatches: chunks keep fewer activations."""
+    from benchmarks import memory_fit  # noqa: PLC0415
+
+    base = ["--config", "tiny", "--batch-sizes", "4,8", "--dtype", "float32",
+            "--out-dir", str(tmp_path)]
+    whole = memory_fit.main(base)
+    chunked = memory_fit.main(base + ["--microbatches", "4"])
+    assert chunked["microbatches"] == 4 and all(r["microbatches"] == 4 for r in chunked["rows"])
+    for a, b in zip(whole["rows"], chunked["rows"]):
+        assert (a["batch_size"], a["remat"]) == (b["batch_size"], b["remat"])
+        assert b["temp_gib"] < a["temp_gib"], (a, b)
+    assert "4 microbatches" in (tmp_path / "memory_tiny_cpu_float32_mb4.md").read_text()
+    with pytest.raises(SystemExit):
+        memory_fit.main(base + ["--microbatches", "3"])
