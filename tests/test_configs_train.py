@@ -28,7 +28,14 @@ SHRINK = {"model.hidden_size": 32, "model.num_heads": 2, "model.expansion": 2.0,
           "model.puzzle_emb_ndim": 32, "model.puzzle_emb_len": 2,
           "optim.global_batch_size": 8, "optim.lr_warmup_steps": 5}
 
-CASES = [(name, None) for name in ALL] + [("quickstart", "bfloat16")]
+# The paper's Sudoku model also in microbatches: its bfloat16 step with chunks of 4 rows.
+CASES = ([(name, None, {}) for name in ALL] + [("quickstart", "bfloat16", {})]
+         + [("sudoku_mlp", None, {"optim.microbatches": 2})])
+
+
+def _case_id(name, dtype, extra) -> str:
+    return name + (f"-{dtype}" if dtype else "") + "".join(
+        f"-{k.split('.')[-1]}{v}" for k, v in extra.items())
 
 
 def _all_finite(tree) -> bool:
@@ -37,9 +44,9 @@ def _all_finite(tree) -> bool:
                if jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
-@pytest.mark.parametrize("name, dtype", CASES, ids=[n + (f"-{d}" if d else "") for n, d in CASES])
-def test_config_trains_with_finite_loss_and_gradients(name, dtype):
-    overrides = dict(SHRINK)
+@pytest.mark.parametrize("name, dtype, extra", CASES, ids=[_case_id(*c) for c in CASES])
+def test_config_trains_with_finite_loss_and_gradients(name, dtype, extra):
+    overrides = dict(SHRINK, **extra)
     if dtype:
         overrides["model.forward_dtype"] = dtype
     config = configs_lib.load_config(name, overrides)
@@ -47,6 +54,7 @@ def test_config_trains_with_finite_loss_and_gradients(name, dtype):
     seq_len = min(seq_len, 81)  # the mlp_t configs are Sudoku (81): their mixing width is kept
     model = configs_lib.model_config(config, FakeMetadata(seq_len, vocab, min(identifiers, 20)))
     optim = configs_lib.optim_config(config, total_steps=STEPS)
+    assert optim.microbatches == extra.get("optim.microbatches", 1)
     expected_dtype = dtype or ("float32" if name == "quickstart" else "bfloat16")
     assert model.forward_dtype == expected_dtype
     if name != "quickstart":
