@@ -324,6 +324,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def parse_positive_ints(parser: Any, flag: str, text: str) -> list[int]:
+    """A comma-separated list of positive integers from a command-line flag; anything else
+    ends the program through ``parser.error`` with the flag's name."""
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        parser.error(f"{flag}: expected positive integers")
+    return values
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; floats printed with 4 significant digits, None as n/a."""
     def cell(value: Any) -> str:

@@ -68,18 +68,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name in args.configs:
         if name not in common.NAMED_CONFIGS:
             parser.error(f"--configs: unknown config {name!r}; known: {', '.join(common.NAMED_CONFIGS)}")
-    try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    except ValueError:
-        parser.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        parser.error("--batch-sizes: expected positive integers")
-    try:
-        args.microbatches = [int(m) for m in args.microbatches.split(",") if m]
-    except ValueError:
-        parser.error(f"--microbatches: expected comma-separated integers, got {args.microbatches!r}")
-    if not args.microbatches or min(args.microbatches) < 1:
-        parser.error("--microbatches: expected positive integers")
+    args.batch_sizes = common.parse_positive_ints(parser, "--batch-sizes", args.batch_sizes)
+    args.microbatches = common.parse_positive_ints(parser, "--microbatches", args.microbatches)
     for b in args.batch_sizes:
         for m in args.microbatches:
             if b % m:
@@ -202,7 +192,7 @@ def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: one row per (config, batch), the profile breakdowns, provenance."""
     meta = result["meta"]
-    rows = [[r["config"], r["batch_size"], r.get("microbatches", 1), r["times"]["median_s"] * 1e3,
+    rows = [[r["config"], r["batch_size"], r["microbatches"], r["times"]["median_s"] * 1e3,
              r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
              f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
              f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})",
@@ -221,7 +211,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     ]
     for prof in result.get("profiles") or []:
         lines.append(f"- profile {prof['config']} batch {prof['batch_size']} microbatches "
-                     f"{prof.get('microbatches', 1)}: trace in "
+                     f"{prof['microbatches']}: trace in "
                      f"`{prof['trace_dir']}`")
         b = prof.get("breakdown")
         if b is None:

@@ -76,12 +76,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
     args.dtype = "float32"  # the port computes in float32 except on TPU with half_precision
-    try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    except ValueError:
-        parser.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        parser.error("--batch-sizes: expected positive integers")
+    args.batch_sizes = common.parse_positive_ints(parser, "--batch-sizes", args.batch_sizes)
     if args.rounds < 1 or args.warmup < 0 or args.supervision_steps < 1:
         parser.error("--rounds and --supervision-steps must be >= 1, --warmup >= 0")
     args.nnx_port_dir = args.nnx_port_dir or os.environ.get(NNX_PORT_ENV)

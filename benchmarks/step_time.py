@@ -361,7 +361,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     ratio = result.get("ratio_ours_over_reference")
     lines = [
         f"## step time: `{cfg['name']}`, batch {cfg['batch_size']}"
-        + (f" (ours in {cfg['microbatches']} microbatches)" if cfg.get("microbatches", 1) > 1
+        + (f" (ours in {cfg['microbatches']} microbatches)" if cfg["microbatches"] > 1
            else "") + f", {cfg['dtype']}, {result['device']['kind']}",
         "",
         table,

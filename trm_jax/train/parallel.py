@@ -75,11 +75,13 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     return sharded.replace(carry=jax.tree_util.tree_map(lambda _: shard_rows, state.carry))
 
 
-def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
-    """Raises ValueError unless ``global_batch`` splits evenly over the mesh."""
-    if global_batch % mesh.size:
+def check_batch_divisible(global_batch: int, mesh: Mesh, microbatches: int = 1) -> None:
+    """Raises ValueError unless ``global_batch`` splits evenly over the mesh and, with
+    ``microbatches`` > 1, so does each of its chunks."""
+    if global_batch % (mesh.size * microbatches):
+        over = f"x optim.microbatches={microbatches}" if microbatches > 1 else "of the mesh"
         raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
-                         f"devices of the mesh")
+                         f"devices {over}")
 
 
 def create_sharded_train_state(model_config: TRMConfig, optim_config: OptimConfig,
@@ -110,10 +112,7 @@ def jit_train_step(model_config: TRMConfig, optim_config: OptimConfig, mesh: Mes
     (each device then runs its share of every chunk): the global batch must be a multiple
     of devices x microbatches.
     """
-    global_batch = state.carry.steps.shape[0]
-    if global_batch % (mesh.size * optim_config.microbatches):
-        raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} "
-                         f"devices x optim.microbatches={optim_config.microbatches}")
+    check_batch_divisible(state.carry.steps.shape[0], mesh, optim_config.microbatches)
     shardings = state_shardings(state, mesh)
     return jax.jit(step_lib.make_train_step(model_config, optim_config),
                    in_shardings=(shardings, batch_sharding(mesh)),

@@ -100,9 +100,10 @@ def _sum_over_microbatches(gradients_of, carry: act.ACTCarry, rows: Array | None
         return jnp.swapaxes(x, 0, 1).reshape((local_batch,) + x.shape[2:])
 
     chunked = jax.tree_util.tree_map(to_chunks, (carry, rows))
-    first = jax.tree_util.tree_map(lambda x: x[0], chunked)
+    one_chunk = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                       chunked)
     sums_shape, _ = jax.eval_shape(lambda c, r: gradients_of(c, r, row_offset, microbatches),
-                                   *first)
+                                   *one_chunk)
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
 
     def chunk(sums, inputs):
