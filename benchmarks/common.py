@@ -5,6 +5,7 @@ Nothing here imports the PyTorch reference; ``reference_torch`` does that, only 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as _dt
 import json
@@ -186,14 +187,10 @@ def xla_cost_flops(compiled: Any) -> float | None:
     return float(analysis["flops"])
 
 
-def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
-    """Analytic matmul FLOPs of one ACT training step (2 per multiply-add).
-
-    Counts every linear layer and the attention score/value products: T*(n+1) network calls
-    forward, plus 2x forward for the backward of the last (differentiated) cycle's n+1 calls,
-    plus the heads. Element-wise work (norms, RoPE, SwiGLU gating, loss) is left out, as in
-    the usual MFU convention.
-    """
+def network_flops_per_call(config: TRMConfig, batch_size: int) -> float:
+    """Analytic matmul FLOPs of one forward call of the shared network (2 per multiply-add):
+    every linear layer of its ``L_layers`` blocks and, for attention, the score and
+    weighted-value products."""
     L, D, B = config.total_len, config.hidden_size, batch_size
 
     def swiglu_flops(rows: int, width: int) -> float:
@@ -206,7 +203,19 @@ def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
     else:
         block += 2.0 * B * L * D * 3 * D + 2.0 * B * L * D * D  # qkv + out projections
         block += 2.0 * 2.0 * B * L * L * D  # scores and weighted values
-    net = config.L_layers * block
+    return config.L_layers * block
+
+
+def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
+    """Analytic matmul FLOPs of one ACT training step (2 per multiply-add).
+
+    Counts every linear layer and the attention score/value products: T*(n+1) network calls
+    forward (:func:`network_flops_per_call`), plus 2x forward for the backward of the last
+    (differentiated) cycle's n+1 calls, plus the heads. Element-wise work (norms, RoPE,
+    SwiGLU gating, loss) is left out, as in the usual MFU convention.
+    """
+    B, D = batch_size, config.hidden_size
+    net = network_flops_per_call(config, batch_size)
     calls_forward = config.H_cycles * (config.L_cycles + 1)
     calls_backward = config.L_cycles + 1
     heads = 2.0 * B * config.seq_len * D * config.vocab_size + 2.0 * B * D * 2
@@ -334,6 +343,22 @@ def parse_positive_ints(parser: Any, flag: str, text: str) -> list[int]:
     if not values or min(values) < 1:
         parser.error(f"{flag}: expected positive integers")
     return values
+
+
+def parse_model_overrides(parser: Any, items: Sequence[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as a dict of model-config overrides; VALUE is read as a
+    Python literal where it is one (``L_cycles=3``), else kept as a string
+    (``saved_activations=all``). A malformed item ends the program through ``parser.error``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[field] = value
+    return overrides
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import statistics  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
@@ -76,15 +75,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                 parser.error(f"--microbatches {m} does not divide --batch-sizes {b}")
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
-    args.overrides = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            args.overrides[field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            args.overrides[field] = value  # a bare string, e.g. saved_activations=all
+    args.overrides = common.parse_model_overrides(parser, args.set)
     return args
 
 

@@ -311,6 +311,53 @@ def test_efficiency_rejects_bad_arguments():
             efficiency.parse_args(argv)
 
 
+def test_cycle_split_times_both_kinds_of_cycle(tmp_path):
+    """cycle_split: per (config, rows) a gradient-free and a differentiated cycle, with (n+1)
+    network calls of analytic work and 3x that for the backward, on both recursion layouts
+    (attention [B, L, D] and mlp_t [L, B, D]); the chunk line adds them as a step does."""
+    from benchmarks import cycle_split  # noqa: PLC0415
+
+    base = ["--rounds", "2", "--device", "cpu", "--out-dir", str(tmp_path)]
+    attention = cycle_split.main(["--configs", "tiny", "--rows", "2,3", *base, "--name", "att"])
+    mlp_t = cycle_split.main(["--configs", "tiny", "--rows", "2", *base, "--set", "mlp_t=True",
+                              "--set", "pos_encodings=none", "--name", "mlp"])
+    assert json.loads((tmp_path / "cycle_split_mlp.json").read_text())["overrides"] == {
+        "mlp_t": True, "pos_encodings": "none"}
+    for result, overrides in ((attention, {}), (mlp_t, {"mlp_t": True, "pos_encodings": "none"})):
+        assert result["schema"] == cycle_split.SCHEMA
+        rows = (2, 3) if result is attention else (2,)
+        assert [(r["rows"], r["part"]) for r in result["rows"]] == [
+            (n, part) for n in rows for part in ("gradient-free cycle", "differentiated cycle")]
+        for row in result["rows"]:
+            config = common.get_config("tiny").model_config(row["rows"], "float32", **overrides)
+            per_cycle = (config.L_cycles + 1) * common.network_flops_per_call(config, row["rows"])
+            backward = 3 if row["part"] == "differentiated cycle" else 1
+            assert row["flops"] == backward * per_cycle and row["times"]["n"] == 2
+            low, high = row["fraction_of_ceiling_min_max"]
+            assert 0 < low <= row["fraction_of_ceiling"] <= high
+        for chunk in result["chunks"]:
+            free, diff = (r["times"]["median_s"] for r in result["rows"] if r["rows"] == chunk["rows"])
+            T = common.get_config("tiny").model_config(2, "float32").H_cycles
+            assert chunk["seconds"] == pytest.approx((T - 1) * free + diff, rel=1e-12)
+            assert chunk["differentiated_share"] == pytest.approx(diff / chunk["seconds"])
+    assert "differentiated cycle" in (tmp_path / "cycle_split_mlp.md").read_text()
+    for argv in (["--configs", "nope"], ["--rows", "0"], ["--rows", "2,x"], ["--rounds", "0"],
+                 ["--set", "mlp_t"]):
+        with pytest.raises(SystemExit):
+            cycle_split.parse_args(argv)
+
+
+def test_network_flops_per_call_make_up_the_step_count():
+    """The step's analytic count is T(n+1) forward calls and 2(n+1) backward calls of the
+    network, plus three times the heads, for both kinds of token mixing."""
+    for name in ("sudoku_mlp", "sudoku_att"):
+        config = common.get_config(name).model_config(8, "float32")
+        heads = 2.0 * 8 * config.seq_len * config.hidden_size * config.vocab_size + 2.0 * 8 * 512 * 2
+        calls = config.H_cycles * (config.L_cycles + 1) + 2 * (config.L_cycles + 1)
+        assert common.model_flops_per_step(config, 8) == pytest.approx(
+            calls * common.network_flops_per_call(config, 8) + 3 * heads, rel=1e-12)
+
+
 OP_PROFILE_HLO = """
 %fused_dot (p0: f32[4,4], p1: f32[4,4]) -> f32[4,4] {
   %p0 = f32[4,4]{1,0} parameter(0)
