@@ -212,6 +212,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                           for c, v in b["categories"].items())
         lines.append(f"  ms per step by kind of operation (under the profiler, "
                      f"{b['total_ms']:.0f} ms in all): {parts}")
+        if b.get("busy_ms") is not None:
+            lines.append(f"  at least one operation running during {b['busy_ms']:.0f} ms a step "
+                         f"(operations that run at the same time each count their own duration)")
         bound = prof.get("matmul_only_fraction_of_ceiling")
         if bound is not None:
             lines.append(f"  matmuls alone: {100 * bound:.0f}% of the ceiling (the step's fraction if all "

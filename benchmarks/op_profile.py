@@ -76,11 +76,30 @@ def load_trace_events(trace_dir: str) -> list[dict[str, Any]]:
     return [e for e in json.loads(data)["traceEvents"] if e.get("ph") == "X"]
 
 
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: the time during which at least
+    one of them runs."""
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy
+
+
 def op_breakdown(hlo_text: str, events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
-    """Milliseconds per step by category, and the ten most expensive operations."""
+    """Milliseconds per step by category, and the ten most expensive operations.
+
+    ``total_ms`` sums the operations' durations; ``busy_ms`` (when the events carry start
+    times) is the time during which at least one operation runs. XLA:CPU runs independent
+    operations at the same time, so the first can exceed the second: an operation's duration
+    then includes the time it shared the cores with another, and the categories' shares are
+    shares of the summed durations, not of the wall-clock time.
+    """
     instructions, opcodes = _parse_hlo(hlo_text)
     per_category: collections.Counter = collections.Counter()
     per_op: collections.Counter = collections.Counter()
+    intervals = []
     for event in events:
         known = instructions.get(event["name"])
         if known is None:
@@ -91,10 +110,13 @@ def op_breakdown(hlo_text: str, events: list[dict[str, Any]], steps: int) -> dic
             continue
         per_category[category] += event["dur"] / 1e3 / steps
         per_op[(event["name"], category)] += event["dur"] / 1e3 / steps
+        if "ts" in event:
+            intervals.append((event["ts"], event["ts"] + event["dur"]))
     total = sum(per_category.values())
     return {
         "steps": steps,
         "total_ms": total,
+        "busy_ms": busy_time(intervals) / 1e3 / steps if intervals else None,
         "categories": {c: {"ms": per_category[c], "share": per_category[c] / total if total else 0.0}
                        for c in CATEGORIES},
         "top_ops": [{"name": name, "category": cat, "ms": ms}

@@ -299,6 +299,9 @@ def test_efficiency_report(tmp_path):
             assert prof["matmul_only_fraction_of_ceiling"] == pytest.approx(row["fraction_of_ceiling"] / share)
             assert prof["matmul_only_fraction_of_ceiling"] >= row["fraction_of_ceiling"]
             assert "matmuls alone:" in markdown
+            busy = prof["breakdown"]["busy_ms"]  # the trace's events carry start times
+            assert 0 < busy <= prof["breakdown"]["total_ms"] * (1 + 1e-9)
+            assert "at least one operation running during" in markdown
 
 
 def test_efficiency_rejects_bad_arguments():
@@ -403,9 +406,26 @@ def test_op_breakdown_sums_events_by_kind_of_operation():
                   "dynamic slice/update": 0.0, "other": 0.25}
     assert out["total_ms"] == 4.0
     assert out["top_ops"][0] == {"name": "ynn_fusion.2", "category": "matmul", "ms": 3.0}
+    assert out["busy_ms"] is None  # no start times in these events
     assert op_profile.categorize("while", set()) is None
     assert op_profile.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
         "dynamic slice/update"
+
+
+def test_op_breakdown_busy_time_counts_concurrent_operations_once():
+    """Two operations running at the same time sum to more than the time the cores were busy:
+    ``busy_ms`` is the union of the intervals, ``total_ms`` the sum of the durations."""
+    from benchmarks import op_profile  # noqa: PLC0415
+
+    assert op_profile.busy_time([(0, 2), (1, 3), (5, 6)]) == 4
+    assert op_profile.busy_time([(0, 10), (2, 3), (4, 12)]) == 12
+    assert op_profile.busy_time([(3, 4), (0, 1)]) == 2
+    events = [{"name": "ynn_fusion.2", "ts": 0.0, "dur": 3000.0},
+              {"name": "copy_fusion", "ts": 1000.0, "dur": 1000.0},  # within the matmul
+              {"name": "add.1", "ts": 4000.0, "dur": 1000.0},
+              {"name": "while.3", "ts": 0.0, "dur": 9000.0}]  # a loop: not an operation
+    out = op_profile.op_breakdown(OP_PROFILE_HLO, events, steps=1)
+    assert out["total_ms"] == 5.0 and out["busy_ms"] == 4.0
 
 
 def test_peer_flops_count_the_same_work_as_ours():
