@@ -151,6 +151,25 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
             "mean_s": statistics.fmean(times), "n": len(times)}
 
 
+def ceiling_statistics(flops: float, times: Sequence[float], ceilings: Sequence[float]
+                       ) -> dict[str, Any]:
+    """Timings of work of ``flops`` FLOPs against the matmul ceilings (FLOP/s) measured in the
+    same rounds: the times' summary, GFLOP/s at the median time, the median ceiling, and the
+    fraction of the ceiling (median and range of the per-round ratios)."""
+    fractions = [flops / t / c for t, c in zip(times, ceilings)]
+    return {"times": summarize_times(times),
+            "gflops_per_s": flops / statistics.median(times) / 1e9,
+            "ceiling_gflops_per_s": statistics.median(ceilings) / 1e9,
+            "fraction_of_ceiling": statistics.median(fractions),
+            "fraction_of_ceiling_min_max": [min(fractions), max(fractions)]}
+
+
+def format_fraction_of_ceiling(stats: Mapping[str, Any]) -> str:
+    """``"64.3% (62-66)"``: the median fraction of the ceiling and its per-round range."""
+    low, high = stats["fraction_of_ceiling_min_max"]
+    return f"{100 * stats['fraction_of_ceiling']:.1f}% ({100 * low:.0f}-{100 * high:.0f})"
+
+
 def host_peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux ``ru_maxrss`` is in KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -343,6 +362,21 @@ def parse_positive_ints(parser: Any, flag: str, text: str) -> list[int]:
     if not values or min(values) < 1:
         parser.error(f"{flag}: expected positive integers")
     return values
+
+
+def parse_config_names(parser: Any, text: str) -> list[str]:
+    """A comma-separated list of named configs from ``--configs``; an unknown name ends the
+    program through ``parser.error``, listing the known ones."""
+    names = [c for c in text.split(",") if c]
+    for name in names:
+        if name not in NAMED_CONFIGS:
+            parser.error(f"--configs: unknown config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
+    return names
+
+
+def report_name(args: Any, result: Mapping[str, Any]) -> str:
+    """``--name``, or ``<platform>_<dtype>`` of the run's device and dtype."""
+    return args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
 
 
 def parse_model_overrides(parser: Any, items: Sequence[str]) -> dict[str, Any]:

@@ -63,10 +63,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
-    args.configs = [c for c in args.configs.split(",") if c]
-    for name in args.configs:
-        if name not in common.NAMED_CONFIGS:
-            parser.error(f"--configs: unknown config {name!r}; known: {', '.join(common.NAMED_CONFIGS)}")
+    args.configs = common.parse_config_names(parser, args.configs)
     args.rows = common.parse_positive_ints(parser, "--rows", args.rows)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
@@ -148,16 +145,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     """Median time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
-    fractions = [case["flops"] / t / c for t, c in zip(case["times"], case["ceilings"])]
-    median_s = statistics.median(case["times"])
     return {
         "config": case["config"], "rows": case["rows"], "part": case["part"],
         "H_cycles": case["H_cycles"], "flops": case["flops"],
-        "times": common.summarize_times(case["times"]),
-        "gflops_per_s": case["flops"] / median_s / 1e9,
-        "ceiling_gflops_per_s": statistics.median(case["ceilings"]) / 1e9,
-        "fraction_of_ceiling": statistics.median(fractions),
-        "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+        **common.ceiling_statistics(case["flops"], case["times"], case["ceilings"]),
     }
 
 
@@ -183,9 +174,7 @@ def chunk_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: one row per (config, rows, part), a line per chunk, provenance."""
     table = [[r["config"], r["rows"], r["part"], r["times"]["median_s"] * 1e3, r["flops"] / 1e9,
-              r["gflops_per_s"], r["ceiling_gflops_per_s"],
-              f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
-              f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})"]
+              r["gflops_per_s"], r["ceiling_gflops_per_s"], common.format_fraction_of_ceiling(r)]
              for r in result["rows"]]
     lines = [
         f"## cycle split, {result['dtype']}, {result['device']['kind']}"
@@ -211,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    name = args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
+    name = common.report_name(args, result)
     os.makedirs(args.out_dir, exist_ok=True)
     common.write_report(os.path.join(args.out_dir, f"cycle_split_{name}"), result,
                         to_markdown(result), "cycle_split")

@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
@@ -63,10 +62,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
-    args.configs = [c for c in args.configs.split(",") if c]
-    for name in args.configs:
-        if name not in common.NAMED_CONFIGS:
-            parser.error(f"--configs: unknown config {name!r}; known: {', '.join(common.NAMED_CONFIGS)}")
+    args.configs = common.parse_config_names(parser, args.configs)
     args.batch_sizes = common.parse_positive_ints(parser, "--batch-sizes", args.batch_sizes)
     args.microbatches = common.parse_positive_ints(parser, "--microbatches", args.microbatches)
     for b in args.batch_sizes:
@@ -144,16 +140,10 @@ def matmul_only_fraction(row: dict[str, Any], breakdown: dict[str, Any] | None) 
 
 def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     """Median step time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
-    fractions = [case["flops"] / t / c for t, c in zip(case["times"], case["ceilings"])]
-    median_s = statistics.median(case["times"])
     return {
         "config": case["config"], "batch_size": case["batch_size"],
         "microbatches": case["microbatches"], "flops_per_step": case["flops"], "compile_s": case["compile_s"],
-        "times": common.summarize_times(case["times"]),
-        "gflops_per_s": case["flops"] / median_s / 1e9,
-        "ceiling_gflops_per_s": statistics.median(case["ceilings"]) / 1e9,
-        "fraction_of_ceiling": statistics.median(fractions),
-        "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+        **common.ceiling_statistics(case["flops"], case["times"], case["ceilings"]),
         "xla_memory": case["step"].memory_analysis,
         "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9}
                       for t, c in zip(case["times"], case["ceilings"])],
@@ -185,8 +175,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     rows = [[r["config"], r["batch_size"], r["microbatches"], r["times"]["median_s"] * 1e3,
              r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
-             f"{100 * r['fraction_of_ceiling']:.1f}% ({100 * r['fraction_of_ceiling_min_max'][0]:.0f}"
-             f"-{100 * r['fraction_of_ceiling_min_max'][1]:.0f})",
+             common.format_fraction_of_ceiling(r),
              f"{r['efficiency_vs_first_config']:.2f}",
              common.format_bytes((r.get("xla_memory") or {}).get("temp_size_in_bytes"))]
             for r in result["rows"]]
@@ -231,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    name = args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
+    name = common.report_name(args, result)
     stem = os.path.join(args.out_dir, f"efficiency_{name}")
     common.write_report(stem, result, to_markdown(result), "efficiency")
     return result

@@ -245,13 +245,9 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"batch_size": case["batch_size"]}
     for side in ("ours", "peer"):
         e = case[side]
-        fractions = [e["flops"] / t / c for t, c in zip(e["times"], e["ceilings"])]
         row[side] = {
             "flops_per_step": e["flops"],
-            "times": common.summarize_times(e["times"]),
-            "gflops_per_s": e["flops"] / statistics.median(e["times"]) / 1e9,
-            "fraction_of_ceiling": statistics.median(fractions),
-            "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+            **common.ceiling_statistics(e["flops"], e["times"], e["ceilings"]),
             "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9}
                           for t, c in zip(e["times"], e["ceilings"])],
         }
@@ -271,9 +267,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             s = r[side]
             rows.append([label, r["batch_size"], s["times"]["median_s"] * 1e3,
                          s["flops_per_step"] / 1e9, s["gflops_per_s"],
-                         f"{100 * s['fraction_of_ceiling']:.1f}% "
-                         f"({100 * s['fraction_of_ceiling_min_max'][0]:.0f}"
-                         f"-{100 * s['fraction_of_ceiling_min_max'][1]:.0f})",
+                         common.format_fraction_of_ceiling(s),
                          "—" if side == "ours" else f"{r['peer_time_per_flop_over_ours']:.2f}x"])
     lines = [
         f"## our step vs a JAX peer, {result['dtype']}, {result['device']['kind']}",
@@ -297,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    name = args.name or f"{result['device']['jax_platform']}_{result['dtype']}"
+    name = common.report_name(args, result)
     common.write_report(os.path.join(args.out_dir, f"peers_{name}"), result, to_markdown(result),
                         "peers")
     return result
