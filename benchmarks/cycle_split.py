@@ -20,6 +20,14 @@ between the two fractions says which kind of work a change should target, which 
 cannot say reliably here (XLA:CPU runs independent operations at the same time, so per-op
 durations overlap).
 
+With ``--weight-gradients`` the differentiated cycle is also timed differentiated with respect
+to the input embedding alone (no weight gradients), and to the input and one group of the
+reasoning module's weights at a time (``mlp``: the channel SwiGLU, ``mlp_t``: the token
+mixing, ``self_attn``: the attention projections). The difference to the input-only time is
+what that group's weight gradients cost; their analytic FLOPs equal the forward FLOPs of the
+products they belong to, over the n+1 calls. The report gives each group's GFLOP/s and
+fraction of the ceiling, and the input-gradient pass's.
+
 Writes ``<out-dir>/cycle_split_<name>.{json,md}``.
 """
 
@@ -32,11 +40,13 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import statistics  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import traverse_util  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.jax_step import MatmulCeiling, device_and_dtype, precision_for  # noqa: E402
@@ -46,6 +56,7 @@ from trm_jax.model.recursion import deep_recursion, latent_recursion  # noqa: E4
 
 SCHEMA = "trm-jax/cycle_split/v1"
 PARTS = ("gradient-free cycle", "differentiated cycle")
+INPUT_ONLY = "differentiated cycle, input gradient only"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -59,6 +70,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="forward dtype; default bfloat16 on GPU, float32 elsewhere")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model field of every config (repeatable)")
+    parser.add_argument("--weight-gradients", action="store_true",
+                        help="also time the differentiated cycle without weight gradients and "
+                             "with those of one group of weights at a time")
     parser.add_argument("--name", default=None, help="output name (default: from the device)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
@@ -71,9 +85,40 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def cycle_functions(config: TRMConfig, seed: int) -> tuple[dict[str, Callable[[], Any]], int]:
-    """The two kinds of cycle as compiled, argument-free calls on device-resident inputs, and
-    the number of network calls in one cycle (n+1)."""
+def weight_groups(params: Any) -> dict[str, list[tuple[str, ...]]]:
+    """The reasoning module's weights by the sub-layer of a block they belong to
+    (``mlp``, ``mlp_t``, ``self_attn``): group name -> parameter paths, every layer's."""
+    groups: dict[str, list[tuple[str, ...]]] = {}
+    for path in traverse_util.flatten_dict(params):
+        if path[0] == "L_level":
+            groups.setdefault(path[2], []).append(path)
+    return groups
+
+
+def weight_gradient_flops(config: TRMConfig, params: Any, paths: Sequence[tuple[str, ...]]
+                          ) -> float:
+    """Analytic FLOPs of the weight gradients of ``paths`` over one cycle's n+1 calls: those of
+    the forward products the weights take part in, 2 x size x the vectors each multiplies
+    (a token-mixing weight one per [row, channel], the others one per [row, position])."""
+    flat = traverse_util.flatten_dict(params)
+    rows = config.batch_size
+    total = 0.0
+    for path in paths:
+        vectors = rows * (config.hidden_size if path[2] == "mlp_t" else config.total_len)
+        total += 2.0 * flat[path].size * vectors
+    return (config.L_cycles + 1) * total
+
+
+def part_name(group: str) -> str:
+    """The part that differentiates the cycle w.r.t. the input and the ``group`` weights."""
+    return f"differentiated cycle, input + {group} weight gradients"
+
+
+def cycle_functions(config: TRMConfig, seed: int, weight_gradients: bool = False
+                    ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """The kinds of cycle as compiled, argument-free calls on device-resident inputs, and each
+    one's analytic matmul FLOPs. ``weight_gradients`` adds the differentiated cycle without
+    weight gradients and with each group of weights' alone (:func:`weight_groups`)."""
     model = TRMNet(config)
     params = init_variables(config, jax.random.key(seed))["params"]
 
@@ -89,20 +134,38 @@ def cycle_functions(config: TRMConfig, seed: int) -> tuple[dict[str, Callable[[]
     def free(p, z_H, z_L, x):
         return latent_recursion(net_with(p), z_H, z_L, x, config.L_cycles)
 
-    def differentiated(p, z_H, z_L, x, weight):
-        def scalar(p, x):
+    def differentiated(p_grad, p_rest, z_H, z_L, x, weight):
+        """Gradients w.r.t. ``p_grad`` (a flat dict of parameters) and the input embedding;
+        ``p_rest`` holds the parameters that get none."""
+        def scalar(p_grad, x):
+            p = traverse_util.unflatten_dict({**p_rest, **p_grad})
             out, _, _ = deep_recursion(net_with(p), z_H, z_L, x, H_cycles=1,
                                        L_cycles=config.L_cycles, remat=config.remat,
                                        saved_activations=config.saved_activations)
             return jnp.sum(out.astype(jnp.float32) * weight.astype(jnp.float32))
-        return jax.grad(scalar, argnums=(0, 1))(p, x)
+        return jax.grad(scalar, argnums=(0, 1))(p_grad, x)
+
+    flat = traverse_util.flatten_dict(params)
+    forward = (config.L_cycles + 1) * common.network_flops_per_call(config, rows)
+    selections = {PARTS[1]: (list(flat), 3 * forward)}
+    if weight_gradients:
+        groups = weight_groups(params)
+        every_weight = [path for paths in groups.values() for path in paths]
+        input_only = 3 * forward - weight_gradient_flops(config, params, every_weight)
+        selections[INPUT_ONLY] = ([], input_only)
+        for group, paths in groups.items():
+            selections[part_name(group)] = (
+                paths, input_only + weight_gradient_flops(config, params, paths))
 
     with jax.default_matmul_precision(precision_for(config)):
         free_c = jax.jit(free).lower(params, z_H, z_L, x).compile()
-        diff_c = jax.jit(differentiated).lower(params, z_H, z_L, x, weight).compile()
-    calls = {PARTS[0]: lambda: free_c(params, z_H, z_L, x),
-             PARTS[1]: lambda: diff_c(params, z_H, z_L, x, weight)}
-    return calls, config.L_cycles + 1
+        calls = {PARTS[0]: lambda: free_c(params, z_H, z_L, x)}
+        for part, (paths, _) in selections.items():
+            p_grad = {path: flat[path] for path in paths}
+            p_rest = {path: v for path, v in flat.items() if path not in p_grad}
+            compiled = jax.jit(differentiated).lower(p_grad, p_rest, z_H, z_L, x, weight).compile()
+            calls[part] = functools.partial(compiled, p_grad, p_rest, z_H, z_L, x, weight)
+    return calls, {PARTS[0]: forward, **{part: f for part, (_, f) in selections.items()}}
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
@@ -115,13 +178,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             bench = common.get_config(name)
             for rows in args.rows:
                 config = bench.model_config(rows, dtype, **args.overrides)
-                calls, net_calls = cycle_functions(config, args.seed)
-                per_call = common.network_flops_per_call(config, rows)
+                calls, flops = cycle_functions(config, args.seed, args.weight_gradients)
                 for part, fn in calls.items():
                     jax.block_until_ready(fn())  # first call: allocation, caches
-                    flops = net_calls * per_call * (3 if part == PARTS[1] else 1)
                     cases.append({"config": name, "rows": rows, "part": part, "fn": fn,
-                                  "flops": flops, "H_cycles": config.H_cycles,
+                                  "flops": flops[part], "H_cycles": config.H_cycles,
                                   "times": [], "ceilings": []})
                 print(f"[cycle_split] compiled {name} rows {rows}", file=sys.stderr)
         for r in range(args.rounds):
@@ -140,6 +201,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "rounds": args.rounds,
         "rows": rows,
         "chunks": chunk_summaries(rows),
+        "weight_gradients": weight_gradient_summaries(rows),
     }
 
 
@@ -171,6 +233,28 @@ def chunk_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def weight_gradient_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (config, rows, weight group): the group's weight gradients as the difference of the
+    medians of the cycle differentiated with them and without any, their analytic FLOPs, and
+    GFLOP/s and fraction of the two parts' median ceiling at that difference."""
+    prefix, suffix = part_name("\0").split("\0")
+    out = []
+    for base in (r for r in rows if r["part"] == INPUT_ONLY):
+        for row in rows:
+            if (row["config"], row["rows"]) != (base["config"], base["rows"]) or not (
+                    row["part"].startswith(prefix) and row["part"].endswith(suffix)):
+                continue
+            seconds = row["times"]["median_s"] - base["times"]["median_s"]
+            flops = row["flops"] - base["flops"]
+            ceiling = statistics.median([row["ceiling_gflops_per_s"], base["ceiling_gflops_per_s"]])
+            rate = flops / seconds / 1e9 if seconds > 0 else None  # None: lost in the noise
+            out.append({"config": row["config"], "rows": row["rows"],
+                        "group": row["part"][len(prefix):len(row["part"]) - len(suffix)],
+                        "seconds": seconds, "flops": flops, "gflops_per_s": rate,
+                        "fraction_of_ceiling": None if rate is None else rate / ceiling})
+    return out
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: one row per (config, rows, part), a line per chunk, provenance."""
     table = [[r["config"], r["rows"], r["part"], r["times"]["median_s"] * 1e3, r["flops"] / 1e9,
@@ -191,6 +275,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"+ 1 differentiated cycle) {1e3 * c['seconds']:.0f} ms, "
                      f"{100 * c['differentiated_share']:.0f}% of it in the differentiated cycle; "
                      f"{100 * c['fraction_of_ceiling']:.1f}% of the ceiling together")
+    for w in result["weight_gradients"]:
+        rate = ("no slower than without them" if w["gflops_per_s"] is None else
+                f"{w['gflops_per_s']:.0f} GFLOP/s, {100 * w['fraction_of_ceiling']:.0f}% of the "
+                f"ceiling")
+        lines.append(f"- {w['config']}, {w['rows']} rows: the {w['group']} weight gradients add "
+                     f"{1e3 * w['seconds']:.1f} ms for {w['flops'] / 1e9:.3g} GFLOP to the "
+                     f"input-gradient-only cycle: {rate}")
     lines += [*common.provenance_lines(result["meta"]), ""]
     return "\n".join(lines)
 

@@ -350,6 +350,44 @@ def test_cycle_split_times_both_kinds_of_cycle(tmp_path):
             cycle_split.parse_args(argv)
 
 
+def test_cycle_split_weight_gradients_by_group(tmp_path):
+    """--weight-gradients: the differentiated cycle also without weight gradients and with one
+    group's at a time. The groups' analytic weight-gradient FLOPs and the input-gradient pass's
+    make up the differentiated cycle's: for mlp_t every product has a weight (input gradients
+    = 2x forward), attention's score and weighted-value products have none (counted 3x)."""
+    from benchmarks import cycle_split  # noqa: PLC0415
+
+    base = ["--configs", "tiny", "--rows", "2", "--rounds", "1", "--device", "cpu",
+            "--weight-gradients", "--out-dir", str(tmp_path)]
+    for overrides, groups in (({}, ("self_attn", "mlp")),
+                              ({"mlp_t": True, "pos_encodings": "none"}, ("mlp_t", "mlp"))):
+        sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+        result = cycle_split.main([*base, *sets, "--name", "wg"])
+        config = common.get_config("tiny").model_config(2, "float32", **overrides)
+        forward = (config.L_cycles + 1) * common.network_flops_per_call(config, 2)
+        parts = {r["part"]: r for r in result["rows"]}
+        assert list(parts) == ["gradient-free cycle", "differentiated cycle",
+                               cycle_split.INPUT_ONLY,
+                               *(cycle_split.part_name(g) for g in groups)]
+        weightless = 0.0 if config.mlp_t else (
+            (config.L_cycles + 1) * config.L_layers * 4.0 * 2 * config.total_len ** 2
+            * config.hidden_size)
+        input_only = parts[cycle_split.INPUT_ONLY]["flops"]
+        assert input_only == pytest.approx(2 * forward + weightless, rel=1e-12)
+        added = {w["group"]: w for w in result["weight_gradients"]}
+        assert list(added) == list(groups)
+        assert input_only + sum(w["flops"] for w in added.values()) == pytest.approx(
+            parts["differentiated cycle"]["flops"], rel=1e-12)
+        for group, w in added.items():
+            row = parts[cycle_split.part_name(group)]
+            assert w["flops"] == pytest.approx(row["flops"] - input_only, rel=1e-12)
+            assert w["seconds"] == pytest.approx(
+                row["times"]["median_s"] - parts[cycle_split.INPUT_ONLY]["times"]["median_s"])
+            assert (w["gflops_per_s"] is None) == (w["seconds"] <= 0)
+        text = (tmp_path / "cycle_split_wg.md").read_text()
+        assert all(f"the {g} weight gradients add" in text for g in groups)
+
+
 def test_network_flops_per_call_make_up_the_step_count():
     """The step's analytic count is T(n+1) forward calls and 2(n+1) backward calls of the
     network, plus three times the heads, for both kinds of token mixing."""
