@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
@@ -109,9 +110,18 @@ def weight_gradient_flops(config: TRMConfig, params: Any, paths: Sequence[tuple[
     return (config.L_cycles + 1) * total
 
 
+_GROUP_PART = re.compile(r"differentiated cycle, input \+ (\w+) weight gradients")
+
+
 def part_name(group: str) -> str:
     """The part that differentiates the cycle w.r.t. the input and the ``group`` weights."""
     return f"differentiated cycle, input + {group} weight gradients"
+
+
+def group_of(part: str) -> str | None:
+    """The weight group a part differentiates besides the input (:func:`part_name`), or None."""
+    match = _GROUP_PART.fullmatch(part)
+    return match.group(1) if match else None
 
 
 def cycle_functions(config: TRMConfig, seed: int, weight_gradients: bool = False
@@ -209,7 +219,7 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     """Median time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
     return {
         "config": case["config"], "rows": case["rows"], "part": case["part"],
-        "H_cycles": case["H_cycles"], "flops": case["flops"],
+        "group": group_of(case["part"]), "H_cycles": case["H_cycles"], "flops": case["flops"],
         **common.ceiling_statistics(case["flops"], case["times"], case["ceilings"]),
     }
 
@@ -237,19 +247,18 @@ def weight_gradient_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]
     """Per (config, rows, weight group): the group's weight gradients as the difference of the
     medians of the cycle differentiated with them and without any, their analytic FLOPs, and
     GFLOP/s and fraction of the two parts' median ceiling at that difference."""
-    prefix, suffix = part_name("\0").split("\0")
     out = []
     for base in (r for r in rows if r["part"] == INPUT_ONLY):
         for row in rows:
-            if (row["config"], row["rows"]) != (base["config"], base["rows"]) or not (
-                    row["part"].startswith(prefix) and row["part"].endswith(suffix)):
+            if row["group"] is None or (row["config"], row["rows"]) != (base["config"],
+                                                                        base["rows"]):
                 continue
             seconds = row["times"]["median_s"] - base["times"]["median_s"]
             flops = row["flops"] - base["flops"]
             ceiling = statistics.median([row["ceiling_gflops_per_s"], base["ceiling_gflops_per_s"]])
             rate = flops / seconds / 1e9 if seconds > 0 else None  # None: lost in the noise
             out.append({"config": row["config"], "rows": row["rows"],
-                        "group": row["part"][len(prefix):len(row["part"]) - len(suffix)],
+                        "group": row["group"],
                         "seconds": seconds, "flops": flops, "gflops_per_s": rate,
                         "fraction_of_ceiling": None if rate is None else rate / ceiling})
     return out

@@ -369,6 +369,7 @@ def test_cycle_split_weight_gradients_by_group(tmp_path):
         assert list(parts) == ["gradient-free cycle", "differentiated cycle",
                                cycle_split.INPUT_ONLY,
                                *(cycle_split.part_name(g) for g in groups)]
+        assert [r["group"] for r in result["rows"]] == [None, None, None, *groups]
         weightless = 0.0 if config.mlp_t else (
             (config.L_cycles + 1) * config.L_layers * 4.0 * 2 * config.total_len ** 2
             * config.hidden_size)
