@@ -41,7 +41,6 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
@@ -86,31 +85,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def weight_groups(params: Any) -> dict[str, list[tuple[str, ...]]]:
+def weight_groups(flat_params: dict[tuple[str, ...], Any]) -> dict[str, list[tuple[str, ...]]]:
     """The reasoning module's weights by the sub-layer of a block they belong to
     (``mlp``, ``mlp_t``, ``self_attn``): group name -> parameter paths, every layer's."""
     groups: dict[str, list[tuple[str, ...]]] = {}
-    for path in traverse_util.flatten_dict(params):
+    for path in flat_params:
         if path[0] == "L_level":
             groups.setdefault(path[2], []).append(path)
     return groups
 
 
-def weight_gradient_flops(config: TRMConfig, params: Any, paths: Sequence[tuple[str, ...]]
-                          ) -> float:
+def weight_gradient_flops(config: TRMConfig, flat_params: dict[tuple[str, ...], Any],
+                          paths: Sequence[tuple[str, ...]]) -> float:
     """Analytic FLOPs of the weight gradients of ``paths`` over one cycle's n+1 calls: those of
     the forward products the weights take part in, 2 x size x the vectors each multiplies
     (a token-mixing weight one per [row, channel], the others one per [row, position])."""
-    flat = traverse_util.flatten_dict(params)
     rows = config.batch_size
     total = 0.0
     for path in paths:
         vectors = rows * (config.hidden_size if path[2] == "mlp_t" else config.total_len)
-        total += 2.0 * flat[path].size * vectors
+        total += 2.0 * flat_params[path].size * vectors
     return (config.L_cycles + 1) * total
-
-
-_GROUP_PART = re.compile(r"differentiated cycle, input \+ (\w+) weight gradients")
 
 
 def part_name(group: str) -> str:
@@ -118,17 +113,13 @@ def part_name(group: str) -> str:
     return f"differentiated cycle, input + {group} weight gradients"
 
 
-def group_of(part: str) -> str | None:
-    """The weight group a part differentiates besides the input (:func:`part_name`), or None."""
-    match = _GROUP_PART.fullmatch(part)
-    return match.group(1) if match else None
-
-
 def cycle_functions(config: TRMConfig, seed: int, weight_gradients: bool = False
-                    ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
-    """The kinds of cycle as compiled, argument-free calls on device-resident inputs, and each
-    one's analytic matmul FLOPs. ``weight_gradients`` adds the differentiated cycle without
-    weight gradients and with each group of weights' alone (:func:`weight_groups`)."""
+                    ) -> dict[str, dict[str, Any]]:
+    """The kinds of cycle by part name: ``fn``, a compiled, argument-free call on
+    device-resident inputs; ``flops``, its analytic matmul FLOPs; ``group``, the weight group
+    it differentiates besides the input, or None. ``weight_gradients`` adds the differentiated
+    cycle without weight gradients and with each group of weights' alone
+    (:func:`weight_groups`)."""
     model = TRMNet(config)
     params = init_variables(config, jax.random.key(seed))["params"]
 
@@ -157,25 +148,28 @@ def cycle_functions(config: TRMConfig, seed: int, weight_gradients: bool = False
 
     flat = traverse_util.flatten_dict(params)
     forward = (config.L_cycles + 1) * common.network_flops_per_call(config, rows)
-    selections = {PARTS[1]: (list(flat), 3 * forward)}
+    # part -> (the parameters it differentiates, its FLOPs, its weight group)
+    selections = {PARTS[1]: (list(flat), 3 * forward, None)}
     if weight_gradients:
-        groups = weight_groups(params)
+        groups = weight_groups(flat)
         every_weight = [path for paths in groups.values() for path in paths]
-        input_only = 3 * forward - weight_gradient_flops(config, params, every_weight)
-        selections[INPUT_ONLY] = ([], input_only)
+        input_only = 3 * forward - weight_gradient_flops(config, flat, every_weight)
+        selections[INPUT_ONLY] = ([], input_only, None)
         for group, paths in groups.items():
             selections[part_name(group)] = (
-                paths, input_only + weight_gradient_flops(config, params, paths))
+                paths, input_only + weight_gradient_flops(config, flat, paths), group)
 
     with jax.default_matmul_precision(precision_for(config)):
         free_c = jax.jit(free).lower(params, z_H, z_L, x).compile()
-        calls = {PARTS[0]: lambda: free_c(params, z_H, z_L, x)}
-        for part, (paths, _) in selections.items():
+        parts = {PARTS[0]: {"fn": lambda: free_c(params, z_H, z_L, x), "flops": forward,
+                            "group": None}}
+        for part, (paths, flops, group) in selections.items():
             p_grad = {path: flat[path] for path in paths}
             p_rest = {path: v for path, v in flat.items() if path not in p_grad}
             compiled = jax.jit(differentiated).lower(p_grad, p_rest, z_H, z_L, x, weight).compile()
-            calls[part] = functools.partial(compiled, p_grad, p_rest, z_H, z_L, x, weight)
-    return calls, {PARTS[0]: forward, **{part: f for part, (_, f) in selections.items()}}
+            parts[part] = {"fn": functools.partial(compiled, p_grad, p_rest, z_H, z_L, x, weight),
+                           "flops": flops, "group": group}
+    return parts
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
@@ -188,12 +182,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             bench = common.get_config(name)
             for rows in args.rows:
                 config = bench.model_config(rows, dtype, **args.overrides)
-                calls, flops = cycle_functions(config, args.seed, args.weight_gradients)
-                for part, fn in calls.items():
-                    jax.block_until_ready(fn())  # first call: allocation, caches
-                    cases.append({"config": name, "rows": rows, "part": part, "fn": fn,
-                                  "flops": flops[part], "H_cycles": config.H_cycles,
-                                  "times": [], "ceilings": []})
+                for part, kind in cycle_functions(config, args.seed,
+                                                  args.weight_gradients).items():
+                    jax.block_until_ready(kind["fn"]())  # first call: allocation, caches
+                    cases.append({"config": name, "rows": rows, "part": part, **kind,
+                                  "H_cycles": config.H_cycles, "times": [], "ceilings": []})
                 print(f"[cycle_split] compiled {name} rows {rows}", file=sys.stderr)
         for r in range(args.rounds):
             for case in cases:
@@ -219,7 +212,7 @@ def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     """Median time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
     return {
         "config": case["config"], "rows": case["rows"], "part": case["part"],
-        "group": group_of(case["part"]), "H_cycles": case["H_cycles"], "flops": case["flops"],
+        "group": case["group"], "H_cycles": case["H_cycles"], "flops": case["flops"],
         **common.ceiling_statistics(case["flops"], case["times"], case["ceilings"]),
     }
 
