@@ -25,6 +25,7 @@ from trm_jax.config import OptimConfig, TRMConfig
 from trm_jax.data.loader import IGNORE_LABEL_ID
 from trm_jax.fileio import atomic_write
 from trm_jax.model.layers import swiglu_inner_size
+from trm_jax.plan.shapes import ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -54,10 +55,6 @@ class BenchConfig:
         return TRMConfig(batch_size=batch_size, forward_dtype=dtype, **fields)
 
 
-# ARC-AGI-1 with concept: 960 puzzles (400 training + 400 evaluation + 160 concept in the
-# Kaggle "combined" files), each with at most 1000 augmentations + the original, + the blank id.
-# The built dataset has slightly fewer after de-duplication: this is an upper bound.
-ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND = 960 * 1001 + 1
 
 
 def _experiment(name: str, description: str, seq_len: int, vocab_size: int, num_puzzle_identifiers: int,

@@ -81,3 +81,28 @@ def numpy_leaves(tree) -> dict[str, np.ndarray]:
             leaf = jax.random.key_data(leaf)
         out[jax.tree_util.keystr(path)] = np.asarray(leaf)
     return out
+
+
+def pallas_hlo_interpret():
+    """A context in which Pallas kernels traced for TPU run through Pallas' HLO interpreter on
+    the CPU (``interpret=True`` for every ``pallas_call``).
+
+    ``jax.experimental.pallas.tpu.force_tpu_interpret_mode`` simulates a TPU more closely but
+    runs kernels through host callbacks, which ``jax.checkpoint`` (the differentiated cycle's
+    saved-activation policies) cannot partially evaluate; the HLO interpreter is pure JAX.
+    The switch is JAX's own (the config that ``force_tpu_interpret_mode`` sets), set to True.
+    """
+    import contextlib  # noqa: PLC0415
+
+    from jax._src import config as jax_config  # noqa: PLC0415 - no public spelling of interpret=True
+
+    @contextlib.contextmanager
+    def context():
+        setting = jax_config.pallas_tpu_interpret_mode_context_manager
+        previous = setting.swap_local(True)
+        try:
+            yield
+        finally:
+            setting.set_local(previous)
+
+    return context()

@@ -18,7 +18,7 @@ POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("bfloat16", "float32", "float64")  # float64 needs jax_enable_x64
 SAVED_ACTIVATIONS = ("matmuls", "wide_matmuls", "all")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,9 @@ class TRMConfig:
     # fewer than 128 elements recomputed: less memory, a little more compute) or "all"
     # (see model/recursion.py: deep_recursion).
     saved_activations: str = "matmuls"
-    # "auto": cuDNN fused attention on GPUs in bfloat16 (no [L, L] scores kept), else XLA.
+    # "auto": a fused (flash) attention kernel in 16-bit precision, which keeps no [L, L]
+    # scores: cuDNN's on a GPU, the Pallas kernel on a TPU; XLA's otherwise. Or one of them
+    # by name: "xla", "cudnn" (GPU), "pallas" (TPU).
     attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
@@ -161,7 +163,9 @@ class OptimConfig:
     ema_rate: float = 0.999
     # Gradient accumulation: each device's batch is run as this many chunks, one after the
     # other, their gradients summed before the one optimiser update (less activation memory;
-    # on a CPU, chunks that fit its caches also run faster: benchmarks/README.md).
+    # on a CPU, chunks that fit its caches also run faster: benchmarks/README.md). The
+    # experiment configs default to "auto" (trm_jax.configs.AUTO_MICROBATCHES), resolved to a
+    # count here at a run's start-up.
     microbatches: int = 1
 
     def __post_init__(self) -> None:

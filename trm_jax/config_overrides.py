@@ -19,6 +19,8 @@ from ml_collections import config_flags
 
 OVERRIDE_PREFIX = "--config."
 _FLAG = OVERRIDE_PREFIX[2:-1]  # "config"
+# Words that stand for a value of a numeric field on the command line.
+NAMED_VALUES: dict[str, dict[str, Any]] = {"optim.microbatches": {"auto": 0}}
 
 
 class ConfigLoadError(ValueError):
@@ -83,7 +85,8 @@ def _parse_command_line(config: ml_collections.ConfigDict, pairs: Sequence[tuple
         detail = " ".join(str(err).split())
         if failed is None:
             raise ConfigLoadError(f"config overrides: {detail}") from None
-        raise ConfigLoadError(f"config.{failed}: expected {_expected(current[failed])} ({detail})") from None
+        words = "".join(f" or {word}" for word in NAMED_VALUES.get(failed, {}))
+        raise ConfigLoadError(f"config.{failed}: expected {_expected(current[failed])}{words} ({detail})") from None
     except config_flags.UnsupportedOperationError as err:
         raise ConfigLoadError(" ".join(str(err).split())) from None
 
@@ -98,11 +101,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] 
     is accepted for a float field). Only existing leaf keys can be set.
     """
     if not isinstance(overrides, Mapping):
-        pairs = [_split(arg) for arg in overrides]
+        pairs = [(key, str(NAMED_VALUES.get(key, {}).get(value, value))) for key, value in map(_split, overrides)]
         if pairs:
             _parse_command_line(config, pairs)
         return config
     for key, value in overrides.items():
+        value = NAMED_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
         node, leaf = _lookup(config, key)
         if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

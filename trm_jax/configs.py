@@ -48,7 +48,12 @@ OPTIM_DEFAULTS: dict[str, Any] = {
     # 0: epochs * total_groups * mean_puzzle_examples / global_batch_size, as the reference
     # computes it from the dataset.
     "total_steps": 0,
+    # 0 ("auto" on the command line): the fewest microbatches whose train step fits the
+    # device's memory, chosen at start-up from the compiled step's memory plan (1 where no
+    # memory limit is known, e.g. on a CPU). See trm_jax.train.memory_check.
+    "microbatches": 0,
 }
+AUTO_MICROBATCHES = 0
 
 
 def _section(cls: type, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -119,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
         stop_check_every=1,
         progress_bar=True,
         tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
+        # Per-device memory (GiB) the train step may plan for, checked against XLA's memory plan
+        # of the compiled step before the first step. 0: the limit the device's runtime reports
+        # (GPU, TPU; a GPU's is XLA's preallocated share); no check where none is reported (CPU).
+        device_memory_gib=0.0,
     ))
     return c
 
@@ -262,6 +271,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
 
     need(integer(config.optim.total_steps) and config.optim.total_steps >= 0, "optim.total_steps",
          "an integer >= 0 (0: derived from the dataset and train.epochs)")
+    need(integer(config.optim.microbatches) and config.optim.microbatches >= 0, "optim.microbatches",
+         "a positive integer, or auto (0): the fewest that fit the device's memory")
+    need(isinstance(config.train.device_memory_gib, (int, float)) and config.train.device_memory_gib >= 0,
+         "train.device_memory_gib", "a number of GiB >= 0 (0: the device's own limit)")
     for name in DATASET_FIELDS:
         need(integer(config.model[name]) and config.model[name] >= 0, f"model.{name}",
              "an integer >= 0 (0: read from the dataset)")
@@ -322,11 +335,21 @@ def _with_placeholders(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return copy
 
 
-def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None) -> OptimConfig:
-    """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there."""
+def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None,
+                 microbatches: int | None = None) -> OptimConfig:
+    """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there, and
+    ``microbatches`` an automatic count (:data:`AUTO_MICROBATCHES`, which is 1 otherwise: the
+    run's start-up chooses it, :mod:`trm_jax.train.memory_check`)."""
     values = config_to_dict(config.optim)
     if values["total_steps"] == 0:
         if total_steps is None:
             raise ConfigError("config.optim.total_steps is 0 (derived from the dataset): give total_steps")
         values["total_steps"] = int(total_steps)
+    if values["microbatches"] == AUTO_MICROBATCHES:
+        values["microbatches"] = microbatches or 1
     return OptimConfig.from_dict(values)
+
+
+def auto_microbatches(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run chooses ``optim.microbatches`` from the device's memory at start-up."""
+    return config.optim.microbatches == AUTO_MICROBATCHES

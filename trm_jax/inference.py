@@ -37,6 +37,7 @@ from trm_jax.config import TRMConfig
 from trm_jax.data.loader import IGNORE_LABEL_ID
 from trm_jax.losses import row_metrics
 from trm_jax.model.act import Batch, advance, gather_puzzle_rows, initial_carry, reset_halted
+from trm_jax.model.flash_attention import partitioned
 from trm_jax.model.network import Variables, compute_dtype
 from trm_jax.precision import at_least_float32
 
@@ -182,5 +183,7 @@ def make_solver(config: TRMConfig, *, num_slots: int, policy: HaltingPolicy = Ha
         raise ValueError(f"num_slots={num_slots} is not a multiple of the {mesh.size} devices")
     replicated = NamedSharding(mesh, PartitionSpec())
     rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-    return jax.jit(functools.partial(solve, config, num_slots=num_slots, policy=policy, slot_sharding=rows),
+    solver = partitioned(functools.partial(solve, config, num_slots=num_slots, policy=policy,
+                                           slot_sharding=rows), mesh, mesh.axis_names[0])
+    return jax.jit(solver,
                    in_shardings=(replicated, replicated), out_shardings=replicated)

@@ -9,6 +9,8 @@ Subcommands::
     trm-jax evaluate --torch model.pt --config x    an official PyTorch checkpoint
     trm-jax predict --workdir DIR --puzzle '5.3..7....'        (or --file PUZZLE.txt) [--png OUT.png]
     trm-jax config [x [--config.a.b=v ...]]      list the packaged configs, or print one's keys
+    trm-jax plan --config x --target v5e:2x4|h100:4|local [--batch N] [--config.a.b=v ...]
+                                                 memory per device on an accelerator (trm_jax.plan)
 
 Bad input (an unknown config key or invalid config value, a missing dataset directory, a
 checkpoint written for another architecture or damaged on disk, a missing optional package, an
@@ -37,6 +39,7 @@ from trm_jax.cli.errors import UsageError
 from trm_jax.cli.evaluate import evaluate
 from trm_jax.cli.model_source import resolve_model  # noqa: F401 - part of the command line's API
 from trm_jax.cli.parser import make_parser
+from trm_jax.cli.plan import plan
 from trm_jax.cli.predict import predict
 
 EXIT_BAD_INPUT = 2
@@ -102,11 +105,12 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from trm_jax.configs import ConfigLoadError  # noqa: PLC0415
     from trm_jax.data.format import DatasetFormatError  # noqa: PLC0415
     from trm_jax.interop import CheckpointMismatchError as TorchMismatch  # noqa: PLC0415
+    from trm_jax.plan.targets import PlanError  # noqa: PLC0415
     from trm_jax.train.checkpoint import CheckpointDamagedError, CheckpointMismatchError  # noqa: PLC0415
     from trm_jax.train.loop import RunDirError  # noqa: PLC0415
 
     return (UsageError, ConfigError, ConfigLoadError, DatasetFormatError, TorchMismatch,
-            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError)
+            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError, PlanError)
 
 
 def damaged_checkpoint_message(err, command: str) -> str:
@@ -145,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trm_jax.data.build import main as build_main  # noqa: PLC0415
         return build_main(argv[1:])
     args, rest = make_parser().parse_known_args(argv)
-    commands = {"train": _train, "evaluate": evaluate, "predict": predict, "config": _config}
+    commands = {"train": _train, "evaluate": evaluate, "predict": predict, "config": _config, "plan": plan}
     bad_input = _bad_input_errors()
     from trm_jax.train.loop import TrainingError  # noqa: PLC0415
     try:

@@ -43,6 +43,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None,
                    help="with --resume: continue from this step (no newer step may be in the directory)")
 
+    from trm_jax.cli.plan import add_parser as add_plan_parser  # noqa: PLC0415
+
+    add_plan_parser(sub, OVERRIDES_HELP)
+
     p = sub.add_parser("config", help="list the packaged configs, or print one config's keys and values",
                        epilog=OVERRIDES_HELP)
     p.add_argument("name", nargs="?", help="a packaged config's name or a config file's path")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from trm_jax.model.flash_attention import tpu_flash_attention
 from trm_jax.precision import at_least_float32
 
 Array = jax.Array
@@ -162,13 +163,18 @@ class SequenceSwiGLU(nn.Module):
 def attention(q: Array, k: Array, v: Array, impl: str) -> Array:
     """Non-causal scaled dot-product attention of [B, L, H, hd] tensors.
 
-    ``impl="auto"`` uses cuDNN's fused (flash) attention on a GPU for 16-bit inputs, which
-    keeps no [L, L] score matrix for the backward pass, and XLA's otherwise (JAX's own
-    default is XLA everywhere). float64 inputs take a plain einsum/softmax path in float64:
-    ``jax.nn.dot_product_attention`` always runs its softmax in float32.
+    ``impl``: ``"xla"`` (XLA's, which materialises the [L, L] scores), ``"cudnn"`` (cuDNN's
+    fused flash attention, GPU), ``"pallas"`` (the Pallas flash-attention kernel, TPU: see
+    :mod:`trm_jax.model.flash_attention`) or ``"auto"``: cuDNN's on a GPU for 16-bit inputs,
+    XLA's otherwise (runs resolve "auto" once at start-up, :mod:`trm_jax.train.attention_check`,
+    which also picks the TPU kernel). float64 inputs take a plain einsum/softmax path in
+    float64 whatever ``impl``: ``jax.nn.dot_product_attention`` always runs its softmax in
+    float32.
     """
     if q.dtype == jnp.float64:
         return _attention_float64(q, k, v)
+    if impl == "pallas":
+        return tpu_flash_attention(q, k, v)
     if impl == "auto":
         use_cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
         if use_cudnn:

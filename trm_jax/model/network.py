@@ -176,7 +176,9 @@ def init_variables(config: TRMConfig, rng: Array) -> Variables:
     weight 0 and bias -5; puzzle embeddings 0; H_init / L_init truncated normal std 1.
     """
     k_params, k_h, k_l = jax.random.split(rng, 3)
-    model = TRMNet(config)
+    # The parameters do not depend on the attention kernel: XLA's traces on every backend
+    # and needs no mesh (a Pallas kernel must run inside shard_map on a sharded batch).
+    model = TRMNet(config.replace(attention_impl="xla"))
     inputs = jnp.zeros((1, config.seq_len), jnp.int32)
     dtype = param_dtype(config)
     rows = jnp.zeros((1, config.puzzle_emb_ndim), dtype) if config.puzzle_emb_ndim else None

@@ -29,6 +29,7 @@ from trm_jax.config import TRMConfig
 from trm_jax.data.loader import IGNORE_LABEL_ID
 from trm_jax.losses import row_metrics
 from trm_jax.model.act import Batch, act_step, initial_carry
+from trm_jax.model.flash_attention import partitioned
 from trm_jax.model.network import Variables
 
 DEPTH_JSON = "depth_curve.json"
@@ -120,7 +121,7 @@ def depth_curve(config: TRMConfig, variables: Variables, batches: Iterable[dict[
     from trm_jax.train import parallel  # noqa: PLC0415
     from trm_jax.train.evaluation import host_rows  # noqa: PLC0415
 
-    trace = jax.jit(lambda v, b: depth_trace(config, v, b, max_steps))
+    trace = jax.jit(partitioned(lambda v, b: depth_trace(config, v, b, max_steps), mesh, parallel.DATA_AXIS))
     exact, q_halt = [], []
     for batch in batches:
         placed = parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)

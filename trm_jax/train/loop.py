@@ -31,7 +31,7 @@ from trm_jax import configs as configs_lib
 from trm_jax.config import TRMConfig
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.fileio import write_json_atomic
-from trm_jax.train import parallel
+from trm_jax.train import memory_check, parallel
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.depth_curve import DEPTH_JSON, DepthCurve, depth_curve, save_depth_curve
@@ -129,6 +129,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     eval_loader = make_eval_loader(config, data_path)
     arc_evaluator = make_arc_evaluator(config, data_path)
     mesh = parallel.make_mesh()
+    fitted = memory_check.fit_train_step(config, model_config, optim_config, mesh,
+                                         memory_check.memory_budget(config))
+    optim_config = fitted.optim_config
+    if fitted.message and jax.process_index() == 0:
+        print(fitted.message, flush=True)
 
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=config.train.max_to_keep,
                                 async_save=config.train.async_checkpoint)
@@ -143,7 +148,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
                                                         jax.random.key(config.train.seed), mesh)
         if jax.process_index() == 0:
             write_json_atomic(workdir / CONFIG_NAME, configs_lib.config_to_dict(resolved))
-        return _run(resolved, model_config, optim_config, workdir, mesh, state, start, loader, eval_loader,
+        stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state, compiled=fitted.compiled)
+        return _run(resolved, model_config, optim_config, workdir, mesh, state, stepper, start, loader, eval_loader,
                     arc_evaluator, checkpointer, stop_at, on_step)
     finally:
         checkpointer.close()
@@ -163,14 +169,16 @@ def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.s
         head = f"run in {workdir} already finished at step {start}/{total}: nothing to train"
     else:
         resumed = f"resumed {workdir} at step {start}/{total}; " if start else ""
+        chunks = f" in {optim_config.microbatches} microbatches" if optim_config.microbatches > 1 else ""
         head = (f"{resumed}training {model_config.hidden_size}-wide TRM ({params:,} parameters) to step {total} on "
-                f"{devices}, batch {batch} ({batch // mesh.size} per device), evaluation every {eval_every} steps")
+                f"{devices}, batch {batch} ({batch // mesh.size} per device{chunks}), evaluation every "
+                f"{eval_every} steps")
     metrics = f"{workdir / CSV_NAME}" + (f" (+ {workdir / TB_DIR})" if tensorboard else "")
     return [head, f"checkpoints: {checkpointer.directory}; metrics: {metrics}; curves: {workdir / PLOT_NAME}"]
 
 
 def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-         workdir: Path, mesh: jax.sharding.Mesh, state: TrainState, start: int, loader: PuzzleLoader,
+         workdir: Path, mesh: jax.sharding.Mesh, state: TrainState, stepper: Stepper, start: int, loader: PuzzleLoader,
          eval_loader: PuzzleLoader, arc_evaluator: Any, checkpointer: Checkpointer,
          stop_at: int | None, on_step: Callable[[int], None] | None) -> TrainResult:
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -178,7 +186,6 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
     primary = jax.process_index() == 0
     total = optim_config.total_steps
     eval_every = eval_every_steps(config, total)
-    stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state)
     eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state)
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=primary)
     window = MetricWindow(optim_config.global_batch_size)

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from trm_jax.config import TRMConfig
+from trm_jax.model.flash_attention import partitioned
 from trm_jax.model.network import Variables
 from trm_jax.train import step as step_lib
 from trm_jax.train.state import OptimConfig, TrainState, create_train_state
@@ -97,6 +98,24 @@ def create_sharded_train_state(model_config: TRMConfig, optim_config: OptimConfi
     return jax.jit(create, out_shardings=state_shardings(abstract, mesh))(rng, variables)
 
 
+def abstract_state(model_config: TRMConfig, optim_config: OptimConfig, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and (jit-layout) shardings of the train state, without computing it."""
+    create = functools.partial(create_train_state, model_config, optim_config,
+                               batch_size=optim_config.global_batch_size)
+    shapes = jax.eval_shape(create, jax.random.key(0))
+    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  shapes, state_shardings(shapes, mesh))
+
+
+def abstract_batch(model_config: TRMConfig, batch_size: int, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes, dtypes and shardings of a global batch of ``batch_size`` rows (as
+    :func:`shard_batch` lays it out)."""
+    sharding = batch_sharding(mesh)
+    shapes = {"inputs": (batch_size, model_config.seq_len), "labels": (batch_size, model_config.seq_len),
+              "puzzle_identifiers": (batch_size,)}
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding) for k, shape in shapes.items()}
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Global batch arrays from this process's slice of the batch (rows in process order)."""
     sharding = batch_sharding(mesh)
@@ -114,7 +133,7 @@ def jit_train_step(model_config: TRMConfig, optim_config: OptimConfig, mesh: Mes
     """
     check_batch_divisible(state.carry.steps.shape[0], mesh, optim_config.microbatches)
     shardings = state_shardings(state, mesh)
-    return jax.jit(step_lib.make_train_step(model_config, optim_config),
+    return jax.jit(partitioned(step_lib.make_train_step(model_config, optim_config), mesh, DATA_AXIS),
                    in_shardings=(shardings, batch_sharding(mesh)),
                    out_shardings=(shardings, replicated(mesh)),
                    donate_argnums=0)
@@ -124,7 +143,8 @@ def jit_eval_step(model_config: TRMConfig, mesh: Mesh, state: TrainState, *,
                   use_ema: bool = True, num_steps: int | None = None) -> Callable:
     """The eval step jitted over ``mesh``: predictions sharded by rows, metrics replicated."""
     shardings = state_shardings(state, mesh)
-    step = step_lib.make_eval_step(model_config, use_ema=use_ema, num_steps=num_steps)
+    step = partitioned(step_lib.make_eval_step(model_config, use_ema=use_ema, num_steps=num_steps),
+                       mesh, DATA_AXIS)
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
                    out_shardings=(batch_sharding(mesh), replicated(mesh)))
 

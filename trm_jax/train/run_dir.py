@@ -12,7 +12,6 @@ Layout of ``WORKDIR``::
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from trm_jax.data.format import DatasetFormatError
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.train import parallel
 from trm_jax.train.checkpoint import Checkpointer
-from trm_jax.train.state import OptimConfig, TrainState, create_train_state
+from trm_jax.train.state import OptimConfig, TrainState
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -143,16 +142,6 @@ def eval_every_steps(config: ml_collections.ConfigDict, total_steps: int) -> int
     return max(1, total_steps * config.train.eval_interval // max(config.train.epochs, 1))
 
 
-def abstract_state(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh) -> TrainState:
-    """Shapes, dtypes and (jit-layout) shardings of the train state, without computing it."""
-    create = functools.partial(create_train_state, model_config, optim_config,
-                               batch_size=optim_config.global_batch_size)
-    shapes = jax.eval_shape(create, jax.random.key(0))
-    shardings = parallel.state_shardings(shapes, mesh)
-    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  shapes, shardings)
-
-
 def restore_checkpoint(checkpointer: Checkpointer, model_config: TRMConfig, optim_config: OptimConfig,
                        mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[TrainState, dict]:
     """``(state, extras)`` of a checkpoint, laid out on ``mesh``.
@@ -160,7 +149,7 @@ def restore_checkpoint(checkpointer: Checkpointer, model_config: TRMConfig, opti
     Raises :class:`~trm_jax.train.checkpoint.CheckpointMismatchError` when the checkpoint was
     written for another architecture.
     """
-    return checkpointer.restore(step, target=abstract_state(model_config, optim_config, mesh))
+    return checkpointer.restore(step, target=parallel.abstract_state(model_config, optim_config, mesh))
 
 
 def restore_loader(loader: PuzzleLoader, extras: dict, checkpointer: Checkpointer, step: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -20,13 +22,15 @@ class Stepper:
     """
 
     def __init__(self, mode: str, model_config: TRMConfig, optim_config: OptimConfig,
-                 mesh: jax.sharding.Mesh, state: TrainState):
+                 mesh: jax.sharding.Mesh, state: TrainState, compiled: Any = None):
+        """``compiled``: the jitted train step already compiled for this state and its
+        batches (by the start-up memory check); used as is in ``"jit"`` mode."""
         if mode not in ("jit", "pmap"):
             raise ValueError(f"config.train.parallel={mode!r}: expected 'jit' or 'pmap'")
         self.mode, self.mesh = mode, mesh
         self._shardings = parallel.state_shardings(state, mesh)
         if mode == "jit":
-            self._train = parallel.jit_train_step(model_config, optim_config, mesh, state)
+            self._train = compiled or parallel.jit_train_step(model_config, optim_config, mesh, state)
         else:
             self._devices = jax.local_device_count()
             self._train = parallel.pmap_train_step(model_config, optim_config)
