@@ -78,10 +78,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             row["config"], f"{name}: {row['devices']} x {row['device_kind']}",
             f"{row['global_batch_size'] // row['devices']}", used,
             "n/a" if memory is None else f"{memory['peak_bytes'] / GIB:.1f} / {row['budget_bytes'] / GIB:.1f}",
+            "n/a" if memory is None else f"{memory['compile_s']:.0f}",
             f"{whole['peak_bytes'] / GIB:.1f}" + (" (refused)" if whole["exhausted"] else ""),
-            attention, f"{whole['compile_s']:.0f}"])
-    header = ["config", "target", "rows / device", "fits with", "peak / budget GiB per device",
-              "1 microbatch: peak GiB", "attention", "train-step compile s"]
+            attention, f"{row['eval']['peak_bytes'] / GIB:.1f}"])
+    header = ["config", "target", "rows / device", "fits with", "train step: peak / budget GiB per device",
+              "its compile s", "1 microbatch: peak GiB", "attention", "eval step: peak GiB"]
     return "\n".join([
         "## Paper configs on accelerators: XLA's memory plan at the paper's batch (768)", "",
         "Compiled ahead of time from a CPU; not a run on the hardware. GPU budget: the 75% of memory "

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"model", "configs", "losses"},
     {"experiments", "interop", "inference"},
     {"train"},
+    {"plan"},
     {"cli"},
     {"__main__"},
 ]

@@ -23,18 +23,8 @@ from trm_test_utils import tiny_run_config as tiny_config
 SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Identical steps compiled by successive train() calls are loaded from a persistent cache."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
+# Identical steps compiled by successive train() calls are loaded from a persistent cache.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")

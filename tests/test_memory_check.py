@@ -16,11 +16,12 @@ from trm_jax import configs as configs_lib
 from trm_jax.cli import main as cli_main
 from trm_jax.data.generate_sudoku import generate_sudoku_csvs
 from trm_jax.data.sudoku import build_sudoku_dataset
-from trm_jax.plan.memory import train_step_memory
-from trm_jax.plan.targets import GIB
 from trm_jax.train import loop, memory_check, parallel
+from trm_jax.train.step_memory import GIB, train_step_memory
 from trm_test_utils import tiny_run_config
 
+# The check compiles the steps the tests' own plans compiled: loaded from the cache.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 # Rows per device large enough that activations dominate the plan (the state is a few MiB).
 BATCH = 32
 
@@ -57,9 +58,10 @@ def test_no_limit_no_check():
     assert fitted.optim_config.microbatches == 1 and fitted.compiled is None
 
 
-def test_impossible_plan_is_refused_with_one_line(dataset, tmp_path, capsys):
-    """A budget below the smallest plan (every microbatch count and remat): exit 2, one
+def test_impossible_plan_is_refused_with_one_line(dataset, tmp_path, capsys, monkeypatch):
+    """A budget below the smallest plan (every microbatch count tried and remat): exit 2, one
     ``error:`` line that says what the step needs, and nothing written in the run directory."""
+    monkeypatch.setattr(memory_check.fit, "MAX_MICROBATCH_TRIALS", 2)  # 1 and 2 chunks: enough to refuse
     config = run_config(dataset, **{"optim.microbatches": 1})
     tiny = planned_gib(config) / 1000
     workdir = tmp_path / "run"
@@ -134,3 +136,18 @@ def _overrides(config, **train) -> dict:
             elif base[section][key] != value:
                 out[f"{section}.{key}"] = value
     return out
+
+
+def test_out_of_memory_at_run_time_is_one_line(monkeypatch, tmp_path, capsys):
+    """Should the device still run out of memory (e.g. fragmentation the plan cannot see),
+    XLA's error becomes one line with what to try, exit status 1."""
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes.\n"
+                           "BufferAssignment OOM Debugging.\nmore lines")
+
+    monkeypatch.setattr(loop, "train", exhausted)
+    code = cli_main(["train", "--config", "quickstart", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: the device ran out of memory (RESOURCE_EXHAUSTED: Out of memory")
+    assert "--config.optim.microbatches=auto" in err[0] and "trm-jax plan" in err[0]

@@ -160,6 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - XLA's out-of-memory errors are its runtime error type
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        print(f"error: {out_of_memory_message(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def out_of_memory_message(err: BaseException) -> str:
+    """One line for a device that ran out of memory after the start-up check let the step run."""
+    detail = " ".join(str(err).split())[:300]
+    return (f"the device ran out of memory ({detail}); `trm-jax plan --config ... --target local` shows the "
+            f"step's memory plan; fewer rows per chunk (--config.optim.microbatches=auto or a larger count), "
+            f"--config.model.remat=true, or a lower --config.train.device_memory_gib leave more room")
 
 
 if __name__ == "__main__":

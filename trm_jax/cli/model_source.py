@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trm_jax.cli.errors import UsageError
@@ -27,6 +28,7 @@ def resolve_model(args: argparse.Namespace, overrides: list[str]):
     from trm_jax import configs as configs_lib  # noqa: PLC0415
     from trm_jax.data.format import read_metadata  # noqa: PLC0415
     from trm_jax.train import loop, parallel  # noqa: PLC0415
+    from trm_jax.train.attention_check import resolve_attention_impl  # noqa: PLC0415
     from trm_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
 
     sources = [name for name in ("workdir", "checkpoint", "torch") if getattr(args, name)]
@@ -63,6 +65,10 @@ def resolve_model(args: argparse.Namespace, overrides: list[str]):
         raise loop.RunDirError(f"dataset directory {data_path} does not exist (needed for the model's "
                                f"{', '.join(configs_lib.DATASET_FIELDS)})")
     model_config = configs_lib.model_config(config, metadata)
+    impl, warning = resolve_attention_impl(model_config)  # the kernel a run would use here
+    if warning:
+        print(warning, file=sys.stderr)
+    model_config = model_config.replace(attention_impl=impl)
     optim_config = configs_lib.optim_config(config, total_steps=1)  # the schedule is unused here
     mesh = parallel.make_mesh()
 

@@ -24,6 +24,10 @@ def get_config():
     c.model.H_cycles, c.model.L_cycles, c.model.L_layers = 3, 4, 2
     c.optim.lr, c.optim.puzzle_emb_lr = 1e-4, 1e-2
     c.optim.weight_decay, c.optim.puzzle_emb_weight_decay = 0.1, 0.1
+    # The backward pass recomputes the attention scores instead of keeping them (the same values):
+    # where XLA's attention runs (no fused kernel: a CPU, cuDNN without its wheels), they would be
+    # most of the step's memory. With a fused kernel there are no scores to keep.
+    c.model.saved_activations = "wide_matmuls"
     c.optim.ema = True
     c.data.dataset_dir = "data/arc1concept-aug-1000"
     c.data.evaluator = "arc"

@@ -24,4 +24,8 @@ def get_config():
     c = load_config_file(str(Path(__file__).with_name("sudoku_mlp.py")))
     c.model.mlp_t = False
     c.model.pos_encodings = "rope"
+    # The backward pass recomputes the attention scores instead of keeping them (the same values):
+    # where XLA's attention runs (no fused kernel: a CPU, cuDNN without its wheels), they would be
+    # most of the step's memory. With a fused kernel there are no scores to keep.
+    c.model.saved_activations = "wide_matmuls"
     return c

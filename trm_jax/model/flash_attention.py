@@ -66,6 +66,9 @@ def partitioned(fn: Callable, mesh: Mesh | None, axis: str) -> Callable:
         with partitioned_over(mesh, axis):
             return fn(*args, **kwargs)
 
+    # jit names the program after the function (``jit(train_step)`` in profiles and HLO); a
+    # functools.partial has no name of its own.
+    traced.__name__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "traced"))
     return traced
 
 

@@ -4,25 +4,29 @@
 the target's devices (:mod:`trm_jax.plan.targets`), compares each device's peak with its
 memory and, when the configured step does not fit (or fits with room), finds what does:
 the fewest ``optim.microbatches``, remat of the differentiated cycle, the largest batch per
-device (:mod:`trm_jax.plan.fit`). Everything is XLA's plan of the compiled program; nothing
+device (:mod:`trm_jax.train.memory_search`). Everything is XLA's plan of the compiled program; nothing
 runs on the hardware.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+import warnings
+from typing import Any, Iterator
+
+import jax
 
 import ml_collections
 
 from trm_jax import configs as configs_lib
 from trm_jax.config import ConfigError, OptimConfig, TRMConfig
-from trm_jax.plan import fit
-from trm_jax.plan.memory import StepMemory, eval_step_memory, train_step_memory
 from trm_jax.plan.shapes import DatasetShape, dataset_shape
-from trm_jax.plan.targets import GIB, PlanError, Target, first_line
+from trm_jax.plan.targets import PlanError, Target, first_line
 from trm_jax.train import attention_check, parallel
+from trm_jax.train import memory_search as fit
+from trm_jax.train.step_memory import GIB, StepMemory, eval_step_memory, train_step_memory
 
 # JAX's GPU allocator takes this share of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says.
 DEFAULT_GPU_MEMORY_FRACTION = 0.75
@@ -142,7 +146,7 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, config_name:
 
     ``batch_size`` replaces ``optim.global_batch_size``; ``search=False`` compiles the
     configured steps only; ``largest_batch=False`` skips the search for the largest batch per
-    device (up to :data:`~trm_jax.plan.fit.MAX_ROW_TRIALS` more compiles). Raises
+    device (up to :data:`~trm_jax.train.memory_search.MAX_ROW_TRIALS` more compiles). Raises
     :class:`PlanError` (one line) when no plan can be made.
     """
     if batch_size is not None:
@@ -165,8 +169,9 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, config_name:
     model_config, train = _train_with_attention(model_config, optim_config, mesh, target, notes)
     plan_fn = _planner(mesh, target)
     eval_batch = config.train.eval_batch_size or optim_config.global_batch_size
-    evaluation = eval_step_memory(model_config, optim_config, mesh, target.platform, eval_batch,
-                                  num_steps=config.train.eval_num_steps or None)
+    with _compile_only(target):
+        evaluation = eval_step_memory(model_config, optim_config, mesh, target.platform, eval_batch,
+                                      num_steps=config.train.eval_num_steps or None)
     plan = Plan(config_name or "config", target, budget, shape, model_config, optim_config,
                 configs_lib.auto_microbatches(config), train, evaluation, eval_batch, notes)
     if config.train.eval_halting != "fixed":
@@ -189,11 +194,31 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, config_name:
 def _planner(mesh, target: Target) -> fit.PlanFn:
     def plan(model_config: TRMConfig, optim_config: OptimConfig) -> StepMemory:
         try:
-            return train_step_memory(model_config, optim_config, mesh, target.platform)
+            with _compile_only(target):
+                return train_step_memory(model_config, optim_config, mesh, target.platform)
         except Exception as err:  # noqa: BLE001 - XLA's errors, as one line
             raise PlanError(f"the train step does not compile for {target.name}: {first_line(err)}") from None
 
     return plan
+
+
+@contextlib.contextmanager
+def _compile_only(target: Target) -> Iterator[None]:
+    """No persistent compilation cache while compiling for devices that are only described:
+    their executables cannot be loaded from it or stored in it. (JAX decides once per process
+    whether it uses the cache; where it already does, it warns that it cannot and compiles
+    anyway: those warnings are not shown.)"""
+    if target.name == "local":
+        yield
+        return
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*persistent compilation cache")
+            yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
 
 
 def _train_with_attention(model_config: TRMConfig, optim_config: OptimConfig, mesh, target: Target,

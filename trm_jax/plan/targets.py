@@ -15,20 +15,15 @@ this machine's own devices.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import os
 import re
-import sys
-import tempfile
-from typing import Iterator
 
 import jax
 
 from trm_jax.plan import gpu_specs
-
-GIB = 2 ** 30
+from trm_jax.train.step_memory import GIB, device_memory_limit, quiet_native_logs
 
 # HBM per JAX device of each TPU generation (one device per core on v2/v3, per chip from v4:
 # megacore), from Cloud TPU's system architecture pages.
@@ -100,17 +95,6 @@ def local_target() -> Target:
                   hosts=jax.process_count(), note="the limit the runtime reports")
 
 
-def device_memory_limit(device) -> int | None:
-    """The bytes the runtime lets a device's buffers use (``memory_stats()["bytes_limit"]``:
-    on a GPU, XLA's preallocated share, by default 75% of the memory); None where none is
-    reported (CPU)."""
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        return None
-    return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
-
-
 def tpu_target(generation: str, shape: str, slices: int) -> Target:
     """A Cloud TPU slice of ``generation`` with chips in ``shape`` (``2x4``, ``2x2x2``)."""
     if not re.fullmatch(r"\d+(x\d+){1,2}", shape):
@@ -169,18 +153,3 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` of an exception, at most ``limit`` characters."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}"[:limit]
-
-
-@contextlib.contextmanager
-def quiet_native_logs() -> Iterator[None]:
-    """Silences what native libraries write straight to the process's stderr (libtpu and the
-    CUDA plugin log their start-up off their hardware there); Python's own errors still raise."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

@@ -17,6 +17,7 @@ from trm_jax.train import parallel
 from trm_jax.train.metrics import sums_to_means
 from trm_jax.train.run_dir import RunDirError
 from trm_jax.train.state import TrainState
+from trm_jax.train.step_memory import compile_on_first_call
 
 
 def host_rows(x: Any) -> np.ndarray:
@@ -50,8 +51,9 @@ def make_eval_fn(config: ml_collections.ConfigDict, model_config: TRMConfig, opt
     slots (0: the eval batch size) are sharded over ``mesh``."""
     policy = halting_policy(config) if policy is None else policy
     if policy.mode == "fixed":
-        step = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
-                                      num_steps=policy.max_steps or None)
+        step = compile_on_first_call(parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
+                                                            num_steps=policy.max_steps or None),
+                                     mesh.devices.flat[0].platform)
         return lambda state, batch: step(state, parallel.shard_batch(batch, mesh))
     slots = config.train.eval_slots or config.train.eval_batch_size or config.optim.global_batch_size
     solve = make_solver(model_config, num_slots=slots, policy=policy, mesh=mesh)

@@ -2,7 +2,7 @@
 
 On a device whose runtime reports a memory limit (GPU, TPU), or with
 ``train.device_memory_gib`` set, the train step is compiled before the first step and XLA's
-memory plan of it (:mod:`trm_jax.plan.memory`) is compared with the limit:
+memory plan of it (:mod:`trm_jax.train.step_memory`) is compared with the limit:
 
 * it fits: the run goes on with that compiled step (no second compile);
 * ``optim.microbatches=auto`` (the experiment configs' default): the fewest microbatches
@@ -10,7 +10,9 @@ memory plan of it (:mod:`trm_jax.plan.memory`) is compared with the limit:
 * otherwise the run stops before anything is written, with one line that names the settings
   that fit (found by compiling them): never an out-of-memory error from XLA mid-run.
 
-Without a limit (a CPU) nothing is compiled ahead and ``auto`` means 1 microbatch.
+Without a limit (a CPU) nothing is compiled ahead and ``auto`` means 1 microbatch. With
+``train.parallel=pmap`` the check plans the sharded jit step (the same computation) and the
+pmapped step is compiled at its first call, as before.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ import ml_collections
 
 from trm_jax import configs as configs_lib
 from trm_jax.config import ConfigError, OptimConfig, TRMConfig
-from trm_jax.plan import fit
-from trm_jax.plan.memory import StepMemory, compile_train_step
-from trm_jax.plan.targets import GIB, device_memory_limit
+from trm_jax.train import memory_search as fit
+from trm_jax.train.step_memory import GIB, StepMemory, compile_train_step, device_memory_limit
 
 
 class MemoryPlanError(ConfigError):
@@ -68,7 +69,8 @@ def fit_train_step(config: ml_collections.ConfigDict, model_config: TRMConfig, o
 
     memory = plan(model_config, optim_config)
     if memory.fits(budget):
-        return FittedStep(optim_config, compiled_by[(model_config, optim_config)], memory)
+        return FittedStep(optim_config, compiled_by[(model_config, optim_config)], memory,
+                          f"note: the train step was {memory.note}" if memory.note else None)
     limit = f"{budget / GIB:.1f} GiB per device ({_budget_source(config, mesh)})"
     needs = f"the train step plans {memory.summary()} per device, over the {limit}"
     found = fit.fewest_microbatches(plan, model_config, optim_config, mesh.size, budget, known=memory)

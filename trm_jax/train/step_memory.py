@@ -12,6 +12,9 @@ target's devices, and ``compiled.memory_analysis()`` gives what each device hold
 The peak a device needs is arguments + outputs - aliased + temporaries. A TPU compile that
 does not fit its HBM fails with RESOURCE_EXHAUSTED; its message gives the temporaries, which
 are reported, marked as over the limit.
+
+Also here: the memory limit a device's runtime reports, and silencing what native runtimes
+print while compiling for devices that are only described.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
+import sys
+import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 
 from trm_jax.config import OptimConfig, TRMConfig
-from trm_jax.plan.targets import GIB, quiet_native_logs
 from trm_jax.train import parallel
 
 # XLA:GPU compiled without a device cannot autotune its Triton GEMM fusions and, for some of
@@ -35,6 +40,7 @@ GPU_WITHOUT_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 _TRITON_TILING_ERROR = "Couldn't find output tile sizes"
 _EXHAUSTED = re.compile(r"HLO temporaries \(([\d.]+)([KMGT]?)\)")
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+GIB = 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,21 @@ def compile_step(jitted: Any, args: tuple, platform: str) -> tuple[Any, str]:
             "compiled with cuBLAS GEMMs (XLA could not tile a Triton GEMM fusion)")
 
 
+def compile_on_first_call(jitted: Any, platform: str) -> Callable:
+    """``jitted`` compiled at its first call through :func:`compile_step` (so that a GPU's
+    Triton GEMM tiling failure falls back to cuBLAS there too), then reused for inputs of the
+    same shapes and shardings."""
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            compiled, _ = compile_step(jitted, args, platform)
+        return compiled(*args)
+
+    return call
+
+
 def exhausted_temp_bytes(err: BaseException) -> int | None:
     """The temporaries a RESOURCE_EXHAUSTED compile error reports, or None for other errors."""
     text = str(err)
@@ -168,3 +189,29 @@ def _plan(make_step: Callable[[], Any], args: tuple, rows_per_device: int, platf
                       output_bytes=stats.output_size_in_bytes,
                       aliased_bytes=stats.alias_size_in_bytes, temp_bytes=stats.temp_size_in_bytes,
                       compile_s=time.perf_counter() - start, note=note), compiled
+
+
+def device_memory_limit(device) -> int | None:
+    """The bytes the runtime lets a device's buffers use (``memory_stats()["bytes_limit"]``:
+    on a GPU, XLA's preallocated share, by default 75% of the memory); None where none is
+    reported (CPU)."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
+
+
+@contextlib.contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Silences what native libraries write straight to the process's stderr (libtpu and the
+    CUDA plugin log their start-up off their hardware there); Python's own errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

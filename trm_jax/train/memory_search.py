@@ -1,7 +1,7 @@
 """What fits a device's memory: the fewest microbatches, remat, the largest batch per device.
 
 Each search compiles candidate train steps through a ``plan(model_config, optim_config)``
-callable (:func:`trm_jax.plan.memory.train_step_memory` on a target, or the local devices at
+callable (:func:`trm_jax.train.step_memory.train_step_memory` on a target, or the local devices at
 the start of a run) and compares their peak with a budget in bytes. The step's math does not
 change with any of these settings (microbatches sum the same gradients; remat recomputes
 the same values), only its memory and time.
@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable
 
 from trm_jax.config import OptimConfig, TRMConfig
-from trm_jax.plan.memory import StepMemory
+from trm_jax.train.step_memory import StepMemory
 
 PlanFn = Callable[[TRMConfig, OptimConfig], StepMemory]
 
