@@ -58,6 +58,15 @@ def test_no_limit_no_check():
     assert fitted.optim_config.microbatches == 1 and fitted.compiled is None
 
 
+def test_auto_is_a_word_for_zero_on_the_command_line():
+    config = configs_lib.load_config("arc1", ["--config.optim.microbatches=4"])
+    assert config.optim.microbatches == 4 and not configs_lib.auto_microbatches(config)
+    config = configs_lib.load_config("arc1", ["--config.optim.microbatches=auto"])
+    assert config.optim.microbatches == configs_lib.AUTO_MICROBATCHES and configs_lib.auto_microbatches(config)
+    with pytest.raises(configs_lib.ConfigLoadError, match="config.optim.microbatches: expected an integer or auto"):
+        configs_lib.load_config("arc1", ["--config.optim.microbatches=many"])
+
+
 def test_impossible_plan_is_refused_with_one_line(dataset, tmp_path, capsys, monkeypatch):
     """A budget below the smallest plan (every microbatch count tried and remat): exit 2, one
     ``error:`` line that says what the step needs, and nothing written in the run directory."""
