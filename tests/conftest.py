@@ -1,32 +1,28 @@
-"""Makes the repository's top-level ``benchmarks`` folder importable (it is not an installed
-package), and keeps every test (and the subprocesses it starts) on the CPU."""
+"""Settings for the whole test session, made before JAX is imported:
 
+- the ``benchmarks`` folder is importable (it is not an installed package);
+- every test, and every subprocess a test starts, runs on the CPU: with libtpu installed (CI
+  installs it for the TPU plan test) JAX would otherwise try to start a TPU runtime on import,
+  and log its failure to stderr off a TPU VM;
+- one persistent compilation cache serves the session and its subprocesses: many tests compile
+  the same tiny steps (every ``train()`` jits its steps anew), and a hit loads the executable
+  instead of compiling it again. Set ``JAX_COMPILATION_CACHE_DIR`` to choose the directory (it
+  is then kept); by default a temporary one is removed at the end.
+"""
+
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
-import pytest
-
-# With libtpu installed (CI installs it for the TPU plan test) JAX would otherwise try to start a
-# TPU runtime on import, and log its failure to stderr off a TPU VM.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE_DIR = tempfile.mkdtemp(prefix="trm-jax-test-compile-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+    atexit.register(shutil.rmtree, _CACHE_DIR, True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """A module's identical compiles (successive train() calls, plans) are loaded from a
-    persistent compilation cache instead of compiled again."""
-    import jax  # noqa: PLC0415 - after JAX_PLATFORMS is set
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)

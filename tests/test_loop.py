@@ -23,8 +23,6 @@ from trm_test_utils import tiny_run_config as tiny_config
 SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
 
 
-# Identical steps compiled by successive train() calls are loaded from a persistent cache.
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ from trm_jax.train import loop, memory_check, parallel
 from trm_jax.train.step_memory import GIB, train_step_memory
 from trm_test_utils import tiny_run_config
 
-# The check compiles the steps the tests' own plans compiled: loaded from the cache.
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 # Rows per device large enough that activations dominate the plan (the state is a few MiB).
 BATCH = 32
 

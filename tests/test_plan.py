@@ -64,7 +64,6 @@ def assert_plan_is_compiled_numbers(plan):
                                 - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
-@pytest.mark.usefixtures("compilation_cache")  # the direct compile of the plan's step: loaded from the cache
 def test_local_plan_is_the_compiled_step():
     """The local target (this CPU): the plan's figures are XLA's for the same step, the state
     is split as the run splits it (carry by rows), and the verdict needs no limit."""
