@@ -13,17 +13,24 @@ Each step stores three items:
   puzzle table of a model without puzzle embeddings), which orbax cannot write, are stored as
   empty nodes and restored as zeros.
 - ``extras``: a JSON-able dict (data-loader position, config, metrics...).
-- ``meta``: our format version, the PRNG key leaves' paths and implementations, and the
-  zero-size arrays' paths, shapes and dtypes.
+- ``meta``: our format version, the PRNG key leaves' paths and implementations, the
+  zero-size arrays' paths, shapes and dtypes, a checksum of every stored array
+  (:mod:`trm_jax.train.checksum`) and the SHA-256 of the extras.
 
-Format 1 differed only in laying the state out as a nested dict keyed by the key-path names
-(``{"opt_state": {"0": ...}}``, the form ``restore`` without a target returns);
-:meth:`Checkpointer._read_v1` still reads it.
+A restore compares every array and the extras with their checksums: garbled bytes that orbax
+reads back without complaint (its OCDBT/zstd files are not checksummed on read) make the step
+:class:`CheckpointDamagedError`, naming the array.
+
+Format 2 had no checksums (its steps restore unchecked); format 1 differed from 2 only in
+laying the state out as a nested dict keyed by the key-path names (``{"opt_state": {"0":
+...}}``, the form ``restore`` without a target returns); :meth:`Checkpointer._read_v1` still
+reads it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping, TypeVar
@@ -33,10 +40,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from trm_jax.train.checkpoint_damage import CheckpointDamagedError, DamagedRead, guarded_read, json_object
+from trm_jax.train.checksum import checksums
 
 __all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError"]
 
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 _STATE, _EXTRAS, _META = "state", "extras", "meta"
 _JSON_FILES = {_EXTRAS: "metadata", _META: "metadata"}  # the files JsonCheckpointHandler writes
 
@@ -130,6 +138,17 @@ def _leaf_problems(name: str, leaf: Any, stored: Any, impl: str | None) -> list[
     return []
 
 
+def _array_checksums(stored: Any) -> dict[str, str]:
+    """Checksums of a stored state's arrays by their path (``a/b/c``)."""
+    flat = ocp.tree.to_flat_dict(stored)
+    return checksums({"/".join(path): leaf for path, leaf in flat.items()
+                      if isinstance(leaf, (jax.Array, np.ndarray))})
+
+
+def _json_digest(value: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 class Checkpointer:
     """Saves and restores whole train states under ``directory`` (one sub-directory per step).
 
@@ -162,14 +181,17 @@ class Checkpointer:
         except TypeError as err:
             raise TypeError(f"Checkpointer.save: extras must be JSON-serialisable ({err})") from err
         leaves = ocp.tree.to_flat_dict(state).items()
+        stored = jax.tree.map(_stored_leaf, state)
         meta = {
             "format_version": _FORMAT_VERSION,
             "prng_keys": [{"path": list(path), "impl": str(jax.random.key_impl(leaf))} for path, leaf in leaves
                           if isinstance(leaf, jax.Array) and _is_key(leaf.dtype)],
             "empty_arrays": [{"path": list(path), "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
                              for path, leaf in leaves if _is_empty(leaf)],
+            "checksums": _array_checksums(stored),
+            "extras_sha256": _json_digest(extras),
         }
-        items = {_STATE: ocp.args.StandardSave(jax.tree.map(_stored_leaf, state)),
+        items = {_STATE: ocp.args.StandardSave(stored),
                  _EXTRAS: ocp.args.JsonSave(extras), _META: ocp.args.JsonSave(meta)}
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
@@ -214,6 +236,7 @@ class Checkpointer:
         abstract = None if target is None else jax.tree.map(_abstract_leaf, target)
         read = self._read_v1 if meta.get("format_version") == 1 else self._read
         state, extras = read(step, abstract)
+        self._verify(step, meta, state, extras)
         if target is not None:
             as_target = functools.partial(_as_target_kind, prng_keys)
             return jax.tree_util.tree_map_with_path(as_target, target, state), extras
@@ -259,6 +282,22 @@ class Checkpointer:
             more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
             raise CheckpointMismatchError(f"checkpoint at {self.directory} step {step} was written by a different "
                                           f"architecture: {'; '.join(problems[:3])}{more}")
+
+    def _verify(self, step: int, meta: Mapping[str, Any], state: Any, extras: Mapping[str, Any]) -> None:
+        """Raises :class:`CheckpointDamagedError` naming the first array (or the extras) whose
+        checksum differs from the one saved with it (format 3; older steps have none)."""
+        expected = meta.get("checksums")
+        if expected is None:
+            return
+        if not isinstance(expected, Mapping):
+            raise self.damaged(step, f"{_META}/ holds checksums of type {type(expected).__name__}, expected an object")
+        got = _array_checksums(state)
+        for name in sorted(expected):
+            if expected[name] != got.get(name):
+                raise self.damaged(step, f"array {name} does not match the checksum it was saved with "
+                                         f"(saved {expected.get(name)}, read {got.get(name)})")
+        if meta.get("extras_sha256") != _json_digest(extras):
+            raise self.damaged(step, f"{_EXTRAS}/ does not match the checksum it was saved with")
 
     # ------------------------------------------------------------------------- damaged steps
     def _step_dir(self, step: int) -> str:
