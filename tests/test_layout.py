@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trm_jax"
 
 # Lowest first. A unit imports only from units of a lower layer (or from itself).
 LAYERS: list[set[str]] = [
-    {"fileio", "precision"},
+    {"fileio", "precision", "signals"},
     {"config", "config_overrides", "data"},
     {"model", "configs", "losses"},
     {"experiments", "interop", "inference"},

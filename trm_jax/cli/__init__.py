@@ -24,7 +24,9 @@ A damaged newest checkpoint: ``evaluate``/``predict`` take an older step with ``
 (later saves would meet them).
 ``train`` stopped by SIGINT or SIGTERM saves a checkpoint (to continue with ``--resume``) and
 exits with 128 + the signal number, 130 or 143, as the shell reports a death by that signal, so
-a scheduler can tell it from a finished run (0).
+a scheduler can tell it from a finished run (0). Before the first step (data generation,
+compilation) the signal stops it with the same status, one line and nothing half-written.
+A run directory another live ``train`` holds is refused (status 2, one line naming it).
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from trm_jax.plan.targets import PlanError  # noqa: PLC0415
     from trm_jax.train.checkpoint import CheckpointDamagedError, CheckpointMismatchError  # noqa: PLC0415
     from trm_jax.train.loop import RunDirError  # noqa: PLC0415
+    from trm_jax.train.run_lock import RunLockedError  # noqa: PLC0415
 
     return (UsageError, ConfigError, ConfigLoadError, DatasetFormatError, TorchMismatch,
-            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError, PlanError)
+            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError, PlanError,
+            RunLockedError)
 
 
 def damaged_checkpoint_message(err, command: str) -> str:
@@ -152,8 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": _train, "evaluate": evaluate, "predict": predict, "config": _config, "plan": plan}
     bad_input = _bad_input_errors()
     from trm_jax.train.loop import TrainingError  # noqa: PLC0415
+    from trm_jax.signals import Interrupted  # noqa: PLC0415
     try:
         return commands[args.command](args, _split_overrides(rest))
+    except Interrupted as err:
+        print(f"error: {interrupted_message(err, args.command)}", file=sys.stderr)
+        return 128 + int(err.signal)
     except bad_input as err:
         print(f"error: {_one_line(err, args.command)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -165,6 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {out_of_memory_message(err)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def interrupted_message(err: BaseException, command: str) -> str:
+    """One line for SIGINT/SIGTERM before a command's main loop (no checkpoint was written)."""
+    when = "before the first training step" if command == "train" else "while it ran"
+    return (f"{command} {err} {when}; what was being written was removed: run the same command again "
+            f"(train --resume continues from the newest checkpoint, if any)")
 
 
 def out_of_memory_message(err: BaseException) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from trm_jax.data.format import OutputExistsError
+from trm_jax.signals import Interrupted, signals_interrupt
 
 
 @dataclass(frozen=True)
@@ -165,15 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad input (an existing output directory, a missing or malformed source file, a missing
     optional package, an unwritable path) prints one ``error: ...`` line on stderr and returns 2;
-    outputs are written to a temporary path and renamed, so nothing is left half-written.
+    outputs are written to a temporary path and renamed, so nothing is left half-written, also
+    when SIGINT or SIGTERM stops the build (one line, status 128 + the signal number).
     """
     _load_plugins()
     args = make_parser().parse_args(argv)
     try:
-        COMMANDS[args.command].run(args)
+        with signals_interrupt():
+            COMMANDS[args.command].run(args)
     except (ValueError, FileExistsError, RuntimeError, OSError) as e:  # DatasetFormatError is a ValueError
         print(f"error: {error_message(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as e:
+        print(f"error: data {args.command} {e}; the partial output was removed: run the same command again",
+              file=sys.stderr)
+        return 128 + int(e.signal)
     return 0
 
 

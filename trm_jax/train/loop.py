@@ -38,7 +38,9 @@ from trm_jax.train.depth_curve import DEPTH_JSON, DepthCurve, depth_curve, save_
 from trm_jax.train.evaluation import make_arc_evaluator, make_eval_fn, run_evaluation
 from trm_jax.train.metrics import MetricWindow
 from trm_jax.train.metrics_log import CSV_NAME, PLOT_NAME, TB_DIR, MetricsWriter, format_scalars, plot_curves
+from trm_jax.signals import signals_interrupt
 from trm_jax.train.preemption import StopSignal
+from trm_jax.train.run_lock import RunLock
 from trm_jax.train.run_dir import (CHECKPOINT_DIR, CONFIG_NAME, RunDirError, check_resume_step,
                                    dataset_dir, eval_every_steps, make_eval_loader,
                                    make_train_loader, prepare_dataset, resolve_configs,
@@ -102,7 +104,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
 
     SIGINT/SIGTERM stop the run with a checkpoint: single-process at the step it was signalled,
     multi-process at a step all processes agree on (``config.train.stop_check_every``); the
-    result's ``stop_signal`` says which signal.
+    result's ``stop_signal`` says which signal. Before the loop (data generation, compilation)
+    they raise :class:`~trm_jax.signals.Interrupted`, after removing what was being
+    written.
+
+    One trainer per run directory: process 0 locks it (:mod:`trm_jax.train.run_lock`) before
+    anything is written; a directory another live trainer holds raises
+    :class:`~trm_jax.train.run_lock.RunLockedError`.
     """
     if config.train.distributed:
         parallel.initialize_distributed()
@@ -118,7 +126,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
                           f"or use another --workdir")
     if step is not None:
         check_resume_step(ckpt_dir, on_disk, step, resume)
+    lock = RunLock(workdir) if jax.process_index() == 0 else None  # one writer: process 0 holds it
+    with signals_interrupt(), lock if lock is not None else contextlib.nullcontext():
+        return _prepare_and_run(config, workdir, resume, step, stop_at, on_step, lock)
 
+
+def _prepare_and_run(config: ml_collections.ConfigDict, workdir: Path, resume: bool, step: int | None,
+                     stop_at: int | None, on_step: Callable[[int], None] | None, lock: RunLock | None) -> TrainResult:
+    """Everything :func:`train` does once the run directory is locked: data, configs, memory
+    check, state (fresh or restored), then the loop."""
+    ckpt_dir = workdir / CHECKPOINT_DIR
     data_path = prepare_dataset(config, workdir)
     loader = make_train_loader(config, data_path)
     resolved, model_config, optim_config = resolve_configs(config, loader)
@@ -150,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
             write_json_atomic(workdir / CONFIG_NAME, configs_lib.config_to_dict(resolved))
         stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state, compiled=fitted.compiled)
         return _run(resolved, model_config, optim_config, workdir, mesh, state, stepper, start, loader, eval_loader,
-                    arc_evaluator, checkpointer, stop_at, on_step)
+                    arc_evaluator, checkpointer, stop_at, on_step, lock)
     finally:
         checkpointer.close()
 
@@ -180,7 +197,7 @@ def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.s
 def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
          workdir: Path, mesh: jax.sharding.Mesh, state: TrainState, stepper: Stepper, start: int, loader: PuzzleLoader,
          eval_loader: PuzzleLoader, arc_evaluator: Any, checkpointer: Checkpointer,
-         stop_at: int | None, on_step: Callable[[int], None] | None) -> TrainResult:
+         stop_at: int | None, on_step: Callable[[int], None] | None, lock: RunLock | None) -> TrainResult:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     primary = jax.process_index() == 0
@@ -208,6 +225,8 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
     def read_window(step: int, log_it: bool) -> None:
         """Reads the metric window (the host's only device read between evaluations)."""
         means, nonfinite = window.read()
+        if lock is not None:
+            lock.heartbeat()
         if nonfinite is not None:
             last = checkpointer.latest_step()
             raise TrainingError(f"loss is {nonfinite[1]} at step {nonfinite[0]} (steps {window.first_step}-"

@@ -4,7 +4,8 @@ Every scalar goes to ``WORKDIR/metrics.csv`` (long format ``step,tag,value``, ap
 resumed runs) so the curves can be plotted and read without TensorBoard; with tensorboardX
 installed the same scalars also go to ``WORKDIR/tensorboard/``. After a resume, steps logged
 after the last checkpoint appear twice in the CSV; readers keep the last value per
-(tag, step).
+(tag, step). A run killed while writing a line leaves it half-written: the next run starts
+on a new line, and readers skip lines that are not a whole row.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ class MetricsWriter:
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.exists()
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        cut_short = not new and not _ends_with_newline(self.csv_path)
         self._csv_file = open(self.csv_path, "a", newline="")
         self._csv = csv.writer(self._csv_file)
         if new:
             self._csv.writerow(["step", "tag", "value"])
+        elif cut_short:  # the last run was killed mid-line
+            self._csv_file.write("\r\n")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional
@@ -79,8 +83,18 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, dict[int, float]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            series.setdefault(row["tag"], {})[int(row["step"])] = float(row["value"])
+            try:
+                step, tag, value = int(row["step"]), row["tag"], float(row["value"])
+            except (KeyError, TypeError, ValueError):  # a line cut short by a killed run
+                continue
+            series.setdefault(tag, {})[step] = value
     return {tag: sorted(values.items()) for tag, values in series.items()}
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:

@@ -1,4 +1,5 @@
-"""Stopping on SIGINT/SIGTERM at a step every process agrees on."""
+"""Stopping on SIGINT/SIGTERM at a step every process agrees on (before the training loop the
+signals interrupt the run instead: :mod:`trm_jax.signals`)."""
 
 from __future__ import annotations
 
