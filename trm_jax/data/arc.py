@@ -40,6 +40,7 @@ import numpy as np
 
 from trm_jax.data import format as fmt
 from trm_jax.data.builder import make_metadata
+from trm_jax.data.progress import progress
 from trm_jax.data.arc_augment import (
     PAD_ID,
     SEQ_LEN,
@@ -155,10 +156,12 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
         order = list(subset.puzzles)
         rng.shuffle(order)
         to_test = subset.name in test_sets
-        for puzzle in order:
-            if to_test:
-                test_puzzles[puzzle.name] = puzzle.raw
-            groups.append(_GroupPlan(puzzle, tuple(plan_augmentations(puzzle, num_aug, rng)), to_test))
+        with progress(order, total=len(order), desc=f"planning {subset.name} augmentations",
+                      unit="puzzle") as puzzles:
+            for puzzle in puzzles:
+                if to_test:
+                    test_puzzles[puzzle.name] = puzzle.raw
+                groups.append(_GroupPlan(puzzle, tuple(plan_augmentations(puzzle, num_aug, rng)), to_test))
     logger.info("ARC: %d puzzles, %d augmented puzzles", len(groups), sum(len(g.augmentations) for g in groups))
 
     # Examples of each split: test-set puzzles keep their demonstrations in train and send their
@@ -206,16 +209,17 @@ def _split_arrays(groups: Sequence[_GroupPlan], split: str, split_pairs: Any, id
     identifiers: list[int] = []
     puzzle_indices, group_indices = [0], [0]
     row = 0
-    for group, pairs in members:
-        for index, aug in enumerate(group.augmentations):
-            origin_example = rng.randint(0, len(pairs))  # the one train example left untranslated
-            for example_index, (inp, out) in enumerate(pairs):
-                translate = split == "train" and example_index != origin_example
-                inputs[row], labels[row] = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
-                row += 1
-            puzzle_indices.append(row)
-            identifiers.append(identifier_of[_puzzle_name(group.puzzle, aug, index)])
-        group_indices.append(len(identifiers))
+    with progress(members, total=len(members), desc=f"writing the {split} split", unit="puzzle") as planned:
+        for group, pairs in planned:
+            for index, aug in enumerate(group.augmentations):
+                origin_example = rng.randint(0, len(pairs))  # the one train example left untranslated
+                for example_index, (inp, out) in enumerate(pairs):
+                    translate = split == "train" and example_index != origin_example
+                    inputs[row], labels[row] = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
+                    row += 1
+                puzzle_indices.append(row)
+                identifiers.append(identifier_of[_puzzle_name(group.puzzle, aug, index)])
+            group_indices.append(len(identifiers))
     return fmt.SplitArrays(inputs=inputs, labels=labels,
                            puzzle_identifiers=np.asarray(identifiers, dtype=np.int32),
                            puzzle_indices=np.asarray(puzzle_indices, dtype=np.int32),

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.data.csv_source import CsvRow, write_puzzle_csv
+from trm_jax.data.progress import progress
 
 _MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
@@ -121,9 +122,10 @@ def generate_maze_rows(n: int, seed: int, split: str, side: int = 30, path_longe
     """``n`` CSV rows for ``split``, deterministic given (seed, split) and the parameters."""
     source = f"trm_jax-generated-seed{seed}"
     rows = []
-    for i in range(n):
-        q, a, length = generate_maze(_rng_for(seed, split, i), side, path_longer_than, loop_fraction)
-        rows.append(CsvRow(source, q, a, length))
+    with progress(range(n), total=n, desc=f"generating {split} mazes", unit="maze") as indices:
+        for i in indices:
+            q, a, length = generate_maze(_rng_for(seed, split, i), side, path_longer_than, loop_fraction)
+            rows.append(CsvRow(source, q, a, length))
     return rows
 
 

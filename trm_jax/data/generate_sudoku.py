@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from trm_jax.data.csv_source import CsvRow, write_puzzle_csv
+from trm_jax.data.progress import progress
 
 ALL = 0x1FF  # candidates 1..9 as bits 0..8
 
@@ -228,11 +229,15 @@ def generate_sudoku_rows(n: int, seed: int, split: str, workers: int = 1, blanks
     with exactly that many blanks (:func:`generate_puzzle_with_blanks`).
     """
     tasks = [(seed, split, i, blanks) for i in range(n)]
+    desc = f"generating {split} Sudoku puzzles"
     if workers > 1 and n > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_generate_row, tasks, chunksize=max(1, n // (workers * 8)))
+            rows = pool.imap(_generate_row, tasks, chunksize=max(1, n // (workers * 8)))
+            with progress(rows, total=n, desc=desc, unit="puzzle") as rows:
+                results = list(rows)
     else:
-        results = [_generate_row(t) for t in tasks]
+        with progress(tasks, total=n, desc=desc, unit="puzzle") as tasks:
+            results = [_generate_row(t) for t in tasks]
     source = f"trm_jax-generated-seed{seed}"
     return [CsvRow(source, q, a, r) for q, a, r in results]
 

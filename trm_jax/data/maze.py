@@ -18,6 +18,7 @@ import numpy as np
 from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.dihedral import dihedral
 from trm_jax.data.builder import PuzzleBuilder, make_metadata
+from trm_jax.data.progress import progress
 from trm_jax.data.format import (
     BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, SplitArrays, write_dataset,
 )
@@ -85,11 +86,12 @@ def build_split_arrays(inputs: np.ndarray, labels: np.ndarray, aug: bool) -> Spl
     n, side, _ = inputs.shape
     b = PuzzleBuilder(side * side)
     tids = range(8) if aug else range(1)
-    for q, a in zip(inputs, labels):
-        qs = np.stack([dihedral(q, t).reshape(-1) for t in tids])
-        as_ = np.stack([dihedral(a, t).reshape(-1) for t in tids])
-        b.add_single_example_puzzles(qs, as_, identifier=0)
-        b.end_group()
+    with progress(zip(inputs, labels), total=len(inputs), desc="building mazes", unit="maze") as pairs:
+        for q, a in pairs:
+            qs = np.stack([dihedral(q, t).reshape(-1) for t in tids])
+            as_ = np.stack([dihedral(a, t).reshape(-1) for t in tids])
+            b.add_single_example_puzzles(qs, as_, identifier=0)
+            b.end_group()
     return b.build()
 
 

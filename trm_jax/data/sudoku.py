@@ -17,6 +17,7 @@ import numpy as np
 
 from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.builder import PuzzleBuilder, make_metadata
+from trm_jax.data.progress import progress
 from trm_jax.data.format import (
     BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, SplitArrays, write_dataset,
 )
@@ -177,17 +178,19 @@ def build_split_arrays(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int,
                        rng: np.random.Generator) -> SplitArrays:
     """One group per puzzle: the original then ``num_aug`` augmentations, one example each."""
     b = PuzzleBuilder(SEQ_LEN)
-    for q, a in zip(puzzles, solutions):
-        if num_aug > 0:
-            aug = SudokuAugmentation.random(rng, num_aug)
-            qs = np.concatenate([q[None], aug.apply(np.broadcast_to(q, (num_aug, 9, 9)))])
-            as_ = np.concatenate([a[None], aug.apply(np.broadcast_to(a, (num_aug, 9, 9)))])
-        else:
-            qs, as_ = q[None], a[None]
-        tokens_q = qs.reshape(-1, SEQ_LEN).astype(np.uint8) + 1
-        tokens_a = as_.reshape(-1, SEQ_LEN).astype(np.uint8) + 1
-        b.add_single_example_puzzles(tokens_q, tokens_a, identifier=0)
-        b.end_group()
+    with progress(zip(puzzles, solutions), total=len(puzzles), desc=f"building Sudoku puzzles and {num_aug} "
+                  "augmentations each", unit="puzzle") as pairs:
+        for q, a in pairs:
+            if num_aug > 0:
+                aug = SudokuAugmentation.random(rng, num_aug)
+                qs = np.concatenate([q[None], aug.apply(np.broadcast_to(q, (num_aug, 9, 9)))])
+                as_ = np.concatenate([a[None], aug.apply(np.broadcast_to(a, (num_aug, 9, 9)))])
+            else:
+                qs, as_ = q[None], a[None]
+            tokens_q = qs.reshape(-1, SEQ_LEN).astype(np.uint8) + 1
+            tokens_a = as_.reshape(-1, SEQ_LEN).astype(np.uint8) + 1
+            b.add_single_example_puzzles(tokens_q, tokens_a, identifier=0)
+            b.end_group()
     return b.build()
 
 
