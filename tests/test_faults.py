@@ -49,15 +49,9 @@ def dataset(tmp_path_factory) -> Path:
                                 num_aug=3, seed=0)
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    """A persistent compilation cache shared by the worker processes (the same tiny step)."""
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-def run_worker(workdir: Path, dataset: Path, point: str, cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def run_worker(workdir: Path, dataset: Path, point: str, *extra: str) -> subprocess.CompletedProcess:
+    """The worker in a subprocess (it shares the session's compilation cache: tests/conftest.py)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(WORKER), str(workdir), str(dataset), point, *extra],
                           capture_output=True, text=True, timeout=300, env=env)
 
@@ -78,14 +72,14 @@ def tree_digest(root: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------- garbled checkpoints
 
 
-def test_every_flipped_byte_is_found_or_unused(dataset, tmp_path, cache_dir):
+def test_every_flipped_byte_is_found_or_unused(dataset, tmp_path):
     """Flip 8 bytes at 3 places (1/4, 1/2, 3/4) of every OCDBT data file of the final checkpoint,
     one place at a time. Each restore either raises CheckpointDamagedError for that step, or
     gives back exactly the saved state: the bytes were in a file the restore does not read
     (OCDBT keeps each process's superseded b-tree nodes beside the merged tree). Never a
     silently different state."""
     workdir = tmp_path / "run"
-    assert run_worker(workdir, dataset, "none", cache_dir).returncode == 0
+    assert run_worker(workdir, dataset, "none").returncode == 0
     step_dir = workdir / loop.CHECKPOINT_DIR / "6"
     files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d")
     assert files, f"no ocdbt data files under {step_dir}"
@@ -134,22 +128,22 @@ def _abstract_state(dataset: Path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(dataset, tmp_path_factory, cache_dir) -> dict[str, np.ndarray]:
+def uninterrupted(dataset, tmp_path_factory) -> dict[str, np.ndarray]:
     workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = run_worker(workdir, dataset, "none", cache_dir)
+    result = run_worker(workdir, dataset, "none")
     assert result.returncode == 0, result.stderr[-3000:]
     return final_state(workdir)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_sigkill_during_a_save_then_resume_loses_nothing(point, dataset, uninterrupted, tmp_path, cache_dir):
+def test_sigkill_during_a_save_then_resume_loses_nothing(point, dataset, uninterrupted, tmp_path):
     workdir = tmp_path / "run"
-    killed = run_worker(workdir, dataset, point, cache_dir)
+    killed = run_worker(workdir, dataset, point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
         assert ckpt.latest_step() == (4 if point == "kill-after-commit" else 2), ckpt.all_steps()
     assert (workdir / LOCK_NAME).exists()  # left by the killed trainer: stale
-    resumed = run_worker(workdir, dataset, "none", cache_dir, "--resume")
+    resumed = run_worker(workdir, dataset, "none", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = final_state(workdir)
     assert got.keys() == uninterrupted.keys()
@@ -162,7 +156,7 @@ def test_sigkill_during_a_save_then_resume_loses_nothing(point, dataset, uninter
 # ------------------------------------------------------------------------------ two writers
 
 
-def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path, cache_dir):
+def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path):
     workdir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     holder = subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(dataset), "hold"], env=env,
@@ -174,7 +168,7 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path
             time.sleep(0.2)
         holder.send_signal(signal.SIGSTOP)  # holds the lock, writes nothing while we look
         before = tree_digest(workdir)
-        second = run_worker(workdir, dataset, "none", cache_dir, "--resume")
+        second = run_worker(workdir, dataset, "none", "--resume")
         err = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(err) == 1, second.stderr[-3000:]
         assert err[0].startswith(f"error: {workdir} is in use by another trm-jax train (pid {holder.pid} on host ")
@@ -187,7 +181,7 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path
     assert (workdir / LOCK_NAME).exists()
     shutil.rmtree(workdir / loop.CHECKPOINT_DIR, ignore_errors=True)  # the held run saved none; start afresh
     (workdir / loop.CONFIG_NAME).unlink()
-    after = run_worker(workdir, dataset, "none", cache_dir)
+    after = run_worker(workdir, dataset, "none")
     assert after.returncode == 0, after.stderr[-3000:]
     assert not (workdir / LOCK_NAME).exists()
 
@@ -196,9 +190,9 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path
 
 
 @pytest.mark.parametrize("point", ["term-during-generation", "term-during-build", "term-during-compile"])
-def test_sigterm_before_the_loop_leaves_nothing_half_written(point, dataset, tmp_path, cache_dir):
+def test_sigterm_before_the_loop_leaves_nothing_half_written(point, dataset, tmp_path):
     workdir = tmp_path / "run"
-    result = run_worker(workdir, dataset, point, cache_dir)
+    result = run_worker(workdir, dataset, point)
     err = result.stderr.strip().splitlines()
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert len([line for line in err if line.startswith("error: ")]) == 1, result.stderr[-3000:]
