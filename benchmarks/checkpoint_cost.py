@@ -4,7 +4,8 @@ records (trm_jax.train.checksum), a synchronous save, and a restore that verifie
     python -m benchmarks.checkpoint_cost --config arc          # ARC: a 960,961-row puzzle table
 
 The state is the train state the run checkpoints (parameters, optimiser moments, EMA, puzzle
-table, ACT carry at the paper's batch of 768, RNG), created on this machine's first device.
+table, ACT carry at the paper's batch of 768, RNG), created on this machine's first device and
+filled with random values (as incompressible as trained weights).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ import jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 GIB = 2 ** 30
+
+
+@jax.jit
+def randomized(state: Any) -> Any:
+    """Every floating-point array of ``state`` filled with normal draws (the rest unchanged)."""
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [
+        jax.random.normal(key, leaf.shape, leaf.dtype) if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
+        else leaf for key, leaf in zip(keys, leaves)])
 
 
 def seconds(fn, repeats: int) -> list[float]:
@@ -49,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model_config = bench.model_config(bench.default_batch_size, "bfloat16")
     mesh = parallel.make_mesh(jax.devices()[:1])
     state = parallel.create_sharded_train_state(model_config, bench.optim, jax.random.key(0), mesh)
+    state = randomized(state)  # a trained state's bytes: zeros would compress to nothing
     jax.block_until_ready(state)
     stored = jax.tree.map(checkpoint._stored_leaf, state)
     flat = {"/".join(k): v for k, v in checkpoint.ocp.tree.to_flat_dict(stored).items() if v is not None}
@@ -56,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     checksums(flat)  # compile
     checksum_s = seconds(lambda: checksums(flat), args.repeats)
     save_s, restore_s = [], []
-    with tempfile.TemporaryDirectory(dir=args.out_dir) as directory:
+    with tempfile.TemporaryDirectory() as directory:
         for repeat in range(args.repeats):
             with checkpoint.Checkpointer(directory, max_to_keep=1, async_save=False) as ckpt:
                 save_s += seconds(lambda: ckpt.save(repeat + 1, state, {"step": repeat + 1}), 1)
