@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trm_jax"
 LAYERS: list[set[str]] = [
     {"fileio", "precision", "signals"},
     {"config", "config_overrides", "data"},
-    {"model", "configs", "losses"},
+    {"model", "configs", "losses", "trajectories"},
     {"experiments", "interop", "inference"},
     {"train"},
     {"plan"},

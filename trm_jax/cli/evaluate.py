@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trm_jax.cli.errors import UsageError
 from trm_jax.cli.model_source import resolve_model
-from trm_jax.cli.parser import halting_policy
+from trm_jax.cli.parser import halting_policy, trajectory_sampling
 from trm_jax.fileio import write_json_atomic
 
 
@@ -24,7 +24,8 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     if not (data_path / "test" / "dataset.json").is_file():
         raise loop.RunDirError(f"dataset directory {data_path} does not exist (no test/dataset.json)")
     mesh = parallel.make_mesh()
-    eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state, halting_policy(args))
+    eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state, halting_policy(args),
+                           trajectory_sampling(args), args.seed)
     eval_loader = loop.make_eval_loader(config, data_path)
     arc = loop.make_arc_evaluator(config, data_path)
     step = int(state.step)

@@ -82,6 +82,26 @@ def _add_halting(p: argparse.ArgumentParser) -> None:
                         "continuous batching, train.eval_slots rows)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="adaptive halting: stop when sigmoid(q_halt) > this (default 0.5, the training rule)")
+    p.add_argument("--trajectories", type=int, default=1, metavar="K",
+                   help="test-time scaling (Probabilistic TRM): run each puzzle K times, with --noise added to "
+                        "the latent at every supervision step, and report the answer --select picks (default 1)")
+    p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+                   help="standard deviation of the Gaussian noise added to the latent z at every supervision "
+                        "step (default 0: deterministic)")
+    p.add_argument("--select", choices=("qhalt", "vote"), default="qhalt",
+                   help="with --trajectories: qhalt, the trajectory whose halting head is most confident (the "
+                        "paper's rule), or vote, the answer most trajectories reached (both are reported)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the noise (default 0)")
+
+
+def trajectory_sampling(args: argparse.Namespace):
+    """The --trajectories / --noise / --select options (a bad value is a UsageError)."""
+    from trm_jax.trajectories import TrajectorySampling  # noqa: PLC0415
+
+    try:
+        return TrajectorySampling(args.trajectories, args.noise, args.select)
+    except ValueError as err:
+        raise UsageError(f"--{str(err).replace('=', ' ', 1)}") from None
 
 
 def halting_policy(args: argparse.Namespace):

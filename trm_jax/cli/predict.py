@@ -9,7 +9,7 @@ import numpy as np
 
 from trm_jax.cli.errors import UsageError
 from trm_jax.cli.model_source import resolve_model
-from trm_jax.cli.parser import halting_policy
+from trm_jax.cli.parser import halting_policy, trajectory_sampling
 
 
 
@@ -68,11 +68,16 @@ def predict(args: argparse.Namespace, overrides: list[str]) -> int:
                          f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}")
     puzzle = {"inputs": jnp.asarray(tokens[None]), "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
     variables = jax.device_get(state.variables(use_ema=optim_config.ema))
-    policy = halting_policy(args)
-    result = make_solver(model_config, num_slots=1, policy=policy)(variables, puzzle)
+    policy, sampling = halting_policy(args), trajectory_sampling(args)
+    solver = make_solver(model_config, num_slots=sampling.trajectories, policy=policy, sampling=sampling)
+    key = (jax.random.key(args.seed),) if sampling.noise > 0.0 else ()
+    result = solver(variables, puzzle, *key)
     pred = np.asarray(result["preds"])[0]
     confidence = float(jax.nn.sigmoid(result["q_halt_logits"][0]))
     steps = f"{int(result['steps'][0])} supervision step(s) ({policy.mode} halting, at most {policy.cap(model_config)})"
+    if not sampling.is_plain:
+        steps += (f"; {int(result['agreement'][0])} of {sampling.trajectories} trajectories (noise "
+                  f"{sampling.noise:g}) reached this answer, chosen by {sampling.select}")
 
     if kind == "sudoku":
         from trm_jax.data.sudoku import is_valid_solution  # noqa: PLC0415

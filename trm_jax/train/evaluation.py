@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from trm_jax.train.metrics import sums_to_means
 from trm_jax.train.run_dir import RunDirError
 from trm_jax.train.state import TrainState
 from trm_jax.train.step_memory import compile_on_first_call
+from trm_jax.trajectories import TrajectorySampling
 
 
 def host_rows(x: Any) -> np.ndarray:
@@ -45,19 +47,27 @@ def halting_policy(config: ml_collections.ConfigDict) -> HaltingPolicy:
 
 
 def make_eval_fn(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-                 mesh: jax.sharding.Mesh, state: TrainState, policy: HaltingPolicy | None = None):
+                 mesh: jax.sharding.Mesh, state: TrainState, policy: HaltingPolicy | None = None,
+                 sampling: TrajectorySampling = TrajectorySampling(), seed: int = 0):
     """What :func:`run_evaluation` runs: the batch eval step jitted over ``mesh`` for ``fixed``
     halting (the official evaluation), or an :class:`AdaptiveEval` whose ``train.eval_slots``
-    slots (0: the eval batch size) are sharded over ``mesh``."""
+    slots (0: the eval batch size) are sharded over ``mesh`` for adaptive halting or several
+    noisy trajectories per puzzle (``sampling``, its noise drawn from ``seed``)."""
     policy = halting_policy(config) if policy is None else policy
-    if policy.mode == "fixed":
+    if policy.mode == "fixed" and sampling.is_plain:
         step = compile_on_first_call(parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
                                                             num_steps=policy.max_steps or None),
                                      mesh.devices.flat[0].platform)
         return lambda state, batch: step(state, parallel.shard_batch(batch, mesh))
     slots = config.train.eval_slots or config.train.eval_batch_size or config.optim.global_batch_size
-    solve = make_solver(model_config, num_slots=slots, policy=policy, mesh=mesh)
+    solve = make_solver(model_config, num_slots=slots, policy=policy, sampling=sampling, mesh=mesh)
+    if sampling.noise > 0.0:
+        solve = functools.partial(_with_key, solve, jax.random.key(seed))
     return AdaptiveEval(solve, policy.cap(model_config), optim_config.ema)
+
+
+def _with_key(solver: Callable, key: jax.Array, variables: Any, puzzles: Any) -> Any:
+    return solver(variables, puzzles, key)
 
 
 def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.ndarray]:
