@@ -555,3 +555,31 @@ def test_memory_fit_with_microbatches(tmp_path):
     assert "4 microbatches" in (tmp_path / "memory_tiny_cpu_float32_mb4.md").read_text()
     with pytest.raises(SystemExit):
         memory_fit.main(base + ["--microbatches", "3"])
+
+
+def test_depth_training_and_test_time_scaling_on_a_tiny_run(tmp_path):
+    """The training-depth sweep on tiny settings (the control and one (T, n) point, a few steps on a
+    small generated dataset), then the test-time scaling benchmark on the run it kept."""
+    from benchmarks import depth_training, test_time_scaling  # noqa: PLC0415
+
+    tiny = ["--config.data.generate.num_train=32", "--config.data.generate.num_test=8",
+            "--config.data.generate.num_aug=0", "--config.train.eval_batch_size=8",
+            "--config.optim.global_batch_size=8", "--config.model.halt_max_steps=3"]
+    assert depth_training.main(["--grid", "1x2", "--steps", "6", "--workdir", str(tmp_path / "runs"),
+                                "--out-dir", str(tmp_path), "--name", "tiny", *tiny]) == 0
+    report = json.loads((tmp_path / "depth_training_tiny.json").read_text())
+    assert [(r["label"], r["effective_depth"], r["halt_max_steps"], r["steps"]) for r in report["runs"]] == [
+        ("control", 2, 1, 6), ("T=1 n=2", 3, 3, 6)]
+    assert (tmp_path / "depth_training_tiny.png").stat().st_size > 0
+
+    assert test_time_scaling.main(["--workdir", str(tmp_path / "runs" / "T1_n2"), "--trajectories", "1,3",
+                                   "--noise", "0.5", "--halting", "fixed,adaptive", "--slots", "4",
+                                   "--out-dir", str(tmp_path), "--name", "tiny"]) == 0
+    result = json.loads((tmp_path / "test_time_scaling_tiny.json").read_text())
+    rows = [(r["halting"], r["trajectories"], r["noise"]) for r in result["rows"]]
+    assert rows == [(h, k, s) for h in ("fixed", "adaptive") for k, s in [(1, 0.0), (1, 0.5), (3, 0.5)]]
+    fixed = {(r["trajectories"], r["noise"]): r for r in result["rows"] if r["halting"] == "fixed"}
+    assert fixed[(1, 0.0)]["steps_per_puzzle"] == 3 and fixed[(3, 0.5)]["steps_per_puzzle"] == 9
+    for row in result["rows"]:
+        assert row["oracle_exact"] >= max(row["exact_qhalt"], row["exact_vote"])
+    assert (tmp_path / "test_time_scaling_tiny.png").stat().st_size > 0
