@@ -103,12 +103,12 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> Path:
 
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
-    for run in runs:
+    for index, run in enumerate(runs):
         control = run["label"] == CONTROL
         ax.plot(run["wall_s"] / 60, 100 * run["exact_accuracy"], "s" if control else "o", ms=8,
                 color="gray" if control else "C0")
         ax.annotate(f"{run['label']} (depth {run['effective_depth']})", (run["wall_s"] / 60, 100 * run["exact_accuracy"]),
-                    fontsize=7, textcoords="offset points", xytext=(4, 4))
+                    fontsize=7, textcoords="offset points", xytext=(4, 4 if index % 2 else -10))
     ax.set_xlabel("wall time of the training command (min)")
     ax.set_ylabel("held-out puzzles solved exactly (%)")
     ax.set_ylim(-2, 102)
@@ -128,7 +128,7 @@ def markdown(runs: Sequence[dict[str, Any]], meta: dict[str, Any], png: str) -> 
         common.markdown_table(header, rows), "",
         "Depth per step: T x (n + 1) x L_layers network layers per supervision step. Control: T=1, n=1 and "
         "one supervision step (no recursion, no deep supervision). Wall time: the whole training command "
-        f"(compilation, training, one evaluation). Plot: `{png}`.", "",
+        f"(compilation, training, one evaluation and the depth curve). Plot: `{png}`.", "",
         *common.provenance_lines(meta)]) + "\n"
 
 

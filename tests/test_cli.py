@@ -160,6 +160,34 @@ def test_evaluate_adaptive_that_never_halts_equals_fixed(run, capsys):
     assert 1.0 <= adaptive["steps"] <= fixed["steps"] and adaptive["count"] == 3
 
 
+def test_evaluate_and_predict_with_noisy_trajectories(run, capsys, tmp_path):
+    """--trajectories K --noise SIGMA: the trajectories' summary (both rules, the oracle, the
+    agreement, the steps of all trajectories); one trajectory without noise is the plain
+    evaluation; predict says how many trajectories agreed; bad values are one error line."""
+    _, workdir = run
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--trajectories", "1", "--noise", "0",
+                     "--select", "vote"]) == 0
+    assert json.loads(capsys.readouterr().out) == plain
+    argv = ["evaluate", "--workdir", str(workdir), "--trajectories", "3", "--noise", "0.5",
+            "--config.train.eval_slots=2"]
+    assert cli.main(argv) == 0
+    noisy = json.loads(capsys.readouterr().out)
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == noisy  # the seed makes it repeatable
+    assert noisy["count"] == plain["count"] and noisy["exact_accuracy"] == noisy["exact_qhalt"]
+    assert noisy["oracle_exact"] >= max(noisy["exact_qhalt"], noisy["exact_vote"])
+    assert 1.0 <= noisy["agreement"] <= 3.0 and noisy["trajectory_steps"] == pytest.approx(3 * noisy["steps"])
+    assert cli.main(["predict", "--workdir", str(workdir), "--puzzle", PUZZLE, "--png", str(tmp_path / "p.png"),
+                     "--trajectories", "4", "--noise", "0.5", "--select", "vote"]) == 0
+    assert "of 4 trajectories (noise 0.5) reached this answer, chosen by vote" in capsys.readouterr().out
+    err = bad_input(capsys, ["evaluate", "--workdir", str(workdir), "--trajectories", "0"])
+    assert "--trajectories 0: expected >= 1" in err
+    err = bad_input(capsys, ["predict", "--workdir", str(workdir), "--puzzle", PUZZLE, "--noise", "-1"])
+    assert "--noise -1" in err
+
+
 @pytest.mark.parametrize("puzzle, message", [(PUZZLE[:80], "needs 81 cells, got 80"),
                                              (PUZZLE[:80] + "x", "cell 'x'")])
 def test_predict_bad_puzzle(run, capsys, tmp_path, puzzle, message):

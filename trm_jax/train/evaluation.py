@@ -73,8 +73,8 @@ def _with_key(solver: Callable, key: jax.Array, variables: Any, puzzles: Any) ->
 def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.ndarray]:
     """The test split's rows (padding, rows without any label, dropped) as host arrays, in loader order."""
     if jax.process_count() > 1:
-        raise RunDirError("adaptive evaluation (train.eval_halting='adaptive') runs in one process; "
-                          "use eval_halting='fixed' for multi-host runs")
+        raise RunDirError("adaptive evaluation (train.eval_halting='adaptive') and noisy trajectories run in one "
+                          "process; use eval_halting='fixed' and one trajectory for multi-host runs")
     parts: dict[str, list[np.ndarray]] = {"inputs": [], "labels": [], "puzzle_identifiers": []}
     for index, batch in enumerate(loader):
         if max_batches and index >= max_batches:
