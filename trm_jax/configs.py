@@ -124,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
         stop_check_every=1,
         progress_bar=True,
         tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
+        # Weights & Biases project ("": off): process 0 logs every scalar of metrics.csv to a W&B
+        # run, resumed with the run (pip install 'trm-jax[wandb]'; see trm_jax.train.wandb_log).
+        wandb_project="",
+        wandb_entity="",  # the W&B user or team ("": the account's default entity)
+        wandb_run_name="",  # the W&B run's display name ("": the run directory's name)
         # Per-device memory (GiB) the train step may plan for, checked against XLA's memory plan
         # of the compiled step before the first step. 0: the limit the device's runtime reports
         # (GPU, TPU; a GPU's is XLA's preallocated share); no check where none is reported (CPU).
@@ -300,6 +305,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
                  "eval_max_batches", "eval_num_steps", "depth_curve_steps", "eval_slots"):
         need(integer(train[name]) and train[name] >= 0, f"train.{name}", "an integer >= 0")
     need(isinstance(data.dataset_dir, str), "data.dataset_dir", "a path (a string)")
+    for name in ("wandb_project", "wandb_entity", "wandb_run_name"):
+        need(isinstance(train[name], str), f"train.{name}", "a string")
     if gen.kind not in _GENERATORS:
         raise ConfigError(f"config.data.generate.kind={gen.kind!r}: expected one of {_GENERATORS}")
     if gen.kind:

@@ -31,7 +31,7 @@ from trm_jax import configs as configs_lib
 from trm_jax.config import TRMConfig
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.fileio import write_json_atomic
-from trm_jax.train import memory_check, parallel
+from trm_jax.train import memory_check, parallel, wandb_log
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.depth_curve import DEPTH_JSON, DepthCurve, depth_curve, save_depth_curve
@@ -91,8 +91,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     checkpoint step instead of the newest; refused while newer steps are in the directory (later
     saves would meet them): move those aside first.
 
-    The whole config is checked (:func:`~trm_jax.configs.validate_config`) before any data is
-    generated or any file is written. A damaged checkpoint raises
+    The whole config is checked (:func:`~trm_jax.configs.validate_config`, and that wandb
+    imports when ``train.wandb_project`` is set) before any data is generated or any file is
+    written. A damaged checkpoint raises
     :class:`~trm_jax.train.checkpoint.CheckpointDamagedError` before anything is written. A
     relative ``data.dataset_dir`` is stored absolute in ``config.json`` (resolved against the
     current directory of the first run), so a resume from elsewhere reads the same data.
@@ -115,6 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     if config.train.distributed:
         parallel.initialize_distributed()
     configs_lib.validate_config(config)
+    wandb_log.check_available(config)
     if config.data.dataset_dir and not Path(config.data.dataset_dir).is_absolute():
         config = ml_collections.ConfigDict(configs_lib.config_to_dict(config))
         config.data.dataset_dir = str(Path(config.data.dataset_dir).absolute())
@@ -174,7 +176,7 @@ def _prepare_and_run(config: ml_collections.ConfigDict, workdir: Path, resume: b
 
 def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh,
                  state: TrainState, workdir: Path, start: int, eval_every: int,
-                 checkpointer: Checkpointer, tensorboard: bool) -> list[str]:
+                 checkpointer: Checkpointer, tensorboard: bool, wandb: str = "") -> list[str]:
     """What the run says before its first step: hardware, model, batch, where things go."""
     total = optim_config.total_steps
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -191,6 +193,7 @@ def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.s
                 f"{devices}, batch {batch} ({batch // mesh.size} per device{chunks}), evaluation every "
                 f"{eval_every} steps")
     metrics = f"{workdir / CSV_NAME}" + (f" (+ {workdir / TB_DIR})" if tensorboard else "")
+    metrics += f" (+ {wandb})" if wandb else ""
     return [head, f"checkpoints: {checkpointer.directory}; metrics: {metrics}; curves: {workdir / PLOT_NAME}"]
 
 
@@ -204,14 +207,17 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
     total = optim_config.total_steps
     eval_every = eval_every_steps(config, total)
     eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state)
-    writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=primary)
+    wandb_run = (wandb_log.WandbRun.start(config, workdir, continuing=start > 0)
+                 if primary and config.train.wandb_project else None)
+    writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=primary, wandb=wandb_run)
     window = MetricWindow(optim_config.global_batch_size)
     bar = tqdm(total=total, initial=start, disable=not (primary and config.train.progress_bar),
                dynamic_ncols=True, unit="step", leave=True)
     log = bar.write if not bar.disable else functools.partial(print, flush=True)
     if primary:
         for line in _start_lines(model_config, optim_config, mesh, state, workdir, start, eval_every,
-                                 checkpointer, writer.has_tensorboard):
+                                 checkpointer, writer.has_tensorboard,
+                                 wandb_run.description if wandb_run is not None else ""):
             log(line)
     saved_steps = set(checkpointer.all_steps())
 

@@ -1,11 +1,12 @@
-"""Metrics of a run: TensorBoard (tensorboardX, when installed), a CSV file, stdout, PNG curves.
+"""Metrics of a run: TensorBoard (tensorboardX, when installed), a CSV file, stdout, PNG curves, W&B.
 
 Every scalar goes to ``WORKDIR/metrics.csv`` (long format ``step,tag,value``, appended across
 resumed runs) so the curves can be plotted and read without TensorBoard; with tensorboardX
 installed the same scalars also go to ``WORKDIR/tensorboard/``. After a resume, steps logged
 after the last checkpoint appear twice in the CSV; readers keep the last value per
 (tag, step). A run killed while writing a line leaves it half-written: the next run starts
-on a new line, and readers skip lines that are not a whole row.
+on a new line, and readers skip lines that are not a whole row. With ``train.wandb_project``
+set the same scalars also go to a Weights & Biases run (:mod:`trm_jax.train.wandb_log`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from trm_jax.train.wandb_log import WandbRun
 
 CSV_NAME = "metrics.csv"
 PLOT_NAME = "curves.png"
@@ -22,13 +27,19 @@ TB_DIR = "tensorboard"
 
 
 class MetricsWriter:
-    """Writes scalars to CSV (always), TensorBoard (when tensorboardX imports) and stdout."""
+    """Writes scalars to CSV (always), TensorBoard (when tensorboardX imports) and ``wandb``.
 
-    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True):
+    ``wandb``: a started :class:`~trm_jax.train.wandb_log.WandbRun` that gets every scalar too
+    and is finished by :meth:`close` (None: no W&B logging).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True,
+                 wandb: WandbRun | None = None):
         self.workdir = Path(workdir)
         self.enabled = enabled  # False on non-zero processes of a multi-host run
         self.csv_path = self.workdir / CSV_NAME
         self._tb = None
+        self._wandb = wandb if enabled else None
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +75,19 @@ class MetricsWriter:
         self._csv_file.flush()
         if self._tb is not None:
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, {prefix + name: value for name, value in scalars.items()})
 
     def close(self) -> None:
+        """Closes the files and finishes the W&B run (marked failed when called from a
+        ``finally`` block that an exception passes through)."""
         if not self.enabled:
             return
         self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish(failed=sys.exc_info()[0] is not None)
 
 
 def format_scalars(scalars: Mapping[str, float]) -> str:
