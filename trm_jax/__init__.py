@@ -1,3 +1,3 @@
 """trm-jax: the Tiny Recursive Model (TRM) as pure JAX/Flax functions."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
