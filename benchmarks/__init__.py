@@ -1,1 +1,1 @@
-"""Benchmark harness: our JAX train step against the official PyTorch step, and depth scaling."""
+"""Benchmark harness: one script per question (benchmarks/README.md), sharing ``common``."""

@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for target_name in [t for t in args.targets.split(",") if t]:
             row = plan_one(config_name, target_name)
             print(f"[accelerator_plans] {config_name} on {target_name}: "
-                  f"{row.get('verdict', row.get('error'))} ({row.get('seconds', 0):.0f} s)", file=sys.stderr, flush=True)
+                  f"{row.get('verdict', row.get('error'))} ({row.get('seconds', 0):.0f} s)",
+                  file=sys.stderr, flush=True)
             rows.append(row)
     meta = common.run_metadata(sys.argv[1:] if argv is None else argv)
     report = {"rows": rows, **meta}

@@ -17,7 +17,7 @@ report gives medians over the rounds.
 
 With ``--profile-dir``, two more steps of each are traced (``jax.profiler``; open them in
 TensorBoard or Perfetto) and, when ``xprof`` is installed, summed by kind of operation
-(:mod:`benchmarks.op_profile`) into the report.
+(``common.op_breakdown``) into the report.
 
 Writes ``<out-dir>/efficiency_<name>.{json,md}``.
 """
@@ -35,7 +35,7 @@ from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 
-from benchmarks import common, op_profile  # noqa: E402
+from benchmarks import common  # noqa: E402
 from benchmarks.jax_step import JaxTrainStep, MatmulCeiling, device_and_dtype  # noqa: E402
 
 SCHEMA = "trm-jax/efficiency/v1"
@@ -161,12 +161,12 @@ def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict
     out: dict[str, Any] = {"config": case["config"], "batch_size": case["batch_size"],
                            "microbatches": case["microbatches"], "trace_dir": trace_dir}
     try:
-        events = op_profile.load_trace_events(trace_dir)
+        events = common.load_trace_events(trace_dir)
     except ImportError:
         out["breakdown"] = None
         out["breakdown_skipped"] = "xprof is not installed (pip install xprof)"
         return out
-    out["breakdown"] = op_profile.op_breakdown(step.hlo_text(), events, steps)
+    out["breakdown"] = common.op_breakdown(step.hlo_text(), events, steps)
     return out
 
 

@@ -48,15 +48,12 @@ def time_passes(run: Callable[[], Any], repeat: int) -> list[float]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from trm_jax import cli  # noqa: PLC0415
     from trm_jax.inference import HaltingPolicy, make_solver, summarize  # noqa: PLC0415
     from trm_jax.train import parallel  # noqa: PLC0415
     from trm_jax.train.evaluation import collect_puzzles, make_eval_fn, run_evaluation  # noqa: PLC0415
     from trm_jax.train.run_dir import make_eval_loader  # noqa: PLC0415
 
-    source = argparse.Namespace(workdir=args.workdir, checkpoint=args.checkpoint, torch=None, config=args.config,
-                                step=args.step, dataset=args.dataset)
-    config, model_config, optim_config, data_path, state, name = cli.resolve_model(source, [])
+    config, model_config, optim_config, data_path, state, name = common.load_trained_model(args)
     mesh = parallel.make_mesh()
     loader = make_eval_loader(config, data_path)
     puzzles = collect_puzzles(loader)
@@ -120,11 +117,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", help="a run directory of `trm-jax train`")
-    parser.add_argument("--checkpoint", help="an orbax checkpoint directory (with --config)")
-    parser.add_argument("--config", help="config name or file (with --checkpoint)")
-    parser.add_argument("--step", type=int, default=None)
-    parser.add_argument("--dataset", help="dataset directory (default: the run's)")
+    common.add_trained_model_args(parser)
     parser.add_argument("--thresholds", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.9])
     parser.add_argument("--slots", type=int, default=64,
                         help="rows on the devices (0: the eval batch size; rounded up to a multiple of the devices)")

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax.config import TRMConfig
 from benchmarks.common import BenchConfig, get_config, xla_cost_flops
+from trm_jax.config import TRMConfig
 
 
 def jax_device(kind: str) -> jax.Device:

@@ -4,7 +4,8 @@ Each implementation runs two training steps at two batch sizes, each in a fresh 
 the process's peak resident memory is read (``ru_maxrss``); the slope between the two sizes
 is the memory one more row of the batch costs (weights, optimiser state, puzzle table and
 the runtime cancel out). The allocators' reuse of freed memory makes a peak vary from one
-process to the next (by 10% and more here): each point is the least of ``--repeat`` processes. For ours, XLA's compiled memory plan of the same step gives a second
+process to the next (by 10% and more here): each point is the least of ``--repeat`` processes.
+For ours, XLA's compiled memory plan of the same step gives a second
 slope (its peak: arguments + outputs - aliased + temporaries).
 
     python -m benchmarks.memory_per_row --config arc --rows 2,4 --reference-dir ../TinyRecursiveModels

@@ -7,9 +7,10 @@
 Both steps start from the same weights (ours, exported with ``to_torch_state_dict``) and see
 the same batches, and the timed steps alternate (one of ours, one of the reference's), so a
 machine that drifts moves both alike; each pair also gives a ratio. Before anything is timed,
-both are run in float32 on the first batch and their losses must agree to 1e-4 relative; otherwise the run stops, so two different
-computations are never compared. The reference half is skipped, with a message, when no
-checkout is given (``--reference-dir`` / ``$TRM_REFERENCE_DIR``) or with ``--skip-reference``.
+both are run in float32 on the first batch and their losses must agree to 1e-4 relative;
+otherwise the run stops, so two different computations are never compared. The reference half
+is skipped, with a message, when no checkout is given (``--reference-dir`` /
+``$TRM_REFERENCE_DIR``) or with ``--skip-reference``.
 
 Writes ``<out-dir>/step_time_<config>_<device>_<dtype>_b<batch>[_<name>].{json,md}``.
 """
@@ -32,7 +33,7 @@ from typing import Any, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 
-from benchmarks import common, op_profile  # noqa: E402
+from benchmarks import common  # noqa: E402
 from benchmarks.jax_step import JaxTrainStep, MatmulCeiling, bench_setup  # noqa: E402
 
 SCHEMA = "trm-jax/step_time/v1"
@@ -255,7 +256,7 @@ def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref:
                   ref_batches: list | None, steps: int = 3) -> dict[str, Any]:
     """Traces ``steps`` more steps of each implementation; returns where the traces are and,
     per implementation, the milliseconds per step its matrix products took under the profiler
-    against the whole (ours: ``op_profile`` over the XLA trace, when ``xprof`` is installed;
+    against the whole (ours: ``common.op_breakdown`` over the XLA trace, when ``xprof`` is installed;
     the reference: self time of its matmul operators)."""
     out: dict[str, Any] = {}
     jax_dir = os.path.join(profile_dir, "jax")
@@ -264,8 +265,8 @@ def profile_steps(profile_dir: str, ours: JaxTrainStep, ours_batches: list, ref:
             ours.sync(ours(ours_batches[i % len(ours_batches)]))
     out["ours"] = jax_dir
     try:
-        breakdown = op_profile.op_breakdown(ours.hlo_text(), op_profile.load_trace_events(jax_dir),
-                                            steps)
+        breakdown = common.op_breakdown(ours.hlo_text(), common.load_trace_events(jax_dir),
+                                        steps)
         out["ours_matmul"] = {"matmul_ms": breakdown["categories"]["matmul"]["ms"],
                               "total_ms": breakdown["total_ms"]}
     except ImportError:

@@ -42,16 +42,13 @@ def _floats(text: str) -> list[float]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from trm_jax import cli  # noqa: PLC0415
     from trm_jax.inference import HaltingPolicy, make_solver, summarize  # noqa: PLC0415
     from trm_jax.train import parallel  # noqa: PLC0415
     from trm_jax.train.evaluation import collect_puzzles  # noqa: PLC0415
     from trm_jax.train.run_dir import make_eval_loader  # noqa: PLC0415
     from trm_jax.trajectories import TrajectorySampling  # noqa: PLC0415
 
-    source = argparse.Namespace(workdir=args.workdir, checkpoint=args.checkpoint, torch=None, config=args.config,
-                                step=args.step, dataset=args.dataset)
-    config, model_config, optim_config, data_path, state, name = cli.resolve_model(source, [])
+    config, model_config, optim_config, data_path, state, name = common.load_trained_model(args)
     mesh = parallel.make_mesh()
     puzzles = collect_puzzles(make_eval_loader(config, data_path), args.max_batches)
     n = puzzles["inputs"].shape[0]
@@ -146,11 +143,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", help="a run directory of `trm-jax train`")
-    parser.add_argument("--checkpoint", help="an orbax checkpoint directory (with --config)")
-    parser.add_argument("--config", help="config name or file (with --checkpoint)")
-    parser.add_argument("--step", type=int, default=None)
-    parser.add_argument("--dataset", help="dataset directory (default: the run's)")
+    common.add_trained_model_args(parser)
     parser.add_argument("--max-batches", type=int, default=0, help="test batches to use (0: all)")
     parser.add_argument("--trajectories", default="2,4,8,16,32",
                         help="comma-separated K (the K = 1, sigma = 0 baseline always runs)")

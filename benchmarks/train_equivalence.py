@@ -117,6 +117,7 @@ def perturbed(state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarra
 class _Ours:
     def __init__(self, case: Case, config: Any, state: Mapping[str, np.ndarray], seed: int):
         import jax
+
         from benchmarks.jax_step import JaxTrainStep
         from trm_jax.interop import from_torch_state_dict
 
@@ -182,6 +183,7 @@ class _LogitProbe:
 
     def __init__(self, config: Any, batch: Mapping[str, np.ndarray]):
         import jax
+
         from trm_jax.model import act
 
         self.config = config
@@ -196,6 +198,7 @@ class _LogitProbe:
 
     def __call__(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
         import jax
+
         from trm_jax.interop import from_torch_state_dict
         variables = from_torch_state_dict({k: v.astype(np.float32) for k, v in state.items()},
                                           self.config)

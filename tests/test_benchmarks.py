@@ -182,10 +182,11 @@ def test_analytic_flops_scale_with_recursion():
 
 def test_pure_pytorch_adam_atan2_matches_kernel_formula_and_ours():
     torch = pytest.importorskip("torch")
-    from benchmarks.reference_torch import AdamATan2Torch, warmup_cosine_lr
-    from trm_jax.train.optim import adam_atan2, warmup_cosine_schedule
     import jax.numpy as jnp
     import optax
+
+    from benchmarks.reference_torch import AdamATan2Torch, warmup_cosine_lr
+    from trm_jax.train.optim import adam_atan2, warmup_cosine_schedule
 
     rng = np.random.default_rng(0)
     p0 = rng.normal(size=(3, 4)).astype(np.float32)
@@ -233,6 +234,7 @@ def test_named_configs_are_valid_and_reference_dir_is_checked(tmp_path, monkeypa
 
 def test_inference_weights_from_our_checkpoint(tmp_path):
     import jax
+
     from benchmarks.jax_step import optim_config_for
     from trm_jax.train.checkpoint import Checkpointer
     from trm_jax.train.state import create_train_state
@@ -256,7 +258,7 @@ def test_inference_weights_from_our_checkpoint(tmp_path):
         depth_scaling.load_weights("bogus", config, 0)
 
 
-# --- efficiency report and op profile -------------------------------------------------
+# --- efficiency report and op profile (common.op_breakdown) -------------------------------------------------
 
 def test_efficiency_report(tmp_path):
     """Two configs, interleaved rounds: GFLOP/s, a ceiling and the fraction of it, per row."""
@@ -314,81 +316,6 @@ def test_efficiency_rejects_bad_arguments():
             efficiency.parse_args(argv)
 
 
-def test_cycle_split_times_both_kinds_of_cycle(tmp_path):
-    """cycle_split: per (config, rows) a gradient-free and a differentiated cycle, with (n+1)
-    network calls of analytic work and 3x that for the backward, on both recursion layouts
-    (attention [B, L, D] and mlp_t [L, B, D]); the chunk line adds them as a step does."""
-    from benchmarks import cycle_split  # noqa: PLC0415
-
-    base = ["--rounds", "2", "--device", "cpu", "--out-dir", str(tmp_path)]
-    attention = cycle_split.main(["--configs", "tiny", "--rows", "2,3", *base, "--name", "att"])
-    mlp_t = cycle_split.main(["--configs", "tiny", "--rows", "2", *base, "--set", "mlp_t=True",
-                              "--set", "pos_encodings=none", "--name", "mlp"])
-    assert json.loads((tmp_path / "cycle_split_mlp.json").read_text())["overrides"] == {
-        "mlp_t": True, "pos_encodings": "none"}
-    for result, overrides in ((attention, {}), (mlp_t, {"mlp_t": True, "pos_encodings": "none"})):
-        assert result["schema"] == cycle_split.SCHEMA
-        rows = (2, 3) if result is attention else (2,)
-        assert [(r["rows"], r["part"]) for r in result["rows"]] == [
-            (n, part) for n in rows for part in ("gradient-free cycle", "differentiated cycle")]
-        for row in result["rows"]:
-            config = common.get_config("tiny").model_config(row["rows"], "float32", **overrides)
-            per_cycle = (config.L_cycles + 1) * common.network_flops_per_call(config, row["rows"])
-            backward = 3 if row["part"] == "differentiated cycle" else 1
-            assert row["flops"] == backward * per_cycle and row["times"]["n"] == 2
-            low, high = row["fraction_of_ceiling_min_max"]
-            assert 0 < low <= row["fraction_of_ceiling"] <= high
-        for chunk in result["chunks"]:
-            free, diff = (r["times"]["median_s"] for r in result["rows"] if r["rows"] == chunk["rows"])
-            T = common.get_config("tiny").model_config(2, "float32").H_cycles
-            assert chunk["seconds"] == pytest.approx((T - 1) * free + diff, rel=1e-12)
-            assert chunk["differentiated_share"] == pytest.approx(diff / chunk["seconds"])
-    assert "differentiated cycle" in (tmp_path / "cycle_split_mlp.md").read_text()
-    for argv in (["--configs", "nope"], ["--rows", "0"], ["--rows", "2,x"], ["--rounds", "0"],
-                 ["--set", "mlp_t"]):
-        with pytest.raises(SystemExit):
-            cycle_split.parse_args(argv)
-
-
-def test_cycle_split_weight_gradients_by_group(tmp_path):
-    """--weight-gradients: the differentiated cycle also without weight gradients and with one
-    group's at a time. The groups' analytic weight-gradient FLOPs and the input-gradient pass's
-    make up the differentiated cycle's: for mlp_t every product has a weight (input gradients
-    = 2x forward), attention's score and weighted-value products have none (counted 3x)."""
-    from benchmarks import cycle_split  # noqa: PLC0415
-
-    base = ["--configs", "tiny", "--rows", "2", "--rounds", "1", "--device", "cpu",
-            "--weight-gradients", "--out-dir", str(tmp_path)]
-    for overrides, groups in (({}, ("self_attn", "mlp")),
-                              ({"mlp_t": True, "pos_encodings": "none"}, ("mlp_t", "mlp"))):
-        sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-        result = cycle_split.main([*base, *sets, "--name", "wg"])
-        config = common.get_config("tiny").model_config(2, "float32", **overrides)
-        forward = (config.L_cycles + 1) * common.network_flops_per_call(config, 2)
-        parts = {r["part"]: r for r in result["rows"]}
-        assert list(parts) == ["gradient-free cycle", "differentiated cycle",
-                               cycle_split.INPUT_ONLY,
-                               *(cycle_split.part_name(g) for g in groups)]
-        assert [r["group"] for r in result["rows"]] == [None, None, None, *groups]
-        weightless = 0.0 if config.mlp_t else (
-            (config.L_cycles + 1) * config.L_layers * 4.0 * 2 * config.total_len ** 2
-            * config.hidden_size)
-        input_only = parts[cycle_split.INPUT_ONLY]["flops"]
-        assert input_only == pytest.approx(2 * forward + weightless, rel=1e-12)
-        added = {w["group"]: w for w in result["weight_gradients"]}
-        assert list(added) == list(groups)
-        assert input_only + sum(w["flops"] for w in added.values()) == pytest.approx(
-            parts["differentiated cycle"]["flops"], rel=1e-12)
-        for group, w in added.items():
-            row = parts[cycle_split.part_name(group)]
-            assert w["flops"] == pytest.approx(row["flops"] - input_only, rel=1e-12)
-            assert w["seconds"] == pytest.approx(
-                row["times"]["median_s"] - parts[cycle_split.INPUT_ONLY]["times"]["median_s"])
-            assert (w["gflops_per_s"] is None) == (w["seconds"] <= 0)
-        text = (tmp_path / "cycle_split_wg.md").read_text()
-        assert all(f"the {g} weight gradients add" in text for g in groups)
-
-
 def test_network_flops_per_call_make_up_the_step_count():
     """The step's analytic count is T(n+1) forward calls and 2(n+1) backward calls of the
     network, plus three times the heads, for both kinds of token mixing."""
@@ -432,129 +359,35 @@ ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4,4] {
 
 
 def test_op_breakdown_sums_events_by_kind_of_operation():
-    from benchmarks import op_profile  # noqa: PLC0415
-
     events = [{"name": "ynn_fusion.2", "dur": 3000.0}, {"name": "copy_fusion", "dur": 1000.0},
               {"name": "wrapped_broadcast", "dur": 500.0}, {"name": "add.1", "dur": 500.0},
               {"name": "while.3", "dur": 9000.0},  # a loop: its ops are counted, not it
               {"name": "ThunkExecutor::Execute", "dur": 7000.0},  # not an HLO op
               {"name": "ynn_fusion.2", "dur": 3000.0}]
-    out = op_profile.op_breakdown(OP_PROFILE_HLO, events, steps=2)
+    out = common.op_breakdown(OP_PROFILE_HLO, events, steps=2)
     ms = {c: v["ms"] for c, v in out["categories"].items()}
     assert ms == {"matmul": 3.0, "copy/transpose": 0.5, "broadcast": 0.25,
                   "dynamic slice/update": 0.0, "other": 0.25}
     assert out["total_ms"] == 4.0
     assert out["top_ops"][0] == {"name": "ynn_fusion.2", "category": "matmul", "ms": 3.0}
     assert out["busy_ms"] is None  # no start times in these events
-    assert op_profile.categorize("while", set()) is None
-    assert op_profile.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
+    assert common.categorize("while", set()) is None
+    assert common.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
         "dynamic slice/update"
 
 
 def test_op_breakdown_busy_time_counts_concurrent_operations_once():
     """Two operations running at the same time sum to more than the time the cores were busy:
     ``busy_ms`` is the union of the intervals, ``total_ms`` the sum of the durations."""
-    from benchmarks import op_profile  # noqa: PLC0415
-
-    assert op_profile.busy_time([(0, 2), (1, 3), (5, 6)]) == 4
-    assert op_profile.busy_time([(0, 10), (2, 3), (4, 12)]) == 12
-    assert op_profile.busy_time([(3, 4), (0, 1)]) == 2
+    assert common.busy_time([(0, 2), (1, 3), (5, 6)]) == 4
+    assert common.busy_time([(0, 10), (2, 3), (4, 12)]) == 12
+    assert common.busy_time([(3, 4), (0, 1)]) == 2
     events = [{"name": "ynn_fusion.2", "ts": 0.0, "dur": 3000.0},
               {"name": "copy_fusion", "ts": 1000.0, "dur": 1000.0},  # within the matmul
               {"name": "add.1", "ts": 4000.0, "dur": 1000.0},
               {"name": "while.3", "ts": 0.0, "dur": 9000.0}]  # a loop: not an operation
-    out = op_profile.op_breakdown(OP_PROFILE_HLO, events, steps=1)
+    out = common.op_breakdown(OP_PROFILE_HLO, events, steps=1)
     assert out["total_ms"] == 5.0 and out["busy_ms"] == 4.0
-
-
-def test_peer_flops_count_the_same_work_as_ours():
-    """The NNX port's analytic count equals ours on the same model: mlp_t, no puzzle prefix,
-    81 positions, 10 tokens. The one difference is its halting head (one logit, ours two),
-    counted forward and twice for the backward."""
-    import types  # noqa: PLC0415
-
-    from benchmarks import peers  # noqa: PLC0415
-
-    port_config = types.SimpleNamespace(seq_len=81, vocab_size=10, n_layers=2, h_dim=512,
-                                        mlp_factor=4, n=6, T=3)
-    ours = common.get_config("sudoku_mlp").model_config(8, "float32", puzzle_emb_ndim=0,
-                                                          puzzle_emb_len=0, vocab_size=10)
-    assert ours.total_len == 81
-    assert (common.model_flops_per_step(ours, 8)
-            - peers.nnx_port_flops_per_supervision_step(port_config, 8)) == 3 * 2.0 * 8 * 512
-
-
-def test_peers_needs_a_checkout_of_the_port(tmp_path, monkeypatch):
-    from benchmarks import peers  # noqa: PLC0415
-
-    monkeypatch.delenv(peers.NNX_PORT_ENV, raising=False)
-    with pytest.raises(SystemExit):
-        peers.parse_args([])
-    for argv in (["--nnx-port-dir", "x", "--batch-sizes", "8,y"],
-                 ["--nnx-port-dir", "x", "--supervision-steps", "0"]):
-        with pytest.raises(SystemExit):
-            peers.parse_args(argv)
-    with pytest.raises(FileNotFoundError, match="main.py and utils.py"):
-        peers.load_nnx_port(str(tmp_path))
-
-
-@pytest.mark.skipif(not __import__("os").environ.get("TRM_NNX_PORT_DIR"),
-                    reason="set TRM_NNX_PORT_DIR to a checkout of github.com/ecntu/trm-jax "
-                           "to time our step against it")
-def test_peers_report_against_the_nnx_port(tmp_path):
-    import sys  # noqa: PLC0415
-
-    from benchmarks import peers  # noqa: PLC0415
-
-    result = peers.main(["--batch-sizes", "2", "--rounds", "1", "--warmup", "0",
-                         "--supervision-steps", "2", "--device", "cpu",
-                         "--out-dir", str(tmp_path), "--name", "t"])
-    doc = json.loads((tmp_path / "peers_t.json").read_text())
-    assert doc["schema"] == peers.SCHEMA and doc["rows"] == json.loads(json.dumps(result["rows"]))
-    (row,) = doc["rows"]
-    for side in ("ours", "peer"):
-        assert row[side]["gflops_per_s"] > 0 and 0 < row[side]["fraction_of_ceiling"]
-    assert row["peer_time_per_flop_over_ours"] > 0
-    assert "NNX port" in (tmp_path / "peers_t.md").read_text()
-    assert "clu" not in sys.modules or sys.modules["clu"].__spec__ is not None  # no stand-in left
-
-
-def test_gemm_products_are_the_steps_matmul_flops(tmp_path):
-    """gemm.py's products, weighted by their calls per step, are exactly the analytic count's
-    network FLOPs (all but the heads); its report times each in XLA (and PyTorch if present)."""
-    from benchmarks import gemm  # noqa: PLC0415
-
-    config = common.get_config("sudoku_mlp").model_config(8, "float32")
-    products = gemm.mlp_t_products(config, 8)
-    assert len(products) == 12
-    heads = 2.0 * 8 * config.seq_len * config.hidden_size * config.vocab_size + 2.0 * 8 * 512 * 2
-    assert sum(2.0 * p["m"] * p["k"] * p["n"] * p["calls"] for p in products) == pytest.approx(
-        common.model_flops_per_step(config, 8) - 3 * heads, rel=1e-12)
-    with pytest.raises(ValueError, match="mlp_t"):
-        gemm.mlp_t_products(common.get_config("sudoku_att").model_config(8, "float32"), 8)
-    result = gemm.main(["--batch-size", "1", "--calls", "1", "--reps", "1", "--device", "cpu",
-                        "--out-dir", str(tmp_path), "--name", "t"])
-    doc = json.loads((tmp_path / "gemm_sudoku_mlp_cpu_float32_b1_t.json").read_text())
-    assert doc["schema"] == gemm.SCHEMA and len(doc["rows"]) == 13
-    assert all(r["xla"] > 0 for r in doc["rows"]) and result["matmul_only_step_s"]["xla"] > 0
-    assert "token gate_up d_weight" in (tmp_path / "gemm_sudoku_mlp_cpu_float32_b1_t.md").read_text()
-
-
-def test_memory_fit_with_microbatches(tmp_path):
-    """memory_fit compiles the step with optim.microbatches: chunks keep fewer activations."""
-    from benchmarks import memory_fit  # noqa: PLC0415
-
-    base = ["--config", "tiny", "--batch-sizes", "4,8", "--dtype", "float32",
-            "--out-dir", str(tmp_path)]
-    whole = memory_fit.main(base)
-    chunked = memory_fit.main(base + ["--microbatches", "4"])
-    assert chunked["microbatches"] == 4 and all(r["microbatches"] == 4 for r in chunked["rows"])
-    for a, b in zip(whole["rows"], chunked["rows"]):
-        assert (a["batch_size"], a["remat"]) == (b["batch_size"], b["remat"])
-        assert b["temp_gib"] < a["temp_gib"], (a, b)
-    assert "4 microbatches" in (tmp_path / "memory_tiny_cpu_float32_mb4.md").read_text()
-    with pytest.raises(SystemExit):
-        memory_fit.main(base + ["--microbatches", "3"])
 
 
 def test_depth_training_and_test_time_scaling_on_a_tiny_run(tmp_path):

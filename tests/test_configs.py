@@ -161,7 +161,7 @@ def test_every_config_named_in_the_docs_exists():
                 continue
             for name in re.findall(r"--config[ =]([A-Za-z0-9_./]+)", line):
                 configs_lib.resolve_config_path(name)
-    table = (root / "README.md").read_text().split("## Paper experiments", 1)[1]
+    table = (root / "docs" / "training.md").read_text().split("## The paper experiments", 1)[1]
     assert all(f"| `{name}` |" in table for name in ALL)
 
 

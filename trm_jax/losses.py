@@ -32,7 +32,7 @@ def log_stablemax(logits: Array, axis: int = -1) -> Array:
 
     Computed in float32 for float32/bfloat16 logits (the reference casts to float64): measured
     per-token relative error against float64 at most 3.6e-7 (a few ulp), unbiased (the summed
-    loss of 64x81 tokens within 5e-10; benchmarks/precision_gaps.py), so the float64 cast is
+    loss of 64x81 tokens within 5e-10; docs/fidelity.md), so the float64 cast is
     not reproduced.
     """
     negative = logits < 0

@@ -10,23 +10,16 @@ WORKDIR/data (about 10 s), then trains 7000 steps::
 
     trm-jax train --config quickstart --workdir runs/quickstart
 
-Expected result, measured on this project's 2-core CPU machine (AMD EPYC, jax 0.10.2, float32)
-at commit 80a13c1 with ``trm-jax train --config quickstart`` on an otherwise idle machine:
-5 min 2 s of wall time (install excluded; data, training, 4 evaluations and the depth curve
-included); **87.0% of the 200 held-out puzzles solved exactly** (cell accuracy 98.2%). The
-depth curve the run prints and plots (WORKDIR/depth_curve.png): exact accuracy after
-1 / 2 / 4 / 8 / 16 / 32 test-time supervision steps 0% / 15.0% / 75.5% / 86.5% / 87.0% / 84.5%:
-one pass of the network solves none. The learned halting head stops after 4.45 steps on
-average (75.5% exact there). Before that commit changed the mlp_t layout (and with it the
-order of floating-point sums), three runs gave 83.5% each in 6 min 53 s to 7 min 10 s (the run
-is deterministic on a given machine). The control without recursion
-(``quickstart_control``) solves none. ``python benchmarks/quickstart_experiment.py --repeat 3``
-reruns all of it (benchmarks/results/quickstart.md).
-
-The figure depends on float rounding through training (a chaotic process): on another CPU or
-with another thread count expect a different one near it. Here, runs of this config with EMA
-0.99 and 6000 steps gave 73.5% with two threads and 85.5% with one; five variants of the
-schedule and data gave 71.5% to 85.5% (all before commit 80a13c1).
+Expected result, measured on this project's 2-core CPU machine (Intel Xeon, jax 0.10.2, float32)
+at commit 1efd9c2 with ``python benchmarks/quickstart_experiment.py --repeat 1``: **87.0% of the
+200 held-out puzzles solved exactly** (cell accuracy 98.2%), in 6 min 40 s of wall time (data,
+training, 4 evaluations and the depth curve; another job shared the machine). The depth curve the
+run prints and plots (WORKDIR/depth_curve.png): exact accuracy after 1 / 2 / 4 / 8 / 16 / 32
+test-time supervision steps 0% / 23.0% / 81.0% / 89.0% / 87.0% / 87.0%: one pass of the network
+solves none. The learned halting head stops after 4.10 steps on average (78.5% exact there). The
+control without recursion (``quickstart_control``) solves none. The figure depends on float
+rounding through training (a chaotic process): on another CPU or with another thread count expect
+a different one near it (a 2-core AMD EPYC also gave 87.0%, with another depth curve).
 """
 
 from trm_jax.configs import base_config

@@ -9,13 +9,11 @@ trains for more steps, chosen so that the whole command takes about the quicksta
 
     trm-jax train --config quickstart_control --workdir runs/quickstart_control
 
-Expected result, measured on this project's 2-core CPU machine (AMD EPYC, jax 0.10.2) at
-commit 80a13c1 (``python benchmarks/quickstart_experiment.py --repeat 0 --name
-quickstart_control``): 5 min 54 s of wall time (the quickstart: 5 min 2 s);
-**0.0% of the 200 held-out puzzles solved exactly**, 81.9% of cells right; more test-time steps
-do not help (0% after 1 to 32). The quickstart solves 87.0%. Before commit 80a13c1 changed
-the mlp_t layout: 0.0% (81.9% of cells) in 6 min 45 s, and at 10,000 steps (5 min 35 s) also
-none (82.2% of cells).
+Expected result, measured on this project's 2-core CPU machine (Intel Xeon, jax 0.10.2) at
+commit 1efd9c2 (``python benchmarks/quickstart_experiment.py --repeat 1``, which runs it after the
+quickstart): 7 min 5 s of wall time (another job shared the machine); **0.0% of the 200 held-out
+puzzles solved exactly**, 81.8% of cells right; more test-time steps do not help (0% after 1 to
+32). The quickstart solves 87.0%.
 """
 
 from trm_jax.experiments import quickstart

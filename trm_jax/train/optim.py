@@ -13,7 +13,7 @@ Precision: the reference computes its learning rate in Python (float64) and hand
 kernels; here it is computed in float32 inside the jitted step (float64 only for a float64
 model with ``jax_enable_x64``). JAX without x64 has no float64 arithmetic, and computing it on
 the host would move the step counter out of the jitted step. The cost, measured against the
-float64 value rounded to float32 over 100k steps (benchmarks/precision_gaps.py):
+float64 value rounded to float32 over 100k steps (docs/fidelity.md):
 during warm-up 1 ulp at 0.3% of the steps and a constant lr after it (``lr_min_ratio=1``, the
 paper's commands); with a cosine decay up to 7 ulp (4.6e-7 relative) at ~60% of the steps;
 ``1 - lr * weight_decay`` differs by at most 1 ulp at under 1% of the steps. All of it is
