@@ -29,9 +29,16 @@ from benchmarks import common  # noqa: E402
 PAPER_CONFIGS = ("sudoku_mlp", "sudoku_att", "maze", "arc1", "arc2")
 # The paper's hardware (4 x H100 for ARC, L40S for Sudoku and mazes) and Cloud TPU slices of 8
 # chips / cores, and a slice of 4 hosts.
-TARGETS = {"h100:4": "4 x H100 80GB", "l40s:1": "1 x L40S 48GB", "v5e:2x4": "v5e-8", "v4:2x2x1": "v4-8",
-           "v5p:2x2x1": "v5p-8", "v6e:2x4": "v6e-8", "v5e:4x4": "v5e-16 (4 hosts)"}
-GIB = 2 ** 30
+TARGETS = {
+    "h100:4": "4 x H100 80GB",
+    "l40s:1": "1 x L40S 48GB",
+    "v5e:2x4": "v5e-8",
+    "v4:2x2x1": "v4-8",
+    "v5p:2x2x1": "v5p-8",
+    "v6e:2x4": "v6e-8",
+    "v5e:4x4": "v5e-16 (4 hosts)",
+}
+GIB = 2**30
 
 
 def plan_one(config_name: str, target_name: str) -> dict[str, Any]:
@@ -58,8 +65,11 @@ def setting(row: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     if chosen is not None:
         prefix = "auto: " if row["microbatches"] == "auto" else ""
         return f"{prefix}optim.microbatches={chosen['value']}", chosen["memory"]
-    if row.get("remat") is not None and row["remat"]["peak_bytes"] <= (row["budget_bytes"] or 0) \
-            and not row["remat"]["exhausted"]:
+    if (
+        row.get("remat") is not None
+        and row["remat"]["peak_bytes"] <= (row["budget_bytes"] or 0)
+        and not row["remat"]["exhausted"]
+    ):
         return "model.remat=true", row["remat"]
     return "does not fit", None
 
@@ -74,21 +84,45 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         used, memory = setting(row)
         whole = row["train"]
         attention = row["attention_impl"] if row["config"] != "sudoku_mlp" else "(mlp_t)"
-        table.append([
-            row["config"], f"{name}: {row['devices']} x {row['device_kind']}",
-            f"{row['global_batch_size'] // row['devices']}", used,
-            "n/a" if memory is None else f"{memory['peak_bytes'] / GIB:.1f} / {row['budget_bytes'] / GIB:.1f}",
-            "n/a" if memory is None else f"{memory['compile_s']:.0f}",
-            f"{whole['peak_bytes'] / GIB:.1f}" + (" (refused)" if whole["exhausted"] else ""),
-            attention, f"{row['eval']['peak_bytes'] / GIB:.1f}"])
-    header = ["config", "target", "rows / device", "fits with", "train step: peak / budget GiB per device",
-              "its compile s", "1 microbatch: peak GiB", "attention", "eval step: peak GiB"]
-    return "\n".join([
-        "## Paper configs on accelerators: XLA's memory plan at the paper's batch (768)", "",
-        "Compiled ahead of time from a CPU; not a run on the hardware. GPU budget: the 75% of memory "
-        "JAX's allocator takes by default. \"refused\": the TPU compiler stopped with RESOURCE_EXHAUSTED "
-        "(the figure is its temporaries plus the arguments).", "",
-        common.markdown_table(header, table), *common.provenance_lines(meta)]) + "\n"
+        table.append(
+            [
+                row["config"],
+                f"{name}: {row['devices']} x {row['device_kind']}",
+                f"{row['global_batch_size'] // row['devices']}",
+                used,
+                "n/a" if memory is None else f"{memory['peak_bytes'] / GIB:.1f} / {row['budget_bytes'] / GIB:.1f}",
+                "n/a" if memory is None else f"{memory['compile_s']:.0f}",
+                f"{whole['peak_bytes'] / GIB:.1f}" + (" (refused)" if whole["exhausted"] else ""),
+                attention,
+                f"{row['eval']['peak_bytes'] / GIB:.1f}",
+            ]
+        )
+    header = [
+        "config",
+        "target",
+        "rows / device",
+        "fits with",
+        "train step: peak / budget GiB per device",
+        "its compile s",
+        "1 microbatch: peak GiB",
+        "attention",
+        "eval step: peak GiB",
+    ]
+    return (
+        "\n".join(
+            [
+                "## Paper configs on accelerators: XLA's memory plan at the paper's batch (768)",
+                "",
+                "Compiled ahead of time from a CPU; not a run on the hardware. GPU budget: the 75% of memory "
+                'JAX\'s allocator takes by default. "refused": the TPU compiler stopped with RESOURCE_EXHAUSTED '
+                "(the figure is its temporaries plus the arguments).",
+                "",
+                common.markdown_table(header, table),
+                *common.provenance_lines(meta),
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -102,9 +136,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for config_name in [c for c in args.configs.split(",") if c]:
         for target_name in [t for t in args.targets.split(",") if t]:
             row = plan_one(config_name, target_name)
-            print(f"[accelerator_plans] {config_name} on {target_name}: "
-                  f"{row.get('verdict', row.get('error'))} ({row.get('seconds', 0):.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[accelerator_plans] {config_name} on {target_name}: "
+                f"{row.get('verdict', row.get('error'))} ({row.get('seconds', 0):.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(row)
     meta = common.run_metadata(sys.argv[1:] if argv is None else argv)
     report = {"rows": rows, **meta}

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @jax.jit
@@ -33,9 +33,15 @@ def randomized(state: Any) -> Any:
     """Every floating-point array of ``state`` filled with normal draws (the rest unchanged)."""
     leaves, tree = jax.tree_util.tree_flatten(state)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [
-        jax.random.normal(key, leaf.shape, leaf.dtype) if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
-        else leaf for key, leaf in zip(keys, leaves)])
+    return jax.tree_util.tree_unflatten(
+        tree,
+        [
+            jax.random.normal(key, leaf.shape, leaf.dtype)
+            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
+            else leaf
+            for key, leaf in zip(keys, leaves)
+        ],
+    )
 
 
 def seconds(fn, repeats: int) -> list[float]:
@@ -74,19 +80,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 save_s += seconds(lambda: ckpt.save(repeat + 1, state, {"step": repeat + 1}), 1)
                 restore_s += seconds(lambda: jax.block_until_ready(ckpt.restore(repeat + 1, target=state)[0]), 1)
     median = statistics.median
-    report = {"config": args.config, "state_bytes": state_bytes, "arrays": len(flat),
-              "checksum_s": checksum_s, "save_s": save_s, "restore_s": restore_s,
-              "checksum_gb_per_s": state_bytes / median(checksum_s) / 1e9,
-              "device": jax.devices()[0].device_kind, **common.run_metadata(sys.argv[1:] if argv is None else argv)}
-    rows = [["checksums of every array", f"{median(checksum_s):.2f}"],
-            ["synchronous save (checksums included)", f"{median(save_s):.2f}"],
-            ["restore, checksums verified", f"{median(restore_s):.2f}"]]
-    lines = [f"## Checkpoint cost: `{args.config}` train state, {state_bytes / GIB:.2f} GiB in {len(flat)} arrays, "
-             f"{report['device']}", "",
-             common.markdown_table(["what", f"median of {args.repeats} (s)"], rows),
-             f"Checksums at {report['checksum_gb_per_s']:.2f} GB/s.", "", *common.provenance_lines(report)]
-    common.write_report(os.path.join(args.out_dir, f"checkpoint_cost_{args.config}_{jax.default_backend()}"),
-                        report, "\n".join(lines) + "\n", "checkpoint_cost")
+    report = {
+        "config": args.config,
+        "state_bytes": state_bytes,
+        "arrays": len(flat),
+        "checksum_s": checksum_s,
+        "save_s": save_s,
+        "restore_s": restore_s,
+        "checksum_gb_per_s": state_bytes / median(checksum_s) / 1e9,
+        "device": jax.devices()[0].device_kind,
+        **common.run_metadata(sys.argv[1:] if argv is None else argv),
+    }
+    rows = [
+        ["checksums of every array", f"{median(checksum_s):.2f}"],
+        ["synchronous save (checksums included)", f"{median(save_s):.2f}"],
+        ["restore, checksums verified", f"{median(restore_s):.2f}"],
+    ]
+    lines = [
+        f"## Checkpoint cost: `{args.config}` train state, {state_bytes / GIB:.2f} GiB in {len(flat)} arrays, "
+        f"{report['device']}",
+        "",
+        common.markdown_table(["what", f"median of {args.repeats} (s)"], rows),
+        f"Checksums at {report['checksum_gb_per_s']:.2f} GB/s.",
+        "",
+        *common.provenance_lines(report),
+    ]
+    common.write_report(
+        os.path.join(args.out_dir, f"checkpoint_cost_{args.config}_{jax.default_backend()}"),
+        report,
+        "\n".join(lines) + "\n",
+        "checkpoint_cost",
+    )
     return report
 
 

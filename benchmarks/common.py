@@ -58,10 +58,15 @@ class BenchConfig:
         return TRMConfig(batch_size=batch_size, forward_dtype=dtype, **fields)
 
 
-
-
-def _experiment(name: str, description: str, seq_len: int, vocab_size: int, num_puzzle_identifiers: int,
-                bench_name: str | None = None, **optim_changes: Any) -> BenchConfig:
+def _experiment(
+    name: str,
+    description: str,
+    seq_len: int,
+    vocab_size: int,
+    num_puzzle_identifiers: int,
+    bench_name: str | None = None,
+    **optim_changes: Any,
+) -> BenchConfig:
     """The model and optimiser of the packaged experiment config ``name`` (trm_jax/experiments/),
     with the dataset's fields filled in (the benchmarks use synthetic batches of that shape)."""
     config = configs.load_config(name)
@@ -70,8 +75,13 @@ def _experiment(name: str, description: str, seq_len: int, vocab_size: int, num_
         del model[key]
     model.update(seq_len=seq_len, vocab_size=vocab_size, num_puzzle_identifiers=num_puzzle_identifiers)
     optim = dataclasses.replace(configs.optim_config(config, total_steps=BENCH_TOTAL_STEPS), **optim_changes)
-    return BenchConfig(name=bench_name or name, description=description, model=model, optim=optim,
-                       default_batch_size=optim.global_batch_size)
+    return BenchConfig(
+        name=bench_name or name,
+        description=description,
+        model=model,
+        optim=optim,
+        default_batch_size=optim.global_batch_size,
+    )
 
 
 NAMED_CONFIGS: dict[str, BenchConfig] = {
@@ -79,22 +89,41 @@ NAMED_CONFIGS: dict[str, BenchConfig] = {
     "tiny": BenchConfig(
         name="tiny",
         description="smoke-test model: 1 attention block, hidden 32, T=2, n=2",
-        model=dict(seq_len=16, vocab_size=8, num_puzzle_identifiers=4, puzzle_emb_ndim=32,
-                   puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, hidden_size=32,
-                   num_heads=2, expansion=2.0, halt_max_steps=4, halt_exploration_prob=0.1,
-                   pos_encodings="rope"),
-        optim=dataclasses.replace(_experiment("sudoku_mlp", "", 81, 11, 1).optim, global_batch_size=8,
-                                  lr_warmup_steps=10),
-        default_batch_size=8),
+        model=dict(
+            seq_len=16,
+            vocab_size=8,
+            num_puzzle_identifiers=4,
+            puzzle_emb_ndim=32,
+            puzzle_emb_len=2,
+            H_cycles=2,
+            L_cycles=2,
+            L_layers=1,
+            hidden_size=32,
+            num_heads=2,
+            expansion=2.0,
+            halt_max_steps=4,
+            halt_exploration_prob=0.1,
+            pos_encodings="rope",
+        ),
+        optim=dataclasses.replace(
+            _experiment("sudoku_mlp", "", 81, 11, 1).optim, global_batch_size=8, lr_warmup_steps=10
+        ),
+        default_batch_size=8,
+    ),
     "sudoku_mlp": _experiment(
-        "sudoku_mlp", "Sudoku-Extreme, mlp_t blocks, no positions, T=3, n=6 (paper: 87.4%)", 81, 11, 1),
-    "sudoku_att": _experiment(
-        "sudoku_att", "Sudoku-Extreme, attention + RoPE, T=3, n=6 (paper: 74.7%)", 81, 11, 1),
+        "sudoku_mlp", "Sudoku-Extreme, mlp_t blocks, no positions, T=3, n=6 (paper: 87.4%)", 81, 11, 1
+    ),
+    "sudoku_att": _experiment("sudoku_att", "Sudoku-Extreme, attention + RoPE, T=3, n=6 (paper: 74.7%)", 81, 11, 1),
     "maze": _experiment("maze", "Maze-Hard 30x30, attention + RoPE, T=3, n=4 (paper: 85.3%)", 900, 6, 1),
     "arc": _experiment(
-        "arc1", "ARC-AGI-1 (+concept), attention + RoPE, T=3, n=4 (paper: 44.6% pass@2); "
-                "puzzle table sized to an upper bound of the augmented puzzle count",
-        900, 12, ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND, bench_name="arc"),
+        "arc1",
+        "ARC-AGI-1 (+concept), attention + RoPE, T=3, n=4 (paper: 44.6% pass@2); "
+        "puzzle table sized to an upper bound of the augmented puzzle count",
+        900,
+        12,
+        ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND,
+        bench_name="arc",
+    ),
 }
 
 
@@ -107,8 +136,8 @@ def get_config(name: str) -> BenchConfig:
 
 # --------------------------------------------------------------------------- batches
 
-def synthetic_batches(config: TRMConfig, batch_size: int, count: int, seed: int = 0
-                      ) -> list[dict[str, np.ndarray]]:
+
+def synthetic_batches(config: TRMConfig, batch_size: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``count`` random training batches in the reference's format (numpy, int32).
 
     Tokens avoid the pad id 0; about 10% of labels are ignored (-100) so the loss divisor is
@@ -128,8 +157,10 @@ def synthetic_batches(config: TRMConfig, batch_size: int, count: int, seed: int 
 
 # --------------------------------------------------------------------------- timing
 
-def time_calls(step: Callable[[int], Any], sync: Callable[[Any], None], count: int,
-               start_index: int = 0) -> list[float]:
+
+def time_calls(
+    step: Callable[[int], Any], sync: Callable[[Any], None], count: int, start_index: int = 0
+) -> list[float]:
     """Wall-clock seconds of ``count`` calls ``step(i)``, each synchronised by ``sync(result)``.
 
     Each call is timed on its own (start, call, wait for the device, stop), so the figure is
@@ -147,21 +178,27 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
     """Median / min / max / mean (seconds) of a list of step times."""
     if not times:
         raise ValueError("summarize_times: no timings (steps must be >= 1)")
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "mean_s": statistics.fmean(times), "n": len(times)}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "mean_s": statistics.fmean(times),
+        "n": len(times),
+    }
 
 
-def ceiling_statistics(flops: float, times: Sequence[float], ceilings: Sequence[float]
-                       ) -> dict[str, Any]:
+def ceiling_statistics(flops: float, times: Sequence[float], ceilings: Sequence[float]) -> dict[str, Any]:
     """Timings of work of ``flops`` FLOPs against the matmul ceilings (FLOP/s) measured in the
     same rounds: the times' summary, GFLOP/s at the median time, the median ceiling, and the
     fraction of the ceiling (median and range of the per-round ratios)."""
     fractions = [flops / t / c for t, c in zip(times, ceilings)]
-    return {"times": summarize_times(times),
-            "gflops_per_s": flops / statistics.median(times) / 1e9,
-            "ceiling_gflops_per_s": statistics.median(ceilings) / 1e9,
-            "fraction_of_ceiling": statistics.median(fractions),
-            "fraction_of_ceiling_min_max": [min(fractions), max(fractions)]}
+    return {
+        "times": summarize_times(times),
+        "gflops_per_s": flops / statistics.median(times) / 1e9,
+        "ceiling_gflops_per_s": statistics.median(ceilings) / 1e9,
+        "fraction_of_ceiling": statistics.median(fractions),
+        "fraction_of_ceiling_min_max": [min(fractions), max(fractions)],
+    }
 
 
 def format_fraction_of_ceiling(stats: Mapping[str, Any]) -> str:
@@ -179,7 +216,7 @@ def host_peak_rss_bytes() -> int:
 
 # Dense (no sparsity) peak tensor-core throughput in FLOP/s, by device-name substring.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H100": {"bfloat16": 989e12, "float32": 494.5e12},   # SXM; fp32 = TF32 tensor cores
+    "H100": {"bfloat16": 989e12, "float32": 494.5e12},  # SXM; fp32 = TF32 tensor cores
     "H200": {"bfloat16": 989e12, "float32": 494.5e12},
     "A100": {"bfloat16": 312e12, "float32": 156e12},
 }
@@ -243,11 +280,13 @@ def model_flops_per_step(config: TRMConfig, batch_size: int) -> float:
 
 # --------------------------------------------------------------------------- provenance
 
+
 def git_head(directory: str) -> str | None:
     """The commit checked out in ``directory`` (a git checkout), or None."""
     try:
-        return subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -258,9 +297,12 @@ def git_commit() -> str | None:
     if head is None:
         return None
     try:
-        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "-uno",
-                                "--", "trm_jax", "benchmarks"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", REPO_ROOT, "status", "--porcelain", "-uno", "--", "trm_jax", "benchmarks"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty else "")
@@ -289,9 +331,13 @@ def host_description() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            # Other work on a shared machine slows every figure: record how busy it was.
-            "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        # Other work on a shared machine slows every figure: record how busy it was.
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def load_text(host: Mapping[str, Any]) -> str:
@@ -303,8 +349,7 @@ def load_text(host: Mapping[str, Any]) -> str:
 def run_metadata(argv: Sequence[str]) -> dict[str, Any]:
     """Provenance block of every result file: command, commit, versions, host, time."""
     return {
-        "command": " ".join([os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0] else "python",
-                             *argv]),
+        "command": " ".join([os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0] else "python", *argv]),
         "git_commit": git_commit(),
         "versions": library_versions(),
         "host": host_description(),
@@ -324,6 +369,7 @@ def provenance_lines(meta: Mapping[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- output
+
 
 def write_atomic(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename."""
@@ -397,6 +443,7 @@ def parse_model_overrides(parser: Any, items: Sequence[str]) -> dict[str, Any]:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; floats printed with 4 significant digits, None as n/a."""
+
     def cell(value: Any) -> str:
         if value is None:
             return "n/a"
@@ -428,7 +475,8 @@ def resolve_reference_dir(flag_value: str | None) -> str | None:
         raise FileNotFoundError(
             f"reference checkout {path!r} (from {'--reference-dir' if flag_value else REFERENCE_ENV})"
             f" has no models/recursive_reasoning/trm.py: expected a checkout of "
-            f"SamsungSAILMontreal/TinyRecursiveModels")
+            f"SamsungSAILMontreal/TinyRecursiveModels"
+        )
     return os.path.abspath(path)
 
 
@@ -473,17 +521,20 @@ def categorize(opcode: str, inner: set[str]) -> str | None:
     None for loops and calls."""
     if opcode in _CONTAINERS:
         return None
-    ops = (inner if opcode == "fusion" else {opcode}) - {"parameter", "constant", "bitcast",
-                                                         "get-tuple-element", "tuple"}
+    ops = (inner if opcode == "fusion" else {opcode}) - {
+        "parameter",
+        "constant",
+        "bitcast",
+        "get-tuple-element",
+        "tuple",
+    }
     if ops & {"dot", "convolution", "custom-call"}:
         return "matmul"
-    if ops and ops <= {"copy", "transpose", "slice", "concatenate", "pad"} and ops & {"copy",
-                                                                                    "transpose"}:
+    if ops and ops <= {"copy", "transpose", "slice", "concatenate", "pad"} and ops & {"copy", "transpose"}:
         return "copy/transpose"
     if ops and ops <= {"broadcast"}:
         return "broadcast"
-    if ops & {"dynamic-update-slice", "dynamic-slice"} and not ops & {"exponential", "divide",
-                                                                       "rsqrt", "reduce"}:
+    if ops & {"dynamic-update-slice", "dynamic-slice"} and not ops & {"exponential", "divide", "rsqrt", "reduce"}:
         return "dynamic slice/update"
     return "other"
 
@@ -492,8 +543,7 @@ def load_trace_events(trace_dir: str) -> list[dict[str, Any]]:
     """The complete events of the newest trace under ``trace_dir`` (needs ``xprof``)."""
     from xprof.convert import raw_to_tool_data  # noqa: PLC0415 - optional dependency
 
-    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-                   key=os.path.getmtime)
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     if not paths:
         raise FileNotFoundError(f"no *.xplane.pb under {trace_dir}")
     data, _ = raw_to_tool_data.xspace_to_tool_data([paths[-1]], "trace_viewer", {})
@@ -541,10 +591,10 @@ def op_breakdown(hlo_text: str, events: list[dict[str, Any]], steps: int) -> dic
         "steps": steps,
         "total_ms": total,
         "busy_ms": busy_time(intervals) / 1e3 / steps if intervals else None,
-        "categories": {c: {"ms": per_category[c], "share": per_category[c] / total if total else 0.0}
-                       for c in OP_CATEGORIES},
-        "top_ops": [{"name": name, "category": cat, "ms": ms}
-                    for (name, cat), ms in per_op.most_common(10)],
+        "categories": {
+            c: {"ms": per_category[c], "share": per_category[c] / total if total else 0.0} for c in OP_CATEGORIES
+        },
+        "top_ops": [{"name": name, "category": cat, "ms": ms} for (name, cat), ms in per_op.most_common(10)],
     }
 
 
@@ -564,6 +614,12 @@ def load_trained_model(args: Any) -> tuple:
 
     from trm_jax import cli  # noqa: PLC0415
 
-    source = argparse.Namespace(workdir=args.workdir, checkpoint=args.checkpoint, torch=None, config=args.config,
-                                step=args.step, dataset=args.dataset)
+    source = argparse.Namespace(
+        workdir=args.workdir,
+        checkpoint=args.checkpoint,
+        torch=None,
+        config=args.config,
+        step=args.step,
+        dataset=args.dataset,
+    )
     return cli.resolve_model(source, [])

@@ -66,8 +66,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.add_argument("--config", default="tiny", choices=sorted(common.NAMED_CONFIGS))
         p.add_argument("--batch-size", type=int, default=None)
         p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-        p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                       help="default bfloat16 on GPU, float32 on CPU")
+        p.add_argument(
+            "--dtype", choices=("float32", "bfloat16"), default=None, help="default bfloat16 on GPU, float32 on CPU"
+        )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out-dir", default=common.RESULTS_DIR)
         p.add_argument("--no-plot", action="store_true")
@@ -83,13 +84,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
     inference = sub.add_parser("inference", help="accuracy vs supervision steps at test time")
     shared(inference)
-    inference.add_argument("--weights", default="random",
-                           help="'random', 'torch:<state_dict file>' or 'checkpoint:<dir>'")
-    inference.add_argument("--data-dir", default=None,
-                           help="dataset directory (its test split); synthetic batches if absent")
+    inference.add_argument(
+        "--weights", default="random", help="'random', 'torch:<state_dict file>' or 'checkpoint:<dir>'"
+    )
+    inference.add_argument(
+        "--data-dir", default=None, help="dataset directory (its test split); synthetic batches if absent"
+    )
     inference.add_argument("--max-examples", type=int, default=256)
-    inference.add_argument("--max-steps", type=int, default=None,
-                           help="default 4 x halt_max_steps")
+    inference.add_argument("--max-steps", type=int, default=None, help="default 4 x halt_max_steps")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -100,6 +102,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 # =========================================================================== train sweep
 
+
 def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Times our step (and the reference's) at every (n, T) of the grid."""
     bench, device, dtype = bench_setup(args)
@@ -107,8 +110,11 @@ def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     batch_size = args.batch_size or bench.default_batch_size
     reference_dir = None if args.skip_reference else common.resolve_reference_dir(args.reference_dir)
     if reference_dir is None:
-        reason = "--skip-reference given" if args.skip_reference else (
-            f"no reference checkout (--reference-dir / {common.REFERENCE_ENV})")
+        reason = (
+            "--skip-reference given"
+            if args.skip_reference
+            else (f"no reference checkout (--reference-dir / {common.REFERENCE_ENV})")
+        )
         print(f"[depth_scaling] reference skipped: {reason}", file=sys.stderr)
 
     points = []
@@ -116,8 +122,12 @@ def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         for n in args.L_cycles:
             config = bench.model_config(batch_size, dtype, H_cycles=T, L_cycles=n)
             print(f"[depth_scaling] T={T} n={n}", file=sys.stderr)
-            point = {"H_cycles": T, "L_cycles": n, "net_calls": T * (n + 1),
-                     "ours": _time_ours(bench, config, device, args)}
+            point = {
+                "H_cycles": T,
+                "L_cycles": n,
+                "net_calls": T * (n + 1),
+                "ours": _time_ours(bench, config, device, args),
+            }
             if reference_dir is not None:
                 point["reference"] = _time_reference(bench, config, reference_dir, on_gpu, args)
             points.append(point)
@@ -125,8 +135,12 @@ def train_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     result = {
         "schema": TRAIN_SCHEMA,
         "meta": common.run_metadata(argv),
-        "config": {"name": bench.name, "batch_size": batch_size, "dtype": dtype,
-                   "model": bench.model_config(batch_size, dtype).to_dict()},
+        "config": {
+            "name": bench.name,
+            "batch_size": batch_size,
+            "dtype": dtype,
+            "model": bench.model_config(batch_size, dtype).to_dict(),
+        },
         "device": {"jax_platform": device.platform, "kind": device.device_kind},
         "timing": {"steps": args.steps, "warmup": args.warmup},
         "reference_included": reference_dir is not None,
@@ -152,14 +166,16 @@ def add_fits(result: dict[str, Any]) -> dict[str, Any]:
         fits[name] = {
             "net_calls": linear_fit([p["net_calls"] for p in points], times),
             "forward_equivalent_calls": linear_fit(
-                [forward_equivalent_calls(p["H_cycles"], p["L_cycles"]) for p in points], times),
+                [forward_equivalent_calls(p["H_cycles"], p["L_cycles"]) for p in points], times
+            ),
         }
     result["fits"] = fits
     return result
 
 
-def _time_ours(bench: common.BenchConfig, config: TRMConfig, device: jax.Device,
-               args: argparse.Namespace) -> dict[str, Any]:
+def _time_ours(
+    bench: common.BenchConfig, config: TRMConfig, device: jax.Device, args: argparse.Namespace
+) -> dict[str, Any]:
     count = args.warmup + args.steps
     batches = common.synthetic_batches(config, config.batch_size, min(count, 8), seed=args.seed)
     variables = JaxTrainStep.init_variables(config, args.seed)
@@ -168,26 +184,35 @@ def _time_ours(bench: common.BenchConfig, config: TRMConfig, device: jax.Device,
     device_batches = [step.put(b) for b in batches]
     for i in range(args.warmup):
         step.sync(step(device_batches[i % len(batches)]))
-    times = common.time_calls(lambda i: step(device_batches[i % len(batches)]), step.sync,
-                              args.steps, start_index=args.warmup)
+    times = common.time_calls(
+        lambda i: step(device_batches[i % len(batches)]), step.sync, args.steps, start_index=args.warmup
+    )
     stats = common.summarize_times(times)
     memory = step.memory_analysis or {}
-    return {"median_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"],
-            "compile_s": compile_s, "xla_temp_bytes": memory.get("temp_size_in_bytes"),
-            "xla_total_bytes": memory.get("total_bytes"),
-            "peak_memory_bytes": step.peak_memory_bytes(), "flops_per_step_xla": step.flops}
+    return {
+        "median_s": stats["median_s"],
+        "min_s": stats["min_s"],
+        "max_s": stats["max_s"],
+        "compile_s": compile_s,
+        "xla_temp_bytes": memory.get("temp_size_in_bytes"),
+        "xla_total_bytes": memory.get("total_bytes"),
+        "peak_memory_bytes": step.peak_memory_bytes(),
+        "flops_per_step_xla": step.flops,
+    }
 
 
-def _time_reference(bench: common.BenchConfig, config: TRMConfig, reference_dir: str,
-                    on_gpu: bool, args: argparse.Namespace) -> dict[str, Any]:
+def _time_reference(
+    bench: common.BenchConfig, config: TRMConfig, reference_dir: str, on_gpu: bool, args: argparse.Namespace
+) -> dict[str, Any]:
     from benchmarks.reference_torch import ReferenceTrainStep
     from trm_jax.interop import to_torch_state_dict
 
     count = args.warmup + args.steps + 1
     batches = common.synthetic_batches(config, config.batch_size, min(count, 8), seed=args.seed)
     state_dict = to_torch_state_dict(JaxTrainStep.init_variables(config, args.seed))
-    step = ReferenceTrainStep(reference_dir, config, bench.optim, state_dict,
-                              "cuda" if on_gpu else "cpu", compile_model=on_gpu)
+    step = ReferenceTrainStep(
+        reference_dir, config, bench.optim, state_dict, "cuda" if on_gpu else "cpu", compile_model=on_gpu
+    )
     torch_batches = [step.to_device(b) for b in batches]
     start = time.perf_counter()
     step.synchronize(step(torch_batches[0]))
@@ -195,11 +220,17 @@ def _time_reference(bench: common.BenchConfig, config: TRMConfig, reference_dir:
     for i in range(args.warmup):
         step.synchronize(step(torch_batches[(1 + i) % len(batches)]))
     step.reset_peak_memory()
-    times = common.time_calls(lambda i: step(torch_batches[i % len(batches)]), step.synchronize,
-                              args.steps, start_index=1 + args.warmup)
+    times = common.time_calls(
+        lambda i: step(torch_batches[i % len(batches)]), step.synchronize, args.steps, start_index=1 + args.warmup
+    )
     stats = common.summarize_times(times)
-    return {"median_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"],
-            "first_call_s": first_call_s, "peak_memory_bytes": step.peak_memory_bytes()}
+    return {
+        "median_s": stats["median_s"],
+        "min_s": stats["min_s"],
+        "max_s": stats["max_s"],
+        "first_call_s": first_call_s,
+        "peak_memory_bytes": step.peak_memory_bytes(),
+    }
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None]:
@@ -210,7 +241,7 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None
     slope, intercept = np.polyfit(xs, ys, 1)
     residual = ys - (intercept + slope * xs)
     total = np.sum((ys - ys.mean()) ** 2)
-    r2 = 1.0 - float(np.sum(residual ** 2) / total) if total > 0 else 1.0
+    r2 = 1.0 - float(np.sum(residual**2) / total) if total > 0 else 1.0
     return {"slope": float(slope), "intercept": float(intercept), "r2": r2}
 
 
@@ -223,28 +254,46 @@ def train_markdown(result: dict[str, Any]) -> str:
     rows = []
     for p in result["points"]:
         o = p["ours"]
-        row = [p["H_cycles"], p["L_cycles"], p["net_calls"], o["median_s"] * 1e3, o["compile_s"],
-               common.format_bytes(o["xla_temp_bytes"]), common.format_bytes(o["peak_memory_bytes"])]
+        row = [
+            p["H_cycles"],
+            p["L_cycles"],
+            p["net_calls"],
+            o["median_s"] * 1e3,
+            o["compile_s"],
+            common.format_bytes(o["xla_temp_bytes"]),
+            common.format_bytes(o["peak_memory_bytes"]),
+        ]
         if with_ref:
             r = p["reference"]
-            row += [r["median_s"] * 1e3, r["first_call_s"],
-                    common.format_bytes(r["peak_memory_bytes"]), o["median_s"] / r["median_s"]]
+            row += [
+                r["median_s"] * 1e3,
+                r["first_call_s"],
+                common.format_bytes(r["peak_memory_bytes"]),
+                o["median_s"] / r["median_s"],
+            ]
         rows.append(row)
-    fit_lines = [f"- linear fit of median step time, {name}: vs T(n+1): "
-                 f"{_fit_text(fit['net_calls'])}; vs (T+2)(n+1) (backward = 2 forward): "
-                 f"{_fit_text(fit['forward_equivalent_calls'])}"
-                 for name, fit in result["fits"].items()]
-    return "\n".join([
-        f"## depth scaling: `{cfg['name']}`, batch {cfg['batch_size']}, {cfg['dtype']}, "
-        f"{result['device']['kind']}", "", common.markdown_table(header, rows), *fit_lines,
-        *common.provenance_lines(meta), ""])
+    fit_lines = [
+        f"- linear fit of median step time, {name}: vs T(n+1): "
+        f"{_fit_text(fit['net_calls'])}; vs (T+2)(n+1) (backward = 2 forward): "
+        f"{_fit_text(fit['forward_equivalent_calls'])}"
+        for name, fit in result["fits"].items()
+    ]
+    return "\n".join(
+        [
+            f"## depth scaling: `{cfg['name']}`, batch {cfg['batch_size']}, {cfg['dtype']}, {result['device']['kind']}",
+            "",
+            common.markdown_table(header, rows),
+            *fit_lines,
+            *common.provenance_lines(meta),
+            "",
+        ]
+    )
 
 
 def _fit_text(fit: dict[str, float | None]) -> str:
     if fit["slope"] is None:
         return "n/a (fewer than two distinct T(n+1))"
-    return (f"{fit['slope'] * 1e3:.4g} ms per call + {fit['intercept'] * 1e3:.4g} ms, "
-            f"R^2 {fit['r2']:.4f}")
+    return f"{fit['slope'] * 1e3:.4g} ms per call + {fit['intercept'] * 1e3:.4g} ms, R^2 {fit['r2']:.4f}"
 
 
 def train_plot(result: dict[str, Any], path: str) -> None:
@@ -263,25 +312,41 @@ def train_plot(result: dict[str, Any], path: str) -> None:
         fit = result["fits"][name]["forward_equivalent_calls"]
         if fit["slope"] is not None:
             xs = np.linspace(0, fwd.max(), 50)
-            axes[0].plot(xs, 1e3 * (fit["intercept"] + fit["slope"] * xs), "-", color=colour,
-                         alpha=0.5, label=f"{name} fit (R²={fit['r2']:.3f})")
+            axes[0].plot(
+                xs,
+                1e3 * (fit["intercept"] + fit["slope"] * xs),
+                "-",
+                color=colour,
+                alpha=0.5,
+                label=f"{name} fit (R²={fit['r2']:.3f})",
+            )
         if name == "ours":
             for x, y, p in zip(fwd, ms, points):
                 axes[0].annotate(f"T{p['H_cycles']}n{p['L_cycles']}", (x, y), fontsize=7)
-    axes[1].plot(calls, [p["ours"]["compile_s"] for p in points], "o", color="tab:blue",
-                 label="ours (XLA compile)")
+    axes[1].plot(calls, [p["ours"]["compile_s"] for p in points], "o", color="tab:blue", label="ours (XLA compile)")
     if result["reference_included"]:
-        axes[1].plot(calls, [p["reference"]["first_call_s"] for p in points], "s",
-                     color="tab:orange", label="reference (first call)")
+        axes[1].plot(
+            calls,
+            [p["reference"]["first_call_s"] for p in points],
+            "s",
+            color="tab:orange",
+            label="reference (first call)",
+        )
     for T in sorted({p["H_cycles"] for p in points}):
-        row = sorted((p["L_cycles"], p["ours"]["xla_temp_bytes"]) for p in points
-                     if p["H_cycles"] == T and p["ours"]["xla_temp_bytes"] is not None)
+        row = sorted(
+            (p["L_cycles"], p["ours"]["xla_temp_bytes"])
+            for p in points
+            if p["H_cycles"] == T and p["ours"]["xla_temp_bytes"] is not None
+        )
         if row:
-            axes[2].plot([n for n, _ in row], [b / 2**20 for _, b in row], "o-",
-                         label=f"ours XLA temp, T={T}", alpha=0.7)
-    labels = (("median step time (ms)", "forward-equivalent network calls, (T+2)(n+1)"),
-              ("compile / first-call time (s)", "network calls per step, T(n+1)"),
-              ("XLA temporary memory (MiB)", "n (L_cycles)"))
+            axes[2].plot(
+                [n for n, _ in row], [b / 2**20 for _, b in row], "o-", label=f"ours XLA temp, T={T}", alpha=0.7
+            )
+    labels = (
+        ("median step time (ms)", "forward-equivalent network calls, (T+2)(n+1)"),
+        ("compile / first-call time (s)", "network calls per step, T(n+1)"),
+        ("XLA temporary memory (MiB)", "n (L_cycles)"),
+    )
     for ax, (title, xlabel) in zip(axes, labels):
         ax.set_title(title)
         ax.set_ylim(bottom=0)
@@ -289,17 +354,18 @@ def train_plot(result: dict[str, Any], path: str) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     cfg = result["config"]
-    fig.suptitle(f"{cfg['name']}, batch {cfg['batch_size']}, {cfg['dtype']}, "
-                 f"{result['device']['kind']}")
+    fig.suptitle(f"{cfg['name']}, batch {cfg['batch_size']}, {cfg['dtype']}, {result['device']['kind']}")
     fig.tight_layout()
     _save_figure(fig, path)
 
 
 # =========================================================================== inference sweep
 
+
 @functools.partial(jax.jit, static_argnames=("config", "num_steps"))
-def supervision_curve(config: TRMConfig, variables: Any, batch: dict[str, jax.Array],
-                      num_steps: int) -> dict[str, jax.Array]:
+def supervision_curve(
+    config: TRMConfig, variables: Any, batch: dict[str, jax.Array], num_steps: int
+) -> dict[str, jax.Array]:
     """Per-step correctness counts of ``num_steps`` evaluation ACT steps on one batch.
 
     A reduction of :func:`trm_jax.train.depth_curve.depth_trace` (no row halts and is reset
@@ -312,14 +378,15 @@ def supervision_curve(config: TRMConfig, variables: Any, batch: dict[str, jax.Ar
 
     trace = depth_trace(config, variables, batch, num_steps)
     valid = trace["valid"][:, None]
-    return {"exact": jnp.sum(valid & trace["exact"], axis=0),
-            "token_accuracy": jnp.sum(jnp.where(valid, trace["accuracy"], 0.0), axis=0),
-            "q_halt_positive": jnp.sum(valid & (trace["q_halt_logits"] > 0), axis=0),
-            "rows": trace["valid"].sum()}
+    return {
+        "exact": jnp.sum(valid & trace["exact"], axis=0),
+        "token_accuracy": jnp.sum(jnp.where(valid, trace["accuracy"], 0.0), axis=0),
+        "q_halt_positive": jnp.sum(valid & (trace["q_halt_logits"] > 0), axis=0),
+        "rows": trace["valid"].sum(),
+    }
 
 
-def dataset_batches(data_dir: str, batch_size: int, max_examples: int
-                    ) -> Iterator[dict[str, np.ndarray]]:
+def dataset_batches(data_dir: str, batch_size: int, max_examples: int) -> Iterator[dict[str, np.ndarray]]:
     """Test-split examples of a dataset directory in order, in padded batches.
 
     Labels equal to the dataset's ``ignore_label_id`` become -100; the last batch is padded
@@ -332,8 +399,9 @@ def dataset_batches(data_dir: str, batch_size: int, max_examples: int
     remaining = max_examples
     for set_name in meta.sets:
         arrays = load_split(split_dir, set_name, metadata=meta)
-        per_example_ids = np.repeat(np.asarray(arrays.puzzle_identifiers, np.int32),
-                                    np.diff(np.asarray(arrays.puzzle_indices)))
+        per_example_ids = np.repeat(
+            np.asarray(arrays.puzzle_identifiers, np.int32), np.diff(np.asarray(arrays.puzzle_indices))
+        )
         total = min(len(arrays.inputs), remaining)
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
@@ -360,12 +428,13 @@ def load_weights(spec: str, config: TRMConfig, seed: int) -> tuple[Any, str]:
     kind, _, path = spec.partition(":")
     if kind == "torch" and path:
         from trm_jax.interop import load_torch_checkpoint
+
         return load_torch_checkpoint(path, config), f"official state_dict {path}"
     if kind == "checkpoint" and path:
         from benchmarks.jax_step import load_checkpoint_variables
+
         return load_checkpoint_variables(path, config), f"trm-jax checkpoint {path}"
-    raise ValueError(f"--weights {spec!r}: expected 'random', 'torch:<file>' or "
-                     f"'checkpoint:<dir>'")
+    raise ValueError(f"--weights {spec!r}: expected 'random', 'torch:<file>' or 'checkpoint:<dir>'")
 
 
 def inference_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
@@ -387,51 +456,70 @@ def inference_sweep(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, 
         rows = 0
         start = time.perf_counter()
         for batch in batches:
-            stats = jax.device_get(supervision_curve(config, variables,
-                                                     {k: jnp.asarray(v) for k, v in batch.items()},
-                                                     max_steps))
+            stats = jax.device_get(
+                supervision_curve(config, variables, {k: jnp.asarray(v) for k, v in batch.items()}, max_steps)
+            )
             rows += int(stats.pop("rows"))
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0) + np.asarray(v, np.float64)
         seconds = time.perf_counter() - start
     if rows == 0:
         raise ValueError(f"inference sweep: no labelled rows in {source}")
-    curve = [{"steps": k + 1, "exact_accuracy": totals["exact"][k] / rows,
-              "token_accuracy": totals["token_accuracy"][k] / rows,
-              "q_halt_positive_fraction": totals["q_halt_positive"][k] / rows}
-             for k in range(max_steps)]
+    curve = [
+        {
+            "steps": k + 1,
+            "exact_accuracy": totals["exact"][k] / rows,
+            "token_accuracy": totals["token_accuracy"][k] / rows,
+            "q_halt_positive_fraction": totals["q_halt_positive"][k] / rows,
+        }
+        for k in range(max_steps)
+    ]
     return {
         "schema": INFERENCE_SCHEMA,
         "meta": common.run_metadata(argv),
-        "config": {"name": bench.name, "batch_size": batch_size, "dtype": dtype,
-                   "model": config.to_dict()},
+        "config": {"name": bench.name, "batch_size": batch_size, "dtype": dtype, "model": config.to_dict()},
         "device": {"jax_platform": device.platform, "kind": device.device_kind},
-        "weights": weights, "data": source, "rows": rows, "seconds": seconds,
-        "halt_max_steps": config.halt_max_steps, "max_steps": max_steps, "curve": curve,
+        "weights": weights,
+        "data": source,
+        "rows": rows,
+        "seconds": seconds,
+        "halt_max_steps": config.halt_max_steps,
+        "max_steps": max_steps,
+        "curve": curve,
     }
 
 
 def inference_markdown(result: dict[str, Any]) -> str:
     H = result["halt_max_steps"]
-    marks = sorted({1, H // 2 or 1, H, 2 * H, 3 * H, result["max_steps"]} & set(
-        range(1, result["max_steps"] + 1)))
-    rows = [[c["steps"], c["exact_accuracy"], c["token_accuracy"], c["q_halt_positive_fraction"]]
-            for c in result["curve"] if c["steps"] in marks]
+    marks = sorted({1, H // 2 or 1, H, 2 * H, 3 * H, result["max_steps"]} & set(range(1, result["max_steps"] + 1)))
+    rows = [
+        [c["steps"], c["exact_accuracy"], c["token_accuracy"], c["q_halt_positive_fraction"]]
+        for c in result["curve"]
+        if c["steps"] in marks
+    ]
     meta = result["meta"]
-    return "\n".join([
-        f"## accuracy vs supervision steps: `{result['config']['name']}`, {result['weights']}",
-        "", f"data: {result['data']} ({result['rows']} rows); trained with halt_max_steps {H}",
-        "", common.markdown_table(["steps", "exact acc", "token acc", "q_halt > 0"], rows),
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, device {result['device']['kind']}",
-        ""])
+    return "\n".join(
+        [
+            f"## accuracy vs supervision steps: `{result['config']['name']}`, {result['weights']}",
+            "",
+            f"data: {result['data']} ({result['rows']} rows); trained with halt_max_steps {H}",
+            "",
+            common.markdown_table(["steps", "exact acc", "token acc", "q_halt > 0"], rows),
+            f"- command: `{meta['command']}`",
+            f"- commit {meta['git_commit']}, {meta['timestamp_utc']}, device {result['device']['kind']}",
+            "",
+        ]
+    )
 
 
 def inference_plot(result: dict[str, Any], path: str) -> None:
     fig, ax = _subplots(figsize=(6.5, 4.2))
     steps = [c["steps"] for c in result["curve"]]
-    for key, label in (("exact_accuracy", "exact"), ("token_accuracy", "token"),
-                       ("q_halt_positive_fraction", "q_halt > 0")):
+    for key, label in (
+        ("exact_accuracy", "exact"),
+        ("token_accuracy", "token"),
+        ("q_halt_positive_fraction", "q_halt > 0"),
+    ):
         ax.plot(steps, [c[key] for c in result["curve"]], label=label)
     ax.axvline(result["halt_max_steps"], color="grey", linestyle="--", label="halt_max_steps")
     ax.set_xlabel("supervision steps at inference")
@@ -444,6 +532,7 @@ def inference_plot(result: dict[str, Any], path: str) -> None:
 
 
 # =========================================================================== plumbing
+
 
 def _subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
     """A figure and its axes without pyplot (no backend is selected)."""
@@ -465,8 +554,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.sweep == "train":
         result = train_sweep(args, argv)
         cfg = result["config"]
-        stem = (f"depth_scaling_{cfg['name']}_{result['device']['jax_platform']}_{cfg['dtype']}"
-                f"_b{cfg['batch_size']}")
+        stem = f"depth_scaling_{cfg['name']}_{result['device']['jax_platform']}_{cfg['dtype']}_b{cfg['batch_size']}"
         markdown, plot = train_markdown(result), train_plot
     else:
         result = inference_sweep(args, argv)
@@ -479,8 +567,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.no_plot:
         plot(result, stem + ".png")
     print(markdown)
-    print(f"[depth_scaling] wrote {stem}.json/.md" + ("" if args.no_plot else "/.png"),
-          file=sys.stderr)
+    print(f"[depth_scaling] wrote {stem}.json/.md" + ("" if args.no_plot else "/.png"), file=sys.stderr)
     return result
 
 

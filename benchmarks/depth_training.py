@@ -61,8 +61,12 @@ def parse_grid(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, in
 
 def run_overrides(t: int, n: int, halt_max_steps: int | None, steps: int, extra: Sequence[str]) -> list[str]:
     """The command-line overrides of one grid point (the quickstart config otherwise)."""
-    overrides = [f"--config.model.H_cycles={t}", f"--config.model.L_cycles={n}",
-                 f"--config.optim.total_steps={steps}", f"--config.train.eval_every_steps={steps}"]
+    overrides = [
+        f"--config.model.H_cycles={t}",
+        f"--config.model.L_cycles={n}",
+        f"--config.optim.total_steps={steps}",
+        f"--config.train.eval_every_steps={steps}",
+    ]
     if halt_max_steps is not None:
         overrides.append(f"--config.model.halt_max_steps={halt_max_steps}")
     return overrides + list(extra)
@@ -84,14 +88,27 @@ def sweep(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
         extra = [f"--config.data.dataset_dir={data_dir}", *args.overrides]
         run = run_training("quickstart", workdir, run_overrides(t, n, halt, args.steps, extra))
         result = run["result"]
-        runs.append({"label": label, "H_cycles": t, "L_cycles": n,
-                     "halt_max_steps": halt or base.model.halt_max_steps,
-                     "effective_depth": t * (n + 1) * layers, "wall_s": run["wall_s"],
-                     "exact_accuracy": result["eval/exact_accuracy"], "accuracy": result["eval/accuracy"],
-                     "steps": result["step"], "command": run["command"], "depth_curve": run["depth_curve"],
-                     "load_before_1_5_15": run["load_before_1_5_15"]})
-        print(f"{label}: exact {100 * result['eval/exact_accuracy']:.1f}% in {run['wall_s']:.0f} s",
-              file=sys.stderr, flush=True)
+        runs.append(
+            {
+                "label": label,
+                "H_cycles": t,
+                "L_cycles": n,
+                "halt_max_steps": halt or base.model.halt_max_steps,
+                "effective_depth": t * (n + 1) * layers,
+                "wall_s": run["wall_s"],
+                "exact_accuracy": result["eval/exact_accuracy"],
+                "accuracy": result["eval/accuracy"],
+                "steps": result["step"],
+                "command": run["command"],
+                "depth_curve": run["depth_curve"],
+                "load_before_1_5_15": run["load_before_1_5_15"],
+            }
+        )
+        print(
+            f"{label}: exact {100 * result['eval/exact_accuracy']:.1f}% in {run['wall_s']:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return runs
 
 
@@ -105,10 +122,20 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> Path:
     ax = fig.subplots()
     for index, run in enumerate(runs):
         control = run["label"] == CONTROL
-        ax.plot(run["wall_s"] / 60, 100 * run["exact_accuracy"], "s" if control else "o", ms=8,
-                color="gray" if control else "C0")
-        ax.annotate(f"{run['label']} (depth {run['effective_depth']})", (run["wall_s"] / 60, 100 * run["exact_accuracy"]),
-                    fontsize=7, textcoords="offset points", xytext=(4, 4 if index % 2 else -10))
+        ax.plot(
+            run["wall_s"] / 60,
+            100 * run["exact_accuracy"],
+            "s" if control else "o",
+            ms=8,
+            color="gray" if control else "C0",
+        )
+        ax.annotate(
+            f"{run['label']} (depth {run['effective_depth']})",
+            (run["wall_s"] / 60, 100 * run["exact_accuracy"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, 4 if index % 2 else -10),
+        )
     ax.set_xlabel("wall time of the training command (min)")
     ax.set_ylabel("held-out puzzles solved exactly (%)")
     ax.set_ylim(-2, 102)
@@ -120,16 +147,35 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> Path:
 
 def markdown(runs: Sequence[dict[str, Any]], meta: dict[str, Any], png: str) -> str:
     header = ["run", "T", "n", "supervision steps", "depth per step", "held-out exact", "cell accuracy", "wall time"]
-    rows = [[r["label"], r["H_cycles"], r["L_cycles"], r["halt_max_steps"], r["effective_depth"],
-             f"{100 * r['exact_accuracy']:.1f}%", f"{100 * r['accuracy']:.1f}%", f"{r['wall_s'] / 60:.2f} min"]
-            for r in runs]
-    return "\n".join([
-        "# Training depth: the quickstart recipe at several (T, n), equal steps", "",
-        common.markdown_table(header, rows), "",
-        "Depth per step: T x (n + 1) x L_layers network layers per supervision step. Control: T=1, n=1 and "
-        "one supervision step (no recursion, no deep supervision). Wall time: the whole training command "
-        f"(compilation, training, one evaluation and the depth curve). Plot: `{png}`.", "",
-        *common.provenance_lines(meta)]) + "\n"
+    rows = [
+        [
+            r["label"],
+            r["H_cycles"],
+            r["L_cycles"],
+            r["halt_max_steps"],
+            r["effective_depth"],
+            f"{100 * r['exact_accuracy']:.1f}%",
+            f"{100 * r['accuracy']:.1f}%",
+            f"{r['wall_s'] / 60:.2f} min",
+        ]
+        for r in runs
+    ]
+    return (
+        "\n".join(
+            [
+                "# Training depth: the quickstart recipe at several (T, n), equal steps",
+                "",
+                common.markdown_table(header, rows),
+                "",
+                "Depth per step: T x (n + 1) x L_layers network layers per supervision step. Control: T=1, n=1 and "
+                "one supervision step (no recursion, no deep supervision). Wall time: the whole training command "
+                f"(compilation, training, one evaluation and the depth curve). Plot: `{png}`.",
+                "",
+                *common.provenance_lines(meta),
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

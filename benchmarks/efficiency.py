@@ -43,20 +43,34 @@ SCHEMA = "trm-jax/efficiency/v1"
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="sudoku_mlp,sudoku_att",
-                        help=f"comma-separated named configs ({', '.join(common.NAMED_CONFIGS)})")
+    parser.add_argument(
+        "--configs",
+        default="sudoku_mlp,sudoku_att",
+        help=f"comma-separated named configs ({', '.join(common.NAMED_CONFIGS)})",
+    )
     parser.add_argument("--batch-sizes", default="8,32")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps of each (interleaved)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each after compiling")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="forward dtype; default bfloat16 on GPU, float32 elsewhere")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a model field of every config (repeatable), e.g. "
-                             "saved_activations=all")
-    parser.add_argument("--microbatches", default="1",
-                        help="comma-separated optim.microbatches values to time each config "
-                             "with (chunks of the batch run one after the other)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="forward dtype; default bfloat16 on GPU, float32 elsewhere",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a model field of every config (repeatable), e.g. saved_activations=all",
+    )
+    parser.add_argument(
+        "--microbatches",
+        default="1",
+        help="comma-separated optim.microbatches values to time each config "
+        "with (chunks of the batch run one after the other)",
+    )
     parser.add_argument("--profile-dir", default=None)
     parser.add_argument("--name", default=None, help="output name (default: from the device)")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,32 +99,46 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for batch_size in args.batch_sizes:
             for microbatches in args.microbatches:
                 config = bench.model_config(batch_size, dtype, **args.overrides)
-                step = JaxTrainStep(bench, config, JaxTrainStep.init_variables(config, args.seed),
-                                    device, args.seed, microbatches=microbatches)
+                step = JaxTrainStep(
+                    bench,
+                    config,
+                    JaxTrainStep.init_variables(config, args.seed),
+                    device,
+                    args.seed,
+                    microbatches=microbatches,
+                )
                 host_batches = common.synthetic_batches(config, batch_size, 4, seed=args.seed)
                 compile_s = step.compile(host_batches[0])
                 batches = [step.put(b) for b in host_batches]
                 for i in range(args.warmup):
                     step.sync(step(batches[i % len(batches)]))
-                cases.append({"config": name, "batch_size": batch_size,
-                              "microbatches": microbatches, "step": step,
-                              "batches": batches, "compile_s": compile_s,
-                              "flops": common.model_flops_per_step(config, batch_size),
-                              "times": [], "ceilings": []})
-                print(f"[efficiency] compiled {name} batch {batch_size} microbatches "
-                      f"{microbatches} in {compile_s:.1f} s", file=sys.stderr)
+                cases.append(
+                    {
+                        "config": name,
+                        "batch_size": batch_size,
+                        "microbatches": microbatches,
+                        "step": step,
+                        "batches": batches,
+                        "compile_s": compile_s,
+                        "flops": common.model_flops_per_step(config, batch_size),
+                        "times": [],
+                        "ceilings": [],
+                    }
+                )
+                print(
+                    f"[efficiency] compiled {name} batch {batch_size} microbatches {microbatches} in {compile_s:.1f} s",
+                    file=sys.stderr,
+                )
     for r in range(args.rounds):
         for case in cases:
             case["ceilings"].append(ceiling.measure())
             step, batches = case["step"], case["batches"]
-            case["times"] += common.time_calls(lambda i: step(batches[i % len(batches)]), step.sync,
-                                               1, start_index=r)
+            case["times"] += common.time_calls(lambda i: step(batches[i % len(batches)]), step.sync, 1, start_index=r)
         print(f"[efficiency] round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     rows = [summarize_case(case) for case in cases]
     for row in rows:  # efficiency relative to the first config at the same batch and chunks
-        base = next(r for r in rows if (r["batch_size"], r["microbatches"])
-                    == (row["batch_size"], row["microbatches"]))
+        base = next(r for r in rows if (r["batch_size"], r["microbatches"]) == (row["batch_size"], row["microbatches"]))
         row["efficiency_vs_first_config"] = row["fraction_of_ceiling"] / base["fraction_of_ceiling"]
     result = {
         "schema": SCHEMA,
@@ -141,12 +169,14 @@ def matmul_only_fraction(row: dict[str, Any], breakdown: dict[str, Any] | None) 
 def summarize_case(case: dict[str, Any]) -> dict[str, Any]:
     """Median step time, GFLOP/s and fraction of the ceiling (median of per-round ratios)."""
     return {
-        "config": case["config"], "batch_size": case["batch_size"],
-        "microbatches": case["microbatches"], "flops_per_step": case["flops"], "compile_s": case["compile_s"],
+        "config": case["config"],
+        "batch_size": case["batch_size"],
+        "microbatches": case["microbatches"],
+        "flops_per_step": case["flops"],
+        "compile_s": case["compile_s"],
         **common.ceiling_statistics(case["flops"], case["times"], case["ceilings"]),
         "xla_memory": case["step"].memory_analysis,
-        "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9}
-                      for t, c in zip(case["times"], case["ceilings"])],
+        "per_round": [{"step_s": t, "ceiling_gflops_per_s": c / 1e9} for t, c in zip(case["times"], case["ceilings"])],
     }
 
 
@@ -158,8 +188,12 @@ def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict
     with jax.profiler.trace(trace_dir):
         for i in range(steps):
             step.sync(step(case["batches"][i % len(case["batches"])]))
-    out: dict[str, Any] = {"config": case["config"], "batch_size": case["batch_size"],
-                           "microbatches": case["microbatches"], "trace_dir": trace_dir}
+    out: dict[str, Any] = {
+        "config": case["config"],
+        "batch_size": case["batch_size"],
+        "microbatches": case["microbatches"],
+        "trace_dir": trace_dir,
+    }
     try:
         events = common.load_trace_events(trace_dir)
     except ImportError:
@@ -173,41 +207,66 @@ def profile_case(case: dict[str, Any], profile_dir: str, steps: int = 2) -> dict
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: one row per (config, batch), the profile breakdowns, provenance."""
     meta = result["meta"]
-    rows = [[r["config"], r["batch_size"], r["microbatches"], r["times"]["median_s"] * 1e3,
-             r["flops_per_step"] / 1e9, r["gflops_per_s"], r["ceiling_gflops_per_s"],
-             common.format_fraction_of_ceiling(r),
-             f"{r['efficiency_vs_first_config']:.2f}",
-             common.format_bytes((r.get("xla_memory") or {}).get("temp_size_in_bytes"))]
-            for r in result["rows"]]
+    rows = [
+        [
+            r["config"],
+            r["batch_size"],
+            r["microbatches"],
+            r["times"]["median_s"] * 1e3,
+            r["flops_per_step"] / 1e9,
+            r["gflops_per_s"],
+            r["ceiling_gflops_per_s"],
+            common.format_fraction_of_ceiling(r),
+            f"{r['efficiency_vs_first_config']:.2f}",
+            common.format_bytes((r.get("xla_memory") or {}).get("temp_size_in_bytes")),
+        ]
+        for r in result["rows"]
+    ]
     lines = [
         f"## step efficiency, {result['dtype']}, {result['device']['kind']}"
         + (f", overrides {result['overrides']}" if result["overrides"] else ""),
         "",
         common.markdown_table(
-            ["config", "batch", "microbatches", "median step ms", "GFLOP/step", "GFLOP/s", "ceiling GFLOP/s",
-             "of ceiling: median (min-max)", "vs first config", "XLA temp memory"], rows),
+            [
+                "config",
+                "batch",
+                "microbatches",
+                "median step ms",
+                "GFLOP/step",
+                "GFLOP/s",
+                "ceiling GFLOP/s",
+                "of ceiling: median (min-max)",
+                "vs first config",
+                "XLA temp memory",
+            ],
+            rows,
+        ),
         f"- work: analytic matmul FLOPs per train step; ceiling: {result['ceiling']['text']}, "
         f"measured before every timed step; {result['rounds']} interleaved rounds",
     ]
     for prof in result.get("profiles") or []:
-        lines.append(f"- profile {prof['config']} batch {prof['batch_size']} microbatches "
-                     f"{prof['microbatches']}: trace in "
-                     f"`{prof['trace_dir']}`")
+        lines.append(
+            f"- profile {prof['config']} batch {prof['batch_size']} microbatches "
+            f"{prof['microbatches']}: trace in "
+            f"`{prof['trace_dir']}`"
+        )
         b = prof.get("breakdown")
         if b is None:
             lines.append(f"  ({prof.get('breakdown_skipped')})")
             continue
-        parts = ", ".join(f"{c} {v['ms']:.0f} ms ({100 * v['share']:.0f}%)"
-                          for c, v in b["categories"].items())
-        lines.append(f"  ms per step by kind of operation (under the profiler, "
-                     f"{b['total_ms']:.0f} ms in all): {parts}")
+        parts = ", ".join(f"{c} {v['ms']:.0f} ms ({100 * v['share']:.0f}%)" for c, v in b["categories"].items())
+        lines.append(f"  ms per step by kind of operation (under the profiler, {b['total_ms']:.0f} ms in all): {parts}")
         if b.get("busy_ms") is not None:
-            lines.append(f"  at least one operation running during {b['busy_ms']:.0f} ms a step "
-                         f"(operations that run at the same time each count their own duration)")
+            lines.append(
+                f"  at least one operation running during {b['busy_ms']:.0f} ms a step "
+                f"(operations that run at the same time each count their own duration)"
+            )
         bound = prof.get("matmul_only_fraction_of_ceiling")
         if bound is not None:
-            lines.append(f"  matmuls alone: {100 * bound:.0f}% of the ceiling (the step's fraction if all "
-                         f"other work took no time)")
+            lines.append(
+                f"  matmuls alone: {100 * bound:.0f}% of the ceiling (the step's fraction if all "
+                f"other work took no time)"
+            )
     lines += [
         *common.provenance_lines(meta),
         "",

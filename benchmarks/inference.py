@@ -69,10 +69,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     eval_step = parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema)
     batches = [parallel.shard_batch(b, mesh) for b in loader] * args.copies
     times = time_passes(lambda: [eval_step(state, b) for b in batches], args.repeat)
-    metrics = run_evaluation(config, state, make_eval_fn(config, model_config, optim_config, mesh, state,
-                                                         HaltingPolicy("fixed")), loader, step=int(state.step))
-    rows.append({"policy": "batch eval step", "threshold": None, "exact_accuracy": metrics["exact_accuracy"],
-                 "mean_steps": metrics["steps"], "halted_early": 0.0, **_rates(times, n)})
+    metrics = run_evaluation(
+        config,
+        state,
+        make_eval_fn(config, model_config, optim_config, mesh, state, HaltingPolicy("fixed")),
+        loader,
+        step=int(state.step),
+    )
+    rows.append(
+        {
+            "policy": "batch eval step",
+            "threshold": None,
+            "exact_accuracy": metrics["exact_accuracy"],
+            "mean_steps": metrics["steps"],
+            "halted_early": 0.0,
+            **_rates(times, n),
+        }
+    )
 
     policies = [("fixed", HaltingPolicy("fixed"))]
     policies += [(f"adaptive@{p:g}", HaltingPolicy("adaptive", threshold=p)) for p in args.thresholds]
@@ -80,12 +93,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         solve = make_solver(model_config, num_slots=slots, policy=policy, mesh=mesh)
         times = time_passes(lambda: solve(variables, puzzles), args.repeat)
         summary = summarize(jax.device_get(solve(variables, puzzles)), cap)
-        rows.append({"policy": label, "threshold": policy.threshold if policy.mode == "adaptive" else None,
-                     "exact_accuracy": summary["exact_accuracy"], "mean_steps": summary["steps"],
-                     "halted_early": summary["halted_early"], **_rates(times, n)})
-    return {"model": name, "dataset": str(data_path), "num_puzzles": n, "slots": slots,
-            "devices": mesh.size, "platform": mesh.devices.flat[0].platform, "halt_max_steps": cap,
-            "rows": rows}
+        rows.append(
+            {
+                "policy": label,
+                "threshold": policy.threshold if policy.mode == "adaptive" else None,
+                "exact_accuracy": summary["exact_accuracy"],
+                "mean_steps": summary["steps"],
+                "halted_early": summary["halted_early"],
+                **_rates(times, n),
+            }
+        )
+    return {
+        "model": name,
+        "dataset": str(data_path),
+        "num_puzzles": n,
+        "slots": slots,
+        "devices": mesh.size,
+        "platform": mesh.devices.flat[0].platform,
+        "halt_max_steps": cap,
+        "rows": rows,
+    }
 
 
 def _rates(times: Sequence[float], n: int) -> dict[str, Any]:
@@ -103,14 +130,22 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax = fig.subplots()
     for row in result["rows"]:
         marker = "s" if row["policy"] == "batch eval step" else "o" if row["policy"] == "fixed" else "^"
-        ax.plot(row["mean_steps"], 100 * row["exact_accuracy"], marker, ms=8,
-                label=f"{row['policy']}: {row['puzzles_per_s']:.0f} puzzles/s")
+        ax.plot(
+            row["mean_steps"],
+            100 * row["exact_accuracy"],
+            marker,
+            ms=8,
+            label=f"{row['policy']}: {row['puzzles_per_s']:.0f} puzzles/s",
+        )
     ax.set_xlabel("mean supervision steps per puzzle")
     ax.set_ylabel("exact accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{result['num_puzzles']} puzzles, {result['slots']} slots, {result['devices']} "
-                 f"{result['platform'].upper()} device(s)", fontsize=9)
+    ax.set_title(
+        f"{result['num_puzzles']} puzzles, {result['slots']} slots, {result['devices']} "
+        f"{result['platform'].upper()} device(s)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return save_png(fig, out)
 
@@ -119,11 +154,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_trained_model_args(parser)
     parser.add_argument("--thresholds", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.9])
-    parser.add_argument("--slots", type=int, default=64,
-                        help="rows on the devices (0: the eval batch size; rounded up to a multiple of the devices)")
-    parser.add_argument("--copies", type=int, default=8,
-                        help="repeat the test split this many times: continuous batching pays off when there "
-                             "are many more puzzles than slots")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=64,
+        help="rows on the devices (0: the eval batch size; rounded up to a multiple of the devices)",
+    )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=8,
+        help="repeat the test split this many times: continuous batching pays off when there "
+        "are many more puzzles than slots",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per policy")
     parser.add_argument("--name", default="run", help="results file name: inference_<name>.*")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
@@ -140,15 +183,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = result["rows"][0]["puzzles_per_s"]
     table = common.markdown_table(
         ["policy", "puzzles/s", "vs batch eval", "exact accuracy", "mean steps", "halted early", "median pass"],
-        [[r["policy"], f"{r['puzzles_per_s']:.1f}", f"{r['puzzles_per_s'] / base:.2f}x",
-          f"{100 * r['exact_accuracy']:.1f}%", f"{r['mean_steps']:.2f}", f"{100 * r['halted_early']:.1f}%",
-          f"{r['seconds']['median_s']:.3f} s"] for r in result["rows"]])
-    text = (f"# Inference: fixed depth vs adaptive halting\n\nCommand: `{meta['command']}` at commit "
-            f"`{meta['git_commit']}`, {meta['timestamp_utc']}, on {meta['host']['cpu']} "
-            f"({meta['host']['cpu_count']} cores, load {common.load_text(meta['host'])}), jax "
-            f"{meta['versions']['jax']}.\n\nModel: {result['model']}; {result['num_puzzles']} test puzzles, "
-            f"{result['slots']} slots on {result['devices']} {result['platform'].upper()} device(s), "
-            f"halt_max_steps {result['halt_max_steps']}.\n\n" + table + f"\nPlot: `{png.name}`.\n")
+        [
+            [
+                r["policy"],
+                f"{r['puzzles_per_s']:.1f}",
+                f"{r['puzzles_per_s'] / base:.2f}x",
+                f"{100 * r['exact_accuracy']:.1f}%",
+                f"{r['mean_steps']:.2f}",
+                f"{100 * r['halted_early']:.1f}%",
+                f"{r['seconds']['median_s']:.3f} s",
+            ]
+            for r in result["rows"]
+        ],
+    )
+    text = (
+        f"# Inference: fixed depth vs adaptive halting\n\nCommand: `{meta['command']}` at commit "
+        f"`{meta['git_commit']}`, {meta['timestamp_utc']}, on {meta['host']['cpu']} "
+        f"({meta['host']['cpu_count']} cores, load {common.load_text(meta['host'])}), jax "
+        f"{meta['versions']['jax']}.\n\nModel: {result['model']}; {result['num_puzzles']} test puzzles, "
+        f"{result['slots']} slots on {result['devices']} {result['platform'].upper()} device(s), "
+        f"halt_max_steps {result['halt_max_steps']}.\n\n" + table + f"\nPlot: `{png.name}`.\n"
+    )
     common.write_atomic(str(out / f"{stem}.md"), text)
     print(text)
     return 0

@@ -57,8 +57,15 @@ def precision_for(config: TRMConfig) -> str:
 class JaxTrainStep:
     """Our jitted train step with its state, compiled ahead of time for one batch shape."""
 
-    def __init__(self, bench: BenchConfig, config: TRMConfig, variables: Mapping[str, Any],
-                 device: jax.Device, seed: int, microbatches: int = 1) -> None:
+    def __init__(
+        self,
+        bench: BenchConfig,
+        config: TRMConfig,
+        variables: Mapping[str, Any],
+        device: jax.Device,
+        seed: int,
+        microbatches: int = 1,
+    ) -> None:
         from trm_jax.train import parallel
 
         self.config = config
@@ -69,8 +76,8 @@ class JaxTrainStep:
         # shardings and the step is jitted with the state donated, as the trainer runs it.
         self.mesh = parallel.make_mesh([device])
         self.state = parallel.create_sharded_train_state(
-            config, optim_config, jax.random.key(seed), self.mesh, variables=variables,
-            batch_size=config.batch_size)
+            config, optim_config, jax.random.key(seed), self.mesh, variables=variables, batch_size=config.batch_size
+        )
         self._step_fn = parallel.jit_train_step(config, optim_config, self.mesh, self.state)
         self._shard_batch = parallel.shard_batch
         self._compiled: Any = None
@@ -83,6 +90,7 @@ class JaxTrainStep:
     def init_variables(config: TRMConfig, seed: int) -> dict[str, Any]:
         """Fresh variables with the reference's init (float32 parameters)."""
         from trm_jax.model.network import init_variables
+
         return init_variables(config, jax.random.key(seed))
 
     def put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -146,8 +154,9 @@ class MatmulCeiling:
 
     SHAPE = (648, 512, 2048)
 
-    def __init__(self, device: jax.Device, dtype: str, seed: int = 0, calls: int = 10,
-                 window_s: float = 0.5, min_bursts: int = 5) -> None:
+    def __init__(
+        self, device: jax.Device, dtype: str, seed: int = 0, calls: int = 10, window_s: float = 0.5, min_bursts: int = 5
+    ) -> None:
         m, k, n = self.SHAPE
         rng = np.random.default_rng(seed)
         self.a = jax.device_put(jnp.asarray(rng.standard_normal((m, k)), dtype), device)
@@ -175,10 +184,14 @@ class MatmulCeiling:
     def describe(self) -> dict[str, Any]:
         """The ceiling's definition, for result files."""
         m, k, n = self.SHAPE
-        return {"shape_mkn": list(self.SHAPE), "dtype": self.dtype, "calls_per_burst": self.calls,
-                "window_s": self.window_s,
-                "text": f"fastest burst of {self.calls} jitted {m}x{k} @ {k}x{n} {self.dtype} "
-                        f"matmuls within {self.window_s} s"}
+        return {
+            "shape_mkn": list(self.SHAPE),
+            "dtype": self.dtype,
+            "calls_per_burst": self.calls,
+            "window_s": self.window_s,
+            "text": f"fastest burst of {self.calls} jitted {m}x{k} @ {k}x{n} {self.dtype} "
+            f"matmuls within {self.window_s} s",
+        }
 
 
 def _memory_analysis(compiled: Any) -> dict[str, int] | None:
@@ -189,25 +202,34 @@ def _memory_analysis(compiled: Any) -> dict[str, int] | None:
         return None
     if analysis is None:
         return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     out = {f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}
     if {"argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"} <= out.keys():
         # Donated (aliased) outputs reuse argument buffers: count them once.
-        out["total_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                              - out.get("alias_size_in_bytes", 0) + out["temp_size_in_bytes"])
+        out["total_bytes"] = (
+            out["argument_size_in_bytes"]
+            + out["output_size_in_bytes"]
+            - out.get("alias_size_in_bytes", 0)
+            + out["temp_size_in_bytes"]
+        )
     return out
 
 
 def optim_config_for(bench: BenchConfig, batch_size: int, microbatches: int = 1) -> Any:
     """Our ``OptimConfig`` with the bench setting's hyper-parameters, batch size and number
     of microbatches."""
-    return dataclasses.replace(bench.optim, global_batch_size=batch_size,
-                               microbatches=microbatches)
+    return dataclasses.replace(bench.optim, global_batch_size=batch_size, microbatches=microbatches)
 
 
-def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool = True,
-                              step: int | None = None) -> dict[str, Any]:
+def load_checkpoint_variables(
+    directory: str, config: TRMConfig, use_ema: bool = True, step: int | None = None
+) -> dict[str, Any]:
     """Model variables from one of our train-state checkpoints (``trm_jax.train.checkpoint``).
 
     ``directory`` is a checkpoint directory or a training run's work dir (its
@@ -229,22 +251,23 @@ def load_checkpoint_variables(directory: str, config: TRMConfig, use_ema: bool =
         state, _extras = checkpointer.restore(step)
     for key in ("params", "buffers"):
         if key not in state:
-            raise ValueError(f"checkpoint at {directory}: no {key!r} entry (found "
-                             f"{sorted(state)}): not a trm-jax train state")
+            raise ValueError(
+                f"checkpoint at {directory}: no {key!r} entry (found {sorted(state)}): not a trm-jax train state"
+            )
     params = state["ema"] if use_ema and "ema" in state else state["params"]
-    variables = {"params": params, "buffers": {k: state["buffers"][k]
-                                               for k in ("H_init", "L_init", "puzzle_emb")}}
+    variables = {"params": params, "buffers": {k: state["buffers"][k] for k in ("H_init", "L_init", "puzzle_emb")}}
     expected = jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
     got = jax.tree_util.tree_flatten_with_path(variables)[0]
     want = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     if len(got) != len(want):
-        raise ValueError(f"checkpoint at {directory}: {len(got)} arrays, the model config "
-                         f"needs {len(want)}")
+        raise ValueError(f"checkpoint at {directory}: {len(got)} arrays, the model config needs {len(want)}")
     for path, leaf in got:
         name = jax.tree_util.keystr(path)
         if path not in want:
             raise ValueError(f"checkpoint at {directory}: unexpected array {name}")
         if tuple(np.shape(leaf)) != tuple(want[path].shape):
-            raise ValueError(f"checkpoint at {directory}: {name} has shape {np.shape(leaf)}, "
-                             f"the model config needs {want[path].shape}")
+            raise ValueError(
+                f"checkpoint at {directory}: {name} has shape {np.shape(leaf)}, "
+                f"the model config needs {want[path].shape}"
+            )
     return jax.tree_util.tree_map(jax.numpy.asarray, variables)

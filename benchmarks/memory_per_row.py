@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common  # noqa: E402
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def model_config(args: argparse.Namespace, rows: int):
@@ -55,8 +55,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         from benchmarks.reference_torch import ReferenceTrainStep  # noqa: PLC0415
         from trm_jax.interop import to_torch_state_dict  # noqa: PLC0415
 
-        step = ReferenceTrainStep(args.reference_dir, config, bench.optim, to_torch_state_dict(variables), "cpu",
-                                  compile_model=False)
+        step = ReferenceTrainStep(
+            args.reference_dir, config, bench.optim, to_torch_state_dict(variables), "cpu", compile_model=False
+        )
         del variables
         for batch in batches:
             step(step.to_device(batch))
@@ -65,8 +66,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         del variables
         step.compile(batches[0])
         stats = step.memory_analysis
-        out["xla_plan_bytes"] = (stats["argument_size_in_bytes"] + stats["output_size_in_bytes"]
-                                 - stats["alias_size_in_bytes"] + stats["temp_size_in_bytes"])
+        out["xla_plan_bytes"] = (
+            stats["argument_size_in_bytes"]
+            + stats["output_size_in_bytes"]
+            - stats["alias_size_in_bytes"]
+            + stats["temp_size_in_bytes"]
+        )
         for batch in batches:
             step.sync(step(step.put(batch)))
     out["peak_rss_bytes"] = common.host_peak_rss_bytes()
@@ -74,9 +79,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, implementation: str, rows: int) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.memory_per_row", "--worker", implementation,
-               "--worker-rows", str(rows), "--config", args.config, "--dtype", args.dtype,
-               "--puzzles", str(args.puzzles)] + [f"--set={k}={v}" for k, v in args.overrides.items()]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory_per_row",
+        "--worker",
+        implementation,
+        "--worker-rows",
+        str(rows),
+        "--config",
+        args.config,
+        "--dtype",
+        args.dtype,
+        "--puzzles",
+        str(args.puzzles),
+    ] + [f"--set={k}={v}" for k, v in args.overrides.items()]
     if args.reference_dir:
         command += ["--reference-dir", args.reference_dir]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -100,8 +117,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--puzzles", type=int, default=1001, help="rows of the puzzle-embedding table")
     parser.add_argument("--repeat", type=int, default=3, help="processes per point (the least peak is kept)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a model field of our step (repeatable), e.g. saved_activations=wide_matmuls")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a model field of our step (repeatable), e.g. saved_activations=wide_matmuls",
+    )
     parser.add_argument("--reference-dir", default=None, help=f"the official checkout (or ${common.REFERENCE_ENV})")
     parser.add_argument("--name", default="", help="suffix of the result files")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
@@ -117,28 +139,59 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(rows) != 2 or rows[0] >= rows[1]:
         parser.error("--rows: expected two increasing batch sizes, e.g. 2,4")
     implementations = ["ours"] + (["official"] if args.reference_dir else [])
-    points = {impl: [min((measure(args, impl, r) for _ in range(args.repeat)), key=lambda p: p["peak_rss_bytes"])
-                     for r in rows] for impl in implementations}
-    report = {"config": args.config, "dtype": args.dtype, "rows": rows, "overrides": args.overrides,
-              "puzzles": args.puzzles, "repeat": args.repeat, "points": points,
-              "per_row_bytes": {impl: {"peak_rss": per_row(p, "peak_rss_bytes"),
-                                       "xla_plan": per_row(p, "xla_plan_bytes")} for impl, p in points.items()},
-              **common.run_metadata(sys.argv[1:] if argv is None else argv)}
+    points = {
+        impl: [
+            min((measure(args, impl, r) for _ in range(args.repeat)), key=lambda p: p["peak_rss_bytes"]) for r in rows
+        ]
+        for impl in implementations
+    }
+    report = {
+        "config": args.config,
+        "dtype": args.dtype,
+        "rows": rows,
+        "overrides": args.overrides,
+        "puzzles": args.puzzles,
+        "repeat": args.repeat,
+        "points": points,
+        "per_row_bytes": {
+            impl: {"peak_rss": per_row(p, "peak_rss_bytes"), "xla_plan": per_row(p, "xla_plan_bytes")}
+            for impl, p in points.items()
+        },
+        **common.run_metadata(sys.argv[1:] if argv is None else argv),
+    }
     setting = ", ".join(f"{k}={v}" for k, v in args.overrides.items()) or "as configured"
-    table = [[impl, setting if impl == "ours" else "eager, SDPA attention",
-              *(f"{p[i]['peak_rss_bytes'] / GIB:.2f}" for i in range(2)),
-              f"{report['per_row_bytes'][impl]['peak_rss'] / 2**20:.0f}",
-              "n/a" if report["per_row_bytes"][impl]["xla_plan"] is None
-              else f"{report['per_row_bytes'][impl]['xla_plan'] / 2**20:.0f}"]
-             for impl, p in points.items()]
-    lines = [f"## Train-step memory per row: `{args.config}`, {args.dtype}, CPU (least peak of {args.repeat} "
-             f"processes per point)", "",
-             common.markdown_table(["step", "setting", f"peak RSS at {rows[0]} rows (GiB)",
-                                    f"at {rows[1]} rows (GiB)", "MiB per row (RSS)", "MiB per row (XLA plan)"],
-                                   table),
-             *common.provenance_lines(report)]
-    stem = os.path.join(args.out_dir, f"memory_per_row_{args.config}_cpu_{args.dtype}" + (f"_{args.name}" if args.name
-                                                                                           else ""))
+    table = [
+        [
+            impl,
+            setting if impl == "ours" else "eager, SDPA attention",
+            *(f"{p[i]['peak_rss_bytes'] / GIB:.2f}" for i in range(2)),
+            f"{report['per_row_bytes'][impl]['peak_rss'] / 2**20:.0f}",
+            "n/a"
+            if report["per_row_bytes"][impl]["xla_plan"] is None
+            else f"{report['per_row_bytes'][impl]['xla_plan'] / 2**20:.0f}",
+        ]
+        for impl, p in points.items()
+    ]
+    lines = [
+        f"## Train-step memory per row: `{args.config}`, {args.dtype}, CPU (least peak of {args.repeat} "
+        f"processes per point)",
+        "",
+        common.markdown_table(
+            [
+                "step",
+                "setting",
+                f"peak RSS at {rows[0]} rows (GiB)",
+                f"at {rows[1]} rows (GiB)",
+                "MiB per row (RSS)",
+                "MiB per row (XLA plan)",
+            ],
+            table,
+        ),
+        *common.provenance_lines(report),
+    ]
+    stem = os.path.join(
+        args.out_dir, f"memory_per_row_{args.config}_cpu_{args.dtype}" + (f"_{args.name}" if args.name else "")
+    )
     common.write_report(stem, report, "\n".join(lines) + "\n", "memory_per_row")
     return report
 

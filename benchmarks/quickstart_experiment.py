@@ -41,20 +41,37 @@ STEM = "quickstart"
 
 def run_training(config: str, workdir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """``trm-jax train --config CONFIG --workdir WORKDIR``, timed; its result and depth curve."""
-    command = [sys.executable, "-m", "trm_jax", "train", "--config", config, "--workdir", str(workdir),
-               "--config.train.progress_bar=false", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "trm_jax",
+        "train",
+        "--config",
+        config,
+        "--workdir",
+        str(workdir),
+        "--config.train.progress_bar=false",
+        *overrides,
+    ]
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     result = json.loads(proc.stdout.strip().splitlines()[-1])  # the CLI's last line is its result
     curve = json.loads((workdir / "depth_curve.json").read_text())
-    return {"config": config, "wall_s": wall, "load_before_1_5_15": list(load_before),
-            "load_after_1_5_15": list(os.getloadavg()), "result": result, "depth_curve": curve,
-            "command": " ".join(["trm-jax", *command[3:]])}
+    return {
+        "config": config,
+        "wall_s": wall,
+        "load_before_1_5_15": list(load_before),
+        "load_after_1_5_15": list(os.getloadavg()),
+        "result": result,
+        "depth_curve": curve,
+        "command": " ".join(["trm-jax", *command[3:]]),
+    }
 
 
 def summary_rows(runs: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -62,12 +79,17 @@ def summary_rows(runs: Sequence[dict[str, Any]]) -> list[list[Any]]:
     for run in runs:
         curve = run["depth_curve"]
         at = dict(zip(curve["steps"], curve["exact_accuracy"]))
-        rows.append([run["config"], f"{run['wall_s'] / 60:.2f} min",
-                     f"{100 * run['result']['eval/exact_accuracy']:.1f}%",
-                     f"{100 * run['result']['eval/accuracy']:.1f}%",
-                     " / ".join(f"{s}: {100 * a:.1f}%" for s, a in at.items()),
-                     f"{curve['halting_mean_steps']:.2f} steps, {100 * curve['halting_exact_accuracy']:.1f}%",
-                     "/".join(f"{x:.1f}" for x in run["load_before_1_5_15"])])
+        rows.append(
+            [
+                run["config"],
+                f"{run['wall_s'] / 60:.2f} min",
+                f"{100 * run['result']['eval/exact_accuracy']:.1f}%",
+                f"{100 * run['result']['eval/accuracy']:.1f}%",
+                " / ".join(f"{s}: {100 * a:.1f}%" for s, a in at.items()),
+                f"{curve['halting_mean_steps']:.2f} steps, {100 * curve['halting_exact_accuracy']:.1f}%",
+                "/".join(f"{x:.1f}" for x in run["load_before_1_5_15"]),
+            ]
+        )
     return rows
 
 
@@ -121,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.rmtree(root / name)
             run = run_training(config, root / name)
             runs.append(run)
-            print(f"{name}: {run['wall_s']:.0f} s, exact {100 * run['result']['eval/exact_accuracy']:.1f}%",
-                  flush=True)
+            print(f"{name}: {run['wall_s']:.0f} s, exact {100 * run['result']['eval/exact_accuracy']:.1f}%", flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
@@ -131,14 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(str(out / f"{args.name}.json"), {"meta": meta, "runs": runs})
     png = plot(runs, out / f"{args.name}.png")
-    header = ["config", "wall time", "held-out exact", "cell accuracy", "exact by test-time steps",
-              "learned halting", "load before (1/5/15 min)"]
-    text = (f"# Quickstart: held-out Sudoku solved, with and without recursion\n\n"
-            f"Command: `{meta['command']}` at commit `{meta['git_commit']}`, "
-            f"{meta['timestamp_utc']}, on {meta['host']['cpu']} ({meta['host']['cpu_count']} cores), "
-            f"jax {meta['versions']['jax']}.\n\n" + common.markdown_table(header, summary_rows(runs))
-            + f"\nWall time: the whole command (data generation, compilation, training, evaluations, "
-              f"depth curve). Plot: `{png.name}`.\n")
+    header = [
+        "config",
+        "wall time",
+        "held-out exact",
+        "cell accuracy",
+        "exact by test-time steps",
+        "learned halting",
+        "load before (1/5/15 min)",
+    ]
+    text = (
+        f"# Quickstart: held-out Sudoku solved, with and without recursion\n\n"
+        f"Command: `{meta['command']}` at commit `{meta['git_commit']}`, "
+        f"{meta['timestamp_utc']}, on {meta['host']['cpu']} ({meta['host']['cpu_count']} cores), "
+        f"jax {meta['versions']['jax']}.\n\n"
+        + common.markdown_table(header, summary_rows(runs))
+        + f"\nWall time: the whole command (data generation, compilation, training, evaluations, "
+        f"depth curve). Plot: `{png.name}`.\n"
+    )
     common.write_atomic(str(out / f"{args.name}.md"), text)
     print(text)
     return 0

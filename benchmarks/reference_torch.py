@@ -41,8 +41,13 @@ class AdamATan2Torch(torch.optim.Optimizer):
     No epsilon, moments in float32 (the parameters are float32 in the reference).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-2) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 1e-2,
+    ) -> None:
         if lr < 0:
             raise ValueError(f"AdamATan2Torch: lr={lr}, expected >= 0")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -76,13 +81,14 @@ class AdamATan2Torch(torch.optim.Optimizer):
             torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
             torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1.0 - b2)
             denoms = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denoms, math.sqrt(1.0 - b2 ** t))
+            torch._foreach_div_(denoms, math.sqrt(1.0 - b2**t))
             updates = [torch.atan2(m, d) for m, d in zip(exp_avgs, denoms)]
-            torch._foreach_add_(params, updates, alpha=-lr / (1.0 - b1 ** t))
+            torch._foreach_add_(params, updates, alpha=-lr / (1.0 - b1**t))
 
 
-def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int,
-                     min_ratio: float, num_cycles: float = 0.5) -> float:
+def warmup_cosine_lr(
+    step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float, num_cycles: float = 0.5
+) -> float:
     """The reference schedule: linear from 0 over ``warmup_steps``, then cosine to
     ``base_lr * min_ratio``; ``pretrain.py`` evaluates it at the step counter *after*
     incrementing it, so the first optimiser step uses ``step == 1``."""
@@ -109,15 +115,19 @@ def import_reference(reference_dir: str) -> types.SimpleNamespace:
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(
             f"importing the reference from {reference_dir!r} needs module {err.name!r} "
-            f"(pip install 'trm-jax[torch]' installs torch, einops and pydantic)") from err
+            f"(pip install 'trm-jax[torch]' installs torch, einops and pydantic)"
+        ) from err
     try:
         cuda_adam = importlib.import_module("adam_atan2").AdamATan2
     except Exception:  # CUDA-only wheel: absent or unbuildable on CPU machines
         cuda_adam = None
     return types.SimpleNamespace(
-        model_cls=trm.TinyRecursiveReasoningModel_ACTV1, loss_head_cls=losses.ACTLossHead,
+        model_cls=trm.TinyRecursiveReasoningModel_ACTV1,
+        loss_head_cls=losses.ACTLossHead,
         signsgd_cls=sparse.CastedSparseEmbeddingSignSGD_Distributed,
-        ema_helper_cls=ema.EMAHelper, cuda_adam_atan2=cuda_adam)
+        ema_helper_cls=ema.EMAHelper,
+        cuda_adam_atan2=cuda_adam,
+    )
 
 
 def reference_model_dict(config: TRMConfig) -> dict[str, Any]:
@@ -139,8 +149,15 @@ class ReferenceTrainStep:
     loudly instead of timing a differently initialised model.
     """
 
-    def __init__(self, reference_dir: str, config: TRMConfig, optim: OptimConfig,
-                 state_dict: Mapping[str, np.ndarray], device: str, compile_model: bool) -> None:
+    def __init__(
+        self,
+        reference_dir: str,
+        config: TRMConfig,
+        optim: OptimConfig,
+        state_dict: Mapping[str, np.ndarray],
+        device: str,
+        compile_model: bool,
+    ) -> None:
         ref = import_reference(reference_dir)
         self.device = torch.device(device)
         self.config = config
@@ -157,11 +174,11 @@ class ReferenceTrainStep:
             self.model = torch.compile(head) if compile_model else head
 
         adam_cls = ref.cuda_adam_atan2 if self.uses_cuda_adam_atan2 else AdamATan2Torch
-        adam = adam_cls(head.parameters(), lr=0, weight_decay=optim.weight_decay,
-                        betas=(optim.beta1, optim.beta2))
+        adam = adam_cls(head.parameters(), lr=0, weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2))
         if config.puzzle_emb_ndim > 0:
-            signsgd = ref.signsgd_cls(model.puzzle_emb.buffers(), lr=0,
-                                      weight_decay=optim.puzzle_emb_weight_decay, world_size=1)
+            signsgd = ref.signsgd_cls(
+                model.puzzle_emb.buffers(), lr=0, weight_decay=optim.puzzle_emb_weight_decay, world_size=1
+            )
             self.optimizers = [(signsgd, optim.puzzle_emb_lr), (adam, optim.lr)]
         else:
             self.optimizers = [(adam, optim.lr)]
@@ -174,8 +191,7 @@ class ReferenceTrainStep:
 
     def to_device(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """A numpy batch as torch tensors on this step's device."""
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-                for k, v in batch.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Runs one training step; returns the (undivided) loss of this ACT step."""
@@ -183,12 +199,12 @@ class ReferenceTrainStep:
         if self.carry is None:
             with self.device:
                 self.carry = self._head.initial_carry(batch)
-        self.carry, loss, _metrics, _, _ = self.model(carry=self.carry, batch=batch,
-                                                      return_keys=[])
+        self.carry, loss, _metrics, _, _ = self.model(carry=self.carry, batch=batch, return_keys=[])
         ((1.0 / self.global_batch_size) * loss).backward()
         for optimizer, base_lr in self.optimizers:
-            lr = warmup_cosine_lr(self.step_count, base_lr, self.optim.lr_warmup_steps,
-                                  self.optim.total_steps, self.optim.lr_min_ratio)
+            lr = warmup_cosine_lr(
+                self.step_count, base_lr, self.optim.lr_warmup_steps, self.optim.total_steps, self.optim.lr_min_ratio
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()

@@ -71,25 +71,45 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.perf_counter() - start
             summary = summarize(results, policy.cap(model_config))
             oracle = np.asarray(results.get("oracle_exact", results["exact"]))
-            rows.append({"halting": policy.mode, "trajectories": k, "noise": sigma,
-                         "exact_qhalt": summary.get("exact_qhalt", summary["exact_accuracy"]),
-                         "exact_vote": summary.get("exact_vote", summary["exact_accuracy"]),
-                         "oracle_exact": float(oracle.mean()),
-                         "agreement": summary.get("agreement", 1.0),
-                         "steps_per_puzzle": summary.get("trajectory_steps", summary["steps"]),
-                         "seconds": seconds, "compile_s": compile_s, "puzzles_per_s": n / seconds})
+            rows.append(
+                {
+                    "halting": policy.mode,
+                    "trajectories": k,
+                    "noise": sigma,
+                    "exact_qhalt": summary.get("exact_qhalt", summary["exact_accuracy"]),
+                    "exact_vote": summary.get("exact_vote", summary["exact_accuracy"]),
+                    "oracle_exact": float(oracle.mean()),
+                    "agreement": summary.get("agreement", 1.0),
+                    "steps_per_puzzle": summary.get("trajectory_steps", summary["steps"]),
+                    "seconds": seconds,
+                    "compile_s": compile_s,
+                    "puzzles_per_s": n / seconds,
+                }
+            )
             unsolved[f"{policy.mode} K={k} sigma={sigma:g}"] = np.flatnonzero(~oracle).tolist()
             print(_row_text(rows[-1]), file=sys.stderr, flush=True)
-    return {"model": name, "dataset": str(data_path), "num_puzzles": n, "slots": slots, "devices": mesh.size,
-            "platform": mesh.devices.flat[0].platform, "halt_max_steps": model_config.halt_max_steps,
-            "noise_on": args.noise_on, "seed": args.seed, "threshold": args.threshold, "rows": rows,
-            "unsolved_by_every_trajectory": unsolved}
+    return {
+        "model": name,
+        "dataset": str(data_path),
+        "num_puzzles": n,
+        "slots": slots,
+        "devices": mesh.size,
+        "platform": mesh.devices.flat[0].platform,
+        "halt_max_steps": model_config.halt_max_steps,
+        "noise_on": args.noise_on,
+        "seed": args.seed,
+        "threshold": args.threshold,
+        "rows": rows,
+        "unsolved_by_every_trajectory": unsolved,
+    }
 
 
 def _row_text(row: dict[str, Any]) -> str:
-    return (f"{row['halting']} K={row['trajectories']} sigma={row['noise']:g}: exact {100 * row['exact_qhalt']:.1f}% "
-            f"(qhalt) {100 * row['exact_vote']:.1f}% (vote) {100 * row['oracle_exact']:.1f}% (oracle), "
-            f"{row['steps_per_puzzle']:.1f} steps/puzzle, {row['puzzles_per_s']:.1f} puzzles/s")
+    return (
+        f"{row['halting']} K={row['trajectories']} sigma={row['noise']:g}: exact {100 * row['exact_qhalt']:.1f}% "
+        f"(qhalt) {100 * row['exact_vote']:.1f}% (vote) {100 * row['oracle_exact']:.1f}% (oracle), "
+        f"{row['steps_per_puzzle']:.1f} steps/puzzle, {row['puzzles_per_s']:.1f} puzzles/s"
+    )
 
 
 def plot(result: dict[str, Any], out: Path) -> Path:
@@ -106,12 +126,21 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     for halting, sigma in lines:
         rows = [baseline[halting]] + [r for r in result["rows"] if (r["halting"], r["noise"]) == (halting, sigma)]
         x = [r["steps_per_puzzle"] for r in rows]
-        (line,) = ax.plot(x, [100 * r["exact_qhalt"] for r in rows], "o-" if halting == "fixed" else "^-",
-                          label=f"{halting} halting, sigma {sigma:g}")
+        (line,) = ax.plot(
+            x,
+            [100 * r["exact_qhalt"] for r in rows],
+            "o-" if halting == "fixed" else "^-",
+            label=f"{halting} halting, sigma {sigma:g}",
+        )
         ax.plot(x, [100 * r["oracle_exact"] for r in rows], ":", color=line.get_color())
         for r, xi in zip(rows[1:], x[1:]):
-            ax.annotate(f"K={r['trajectories']}", (xi, 100 * r["exact_qhalt"]), fontsize=6,
-                        textcoords="offset points", xytext=(2, -8))
+            ax.annotate(
+                f"K={r['trajectories']}",
+                (xi, 100 * r["exact_qhalt"]),
+                fontsize=6,
+                textcoords="offset points",
+                xytext=(2, -8),
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("supervision steps per puzzle (all trajectories)")
     ax.set_ylabel("exact accuracy (%), q_halt selection; dotted: oracle")
@@ -123,21 +152,47 @@ def plot(result: dict[str, Any], out: Path) -> Path:
 
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    header = ["halting", "K", "sigma", "exact, q_halt", "exact, vote", "oracle", "agreement",
-              "steps/puzzle", "puzzles/s"]
-    rows = [[r["halting"], r["trajectories"], f"{r['noise']:g}", f"{100 * r['exact_qhalt']:.1f}%",
-             f"{100 * r['exact_vote']:.1f}%", f"{100 * r['oracle_exact']:.1f}%", f"{r['agreement']:.2f}",
-             f"{r['steps_per_puzzle']:.1f}", f"{r['puzzles_per_s']:.1f}"] for r in result["rows"]]
-    lines = ["# Test-time scaling: K noisy trajectories per puzzle", "",
-             f"Model: {result['model']}; {result['num_puzzles']} test puzzles, {result['slots']} slots on "
-             f"{result['devices']} {result['platform'].upper()} device(s), halt_max_steps "
-             f"{result['halt_max_steps']}; noise on {result['noise_on']} at every supervision step, seed "
-             f"{result['seed']}; adaptive halting at sigmoid(q_halt) > {result['threshold']:g}.", "",
-             common.markdown_table(header, rows), "",
-             "Exact: the chosen trajectory's answer is the solution; oracle: some trajectory's is; agreement: "
-             "trajectories that reached the chosen (q_halt) answer; steps/puzzle: supervision steps of all K "
-             "trajectories; puzzles/s: one pass after compiling.", "",
-             *common.provenance_lines(meta)]
+    header = [
+        "halting",
+        "K",
+        "sigma",
+        "exact, q_halt",
+        "exact, vote",
+        "oracle",
+        "agreement",
+        "steps/puzzle",
+        "puzzles/s",
+    ]
+    rows = [
+        [
+            r["halting"],
+            r["trajectories"],
+            f"{r['noise']:g}",
+            f"{100 * r['exact_qhalt']:.1f}%",
+            f"{100 * r['exact_vote']:.1f}%",
+            f"{100 * r['oracle_exact']:.1f}%",
+            f"{r['agreement']:.2f}",
+            f"{r['steps_per_puzzle']:.1f}",
+            f"{r['puzzles_per_s']:.1f}",
+        ]
+        for r in result["rows"]
+    ]
+    lines = [
+        "# Test-time scaling: K noisy trajectories per puzzle",
+        "",
+        f"Model: {result['model']}; {result['num_puzzles']} test puzzles, {result['slots']} slots on "
+        f"{result['devices']} {result['platform'].upper()} device(s), halt_max_steps "
+        f"{result['halt_max_steps']}; noise on {result['noise_on']} at every supervision step, seed "
+        f"{result['seed']}; adaptive halting at sigmoid(q_halt) > {result['threshold']:g}.",
+        "",
+        common.markdown_table(header, rows),
+        "",
+        "Exact: the chosen trajectory's answer is the solution; oracle: some trajectory's is; agreement: "
+        "trajectories that reached the chosen (q_halt) answer; steps/puzzle: supervision steps of all K "
+        "trajectories; puzzles/s: one pass after compiling.",
+        "",
+        *common.provenance_lines(meta),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_trained_model_args(parser)
     parser.add_argument("--max-batches", type=int, default=0, help="test batches to use (0: all)")
-    parser.add_argument("--trajectories", default="2,4,8,16,32",
-                        help="comma-separated K (the K = 1, sigma = 0 baseline always runs)")
+    parser.add_argument(
+        "--trajectories", default="2,4,8,16,32", help="comma-separated K (the K = 1, sigma = 0 baseline always runs)"
+    )
     parser.add_argument("--noise", default="0.3,1", help="comma-separated sigma > 0")
     parser.add_argument("--noise-on", default="z_L", choices=("z_L", "z_H", "both"))
     parser.add_argument("--halting", default="fixed,adaptive", help="comma-separated: fixed, adaptive")

@@ -41,12 +41,33 @@ PERTURBATION = 1e-7
 # Acceptance of issue 14: ours-vs-official within this factor of the noise floor.
 FLOOR_FACTOR = 10.0
 
-_TINY = dict(seq_len=16, vocab_size=8, num_puzzle_identifiers=8, puzzle_emb_ndim=32,
-             puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, hidden_size=32, num_heads=2,
-             expansion=2.0, halt_max_steps=4, halt_exploration_prob=0.0)
-_OPTIM = OptimConfig(global_batch_size=8, total_steps=BENCH_TOTAL_STEPS, lr=1e-3, lr_min_ratio=1.0,
-                     lr_warmup_steps=20, puzzle_emb_lr=1e-2, weight_decay=0.1,
-                     puzzle_emb_weight_decay=0.1, ema=True, ema_rate=0.999)
+_TINY = dict(
+    seq_len=16,
+    vocab_size=8,
+    num_puzzle_identifiers=8,
+    puzzle_emb_ndim=32,
+    puzzle_emb_len=2,
+    H_cycles=2,
+    L_cycles=2,
+    L_layers=1,
+    hidden_size=32,
+    num_heads=2,
+    expansion=2.0,
+    halt_max_steps=4,
+    halt_exploration_prob=0.0,
+)
+_OPTIM = OptimConfig(
+    global_batch_size=8,
+    total_steps=BENCH_TOTAL_STEPS,
+    lr=1e-3,
+    lr_min_ratio=1.0,
+    lr_warmup_steps=20,
+    puzzle_emb_lr=1e-2,
+    weight_decay=0.1,
+    puzzle_emb_weight_decay=0.1,
+    ema=True,
+    ema_rate=0.999,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +79,34 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "att_rope_f32": Case(BenchConfig("att_rope_f32", "attention + RoPE, float32",
-                                     dict(_TINY, pos_encodings="rope"), _OPTIM, 8), "float32"),
-    "mlp_t_f32": Case(BenchConfig("mlp_t_f32", "mlp_t, no positions, float32",
-                                  dict(_TINY, mlp_t=True, pos_encodings="none"), _OPTIM, 8),
-                      "float32"),
-    "att_halting_f32": Case(BenchConfig("att_halting_f32",
-                                        "attention + learned positions, float32, early q-halt",
-                                        dict(_TINY, pos_encodings="learned", vocab_size=4),
-                                        _OPTIM, 8), "float32", q_halt_bias=0.1, copy_task=True),
-    "att_rope_bf16": Case(BenchConfig("att_rope_bf16", "attention + RoPE, bfloat16 forward",
-                                      dict(_TINY, pos_encodings="rope"), _OPTIM, 8), "bfloat16"),
+    "att_rope_f32": Case(
+        BenchConfig("att_rope_f32", "attention + RoPE, float32", dict(_TINY, pos_encodings="rope"), _OPTIM, 8),
+        "float32",
+    ),
+    "mlp_t_f32": Case(
+        BenchConfig(
+            "mlp_t_f32", "mlp_t, no positions, float32", dict(_TINY, mlp_t=True, pos_encodings="none"), _OPTIM, 8
+        ),
+        "float32",
+    ),
+    "att_halting_f32": Case(
+        BenchConfig(
+            "att_halting_f32",
+            "attention + learned positions, float32, early q-halt",
+            dict(_TINY, pos_encodings="learned", vocab_size=4),
+            _OPTIM,
+            8,
+        ),
+        "float32",
+        q_halt_bias=0.1,
+        copy_task=True,
+    ),
+    "att_rope_bf16": Case(
+        BenchConfig(
+            "att_rope_bf16", "attention + RoPE, bfloat16 forward", dict(_TINY, pos_encodings="rope"), _OPTIM, 8
+        ),
+        "bfloat16",
+    ),
 }
 
 
@@ -78,8 +116,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=10, help="distance-recording interval")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reference-dir", default=None,
-                        help=f"checkout of the official repository (or ${common.REFERENCE_ENV})")
+    parser.add_argument(
+        "--reference-dir", default=None, help=f"checkout of the official repository (or ${common.REFERENCE_ENV})"
+    )
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--name", default="train_equivalence", help="stem of the output files")
@@ -101,8 +140,7 @@ def initial_state_dict(case: Case, config: Any, seed: int) -> dict[str, np.ndarr
     from benchmarks.jax_step import JaxTrainStep
     from trm_jax.interop import to_torch_state_dict
 
-    state = {k: np.array(v) for k, v in
-             to_torch_state_dict(JaxTrainStep.init_variables(config, seed)).items()}
+    state = {k: np.array(v) for k, v in to_torch_state_dict(JaxTrainStep.init_variables(config, seed)).items()}
     if case.q_halt_bias is not None:
         state["inner.q_head.bias"][0] = case.q_halt_bias
     return state
@@ -110,8 +148,7 @@ def initial_state_dict(case: Case, config: Any, seed: int) -> dict[str, np.ndarr
 
 def perturbed(state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: (v + PERTURBATION * rng.standard_normal(v.shape)).astype(v.dtype)
-            for k, v in state.items()}
+    return {k: (v + PERTURBATION * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in state.items()}
 
 
 class _Ours:
@@ -122,8 +159,7 @@ class _Ours:
         from trm_jax.interop import from_torch_state_dict
 
         self.config = config
-        self.step = JaxTrainStep(case.bench, config, from_torch_state_dict(state, config),
-                                 jax.devices("cpu")[0], seed)
+        self.step = JaxTrainStep(case.bench, config, from_torch_state_dict(state, config), jax.devices("cpu")[0], seed)
         self.compiled = False
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> float:
@@ -134,9 +170,12 @@ class _Ours:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         from trm_jax.interop import to_torch_state_dict
+
         s = self.step.state
-        return {k: np.asarray(v, np.float64) for k, v in
-                to_torch_state_dict({"params": s.params, "buffers": s.buffers}).items()}
+        return {
+            k: np.asarray(v, np.float64)
+            for k, v in to_torch_state_dict({"params": s.params, "buffers": s.buffers}).items()
+        }
 
     def halted(self) -> np.ndarray:
         return np.asarray(self.step.state.carry.halted)
@@ -147,14 +186,12 @@ class _Ours:
 
 
 class _Ref:
-    def __init__(self, reference_dir: str, case: Case, config: Any,
-                 state: Mapping[str, np.ndarray]):
+    def __init__(self, reference_dir: str, case: Case, config: Any, state: Mapping[str, np.ndarray]):
         from benchmarks.reference_torch import ReferenceTrainStep
 
         self.config = config
         self.keys = list(state)
-        self.step = ReferenceTrainStep(reference_dir, config, case.bench.optim, state, "cpu",
-                                       compile_model=False)
+        self.step = ReferenceTrainStep(reference_dir, config, case.bench.optim, state, "cpu", compile_model=False)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> float:
         return float(self.step(self.step.to_device(batch)))
@@ -200,30 +237,29 @@ class _LogitProbe:
         import jax
 
         from trm_jax.interop import from_torch_state_dict
-        variables = from_torch_state_dict({k: v.astype(np.float32) for k, v in state.items()},
-                                          self.config)
+
+        variables = from_torch_state_dict({k: v.astype(np.float32) for k, v in state.items()}, self.config)
         with jax.default_matmul_precision("highest"):
             return np.asarray(self._fn(variables), np.float64)
 
 
-def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
-             ) -> dict[str, Any]:
+def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str) -> dict[str, Any]:
     config = case.bench.model_config(case.bench.default_batch_size, case.dtype)
     batches = make_batches(case, config, args.steps, args.seed + 1)
     probe = make_batches(case, config, 1, args.seed + 2)[0]
     start = initial_state_dict(case, config, args.seed)
     start_p = perturbed(start, args.seed + 3)
-    runs = {"ours": _Ours(case, config, start, args.seed),
-            "ref": _Ref(reference_dir, case, config, start),
-            "ours~": _Ours(case, config, start_p, args.seed),
-            "ref~": _Ref(reference_dir, case, config, start_p)}
+    runs = {
+        "ours": _Ours(case, config, start, args.seed),
+        "ref": _Ref(reference_dir, case, config, start),
+        "ours~": _Ours(case, config, start_p, args.seed),
+        "ref~": _Ref(reference_dir, case, config, start_p),
+    }
     logit_probe = _LogitProbe(config, probe)
-    pairs = {"ours_vs_ref": ("ours", "ref"), "floor_ours": ("ours", "ours~"),
-             "floor_ref": ("ref", "ref~")}
+    pairs = {"ours_vs_ref": ("ours", "ref"), "floor_ours": ("ours", "ours~"), "floor_ref": ("ref", "ref~")}
     losses: dict[str, list[float]] = {k: [] for k in runs}
     halts: dict[str, list[int]] = {"ours": [], "ref": []}
-    rec: dict[str, Any] = {"step": [], **{f"param_{p}": [] for p in pairs},
-                           **{f"logit_{p}": [] for p in pairs}}
+    rec: dict[str, Any] = {"step": [], **{f"param_{p}": [] for p in pairs}, **{f"logit_{p}": [] for p in pairs}}
     # Halting is discrete: the first step at which a pair's halting decisions differ (None:
     # never). After it the pair trains on different rows and drifts apart at O(1) speed.
     first_flip: dict[str, int | None] = {p: None for p in pairs}
@@ -253,24 +289,32 @@ def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
 
     rec["param_ratio_to_floor"] = ratio("param")
     rec["logit_ratio_to_floor"] = ratio("logit")
-    loss_rel = (np.abs(np.array(losses["ours"]) - np.array(losses["ref"]))
-                / np.maximum(np.abs(losses["ref"]), 1e-12))
+    loss_rel = np.abs(np.array(losses["ours"]) - np.array(losses["ref"])) / np.maximum(np.abs(losses["ref"]), 1e-12)
     worst = max(max(rec["param_ratio_to_floor"]), max(rec["logit_ratio_to_floor"]))
-    print(f"[train_equivalence] {name}: {args.steps} steps in {seconds:.0f} s; final param "
-          f"distance ours-vs-ref {rec['param_ours_vs_ref'][-1]:.3g} (floors "
-          f"{rec['param_floor_ours'][-1]:.3g} / {rec['param_floor_ref'][-1]:.3g}); worst "
-          f"ratio to floor {worst:.3g}; early halts ours/ref {sum(halts['ours'])}/"
-          f"{sum(halts['ref'])}; first halting flip {first_flip}", file=sys.stderr)
+    print(
+        f"[train_equivalence] {name}: {args.steps} steps in {seconds:.0f} s; final param "
+        f"distance ours-vs-ref {rec['param_ours_vs_ref'][-1]:.3g} (floors "
+        f"{rec['param_floor_ours'][-1]:.3g} / {rec['param_floor_ref'][-1]:.3g}); worst "
+        f"ratio to floor {worst:.3g}; early halts ours/ref {sum(halts['ours'])}/"
+        f"{sum(halts['ref'])}; first halting flip {first_flip}",
+        file=sys.stderr,
+    )
     return {
-        "description": case.bench.description, "dtype": case.dtype,
-        "model": config.to_dict(), "optim": dataclasses.asdict(case.bench.optim),
-        "q_halt_bias": case.q_halt_bias, "copy_task": case.copy_task,
-        "steps": args.steps, "seconds": seconds, "losses": losses,
+        "description": case.bench.description,
+        "dtype": case.dtype,
+        "model": config.to_dict(),
+        "optim": dataclasses.asdict(case.bench.optim),
+        "q_halt_bias": case.q_halt_bias,
+        "copy_task": case.copy_task,
+        "steps": args.steps,
+        "seconds": seconds,
+        "losses": losses,
         "early_halts_per_step": halts,
-        "early_halt_decisions_differ_steps": int(np.sum(np.array(halts["ours"])
-                                                        != np.array(halts["ref"]))),
-        "loss_rel_diff_max": float(loss_rel.max()), "loss_rel_diff_final": float(loss_rel[-1]),
-        "distances": rec, "worst_ratio_to_floor": worst,
+        "early_halt_decisions_differ_steps": int(np.sum(np.array(halts["ours"]) != np.array(halts["ref"]))),
+        "loss_rel_diff_max": float(loss_rel.max()),
+        "loss_rel_diff_final": float(loss_rel[-1]),
+        "distances": rec,
+        "worst_ratio_to_floor": worst,
         "first_halting_flip_step": first_flip,
         "within_factor_of_floor": bool(worst <= FLOOR_FACTOR),
     }
@@ -278,6 +322,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, reference_dir: str
 
 def plot(result: dict[str, Any], path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -296,14 +341,17 @@ def plot(result: dict[str, Any], path: str) -> None:
             ax.semilogy(d["step"], d[f"{kind}_floor_ours"], "C0:", label="floor: trm-jax vs itself")
             ax.semilogy(d["step"], d[f"{kind}_floor_ref"], "C1:", label="floor: official vs itself")
             floor = np.maximum(d[f"{kind}_floor_ours"], d[f"{kind}_floor_ref"])
-            ax.semilogy(d["step"], FLOOR_FACTOR * floor, color="r", lw=0.8, alpha=0.6,
-                        label=f"{FLOOR_FACTOR:g}x floor")
-            ax.set_title(f"{name}: " + ("relative parameter distance" if kind == "param"
-                                        else "max |logit difference| (probe batch)"))
+            ax.semilogy(d["step"], FLOOR_FACTOR * floor, color="r", lw=0.8, alpha=0.6, label=f"{FLOOR_FACTOR:g}x floor")
+            ax.set_title(
+                f"{name}: "
+                + ("relative parameter distance" if kind == "param" else "max |logit difference| (probe batch)")
+            )
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
-    fig.suptitle(f"trm-jax vs official TRM, lockstep training from the same weights "
-                 f"(perturbation {PERTURBATION:g} for the floors)")
+    fig.suptitle(
+        f"trm-jax vs official TRM, lockstep training from the same weights "
+        f"(perturbation {PERTURBATION:g} for the floors)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -314,38 +362,63 @@ def to_markdown(result: dict[str, Any]) -> str:
     rows = []
     for name, r in result["configs"].items():
         d = r["distances"]
-        rows.append([name, r["steps"], d["param_ours_vs_ref"][-1], d["param_floor_ours"][-1],
-                     d["param_floor_ref"][-1], d["logit_ours_vs_ref"][-1],
-                     max(d["logit_floor_ours"][-1], d["logit_floor_ref"][-1]),
-                     r["worst_ratio_to_floor"], r["loss_rel_diff_max"],
-                     f"{sum(r['early_halts_per_step']['ours'])}/"
-                     f"{sum(r['early_halts_per_step']['ref'])}",
-                     " / ".join(str(f) for f in r.get("first_halting_flip_step", {}).values())])
+        rows.append(
+            [
+                name,
+                r["steps"],
+                d["param_ours_vs_ref"][-1],
+                d["param_floor_ours"][-1],
+                d["param_floor_ref"][-1],
+                d["logit_ours_vs_ref"][-1],
+                max(d["logit_floor_ours"][-1], d["logit_floor_ref"][-1]),
+                r["worst_ratio_to_floor"],
+                r["loss_rel_diff_max"],
+                f"{sum(r['early_halts_per_step']['ours'])}/{sum(r['early_halts_per_step']['ref'])}",
+                " / ".join(str(f) for f in r.get("first_halting_flip_step", {}).values()),
+            ]
+        )
     table = common.markdown_table(
-        ["config", "steps", "param dist (final)", "floor ours", "floor official",
-         "logit diff (final)", "logit floor", "worst ratio to floor (any step)",
-         "max loss rel. diff", "early halts ours/official",
-         "first halting flip: ours-vs-official / floor ours / floor official"], rows)
-    return (f"# Lockstep training against the official code\n\n"
-            f"Command: `{meta['command']}`  \nCommit: {meta['git_commit']}  \n"
-            f"Machine: {meta['host']['cpu']} ({meta['host']['cpu_count']} cores, load "
-            f"{common.load_text(meta['host'])}), CPU, torch {meta['versions'].get('torch')}, "
-            f"jax {meta['versions'].get('jax')}  \nTime: {meta['timestamp_utc']}\n\n{table}\n"
-            f"Acceptance (issue 14): ours-vs-official at most {FLOOR_FACTOR:g}x the larger "
-            f"noise floor at every recorded step: "
-            f"{'met' if result['all_within_factor_of_floor'] else 'NOT met'}.\n")
+        [
+            "config",
+            "steps",
+            "param dist (final)",
+            "floor ours",
+            "floor official",
+            "logit diff (final)",
+            "logit floor",
+            "worst ratio to floor (any step)",
+            "max loss rel. diff",
+            "early halts ours/official",
+            "first halting flip: ours-vs-official / floor ours / floor official",
+        ],
+        rows,
+    )
+    return (
+        f"# Lockstep training against the official code\n\n"
+        f"Command: `{meta['command']}`  \nCommit: {meta['git_commit']}  \n"
+        f"Machine: {meta['host']['cpu']} ({meta['host']['cpu_count']} cores, load "
+        f"{common.load_text(meta['host'])}), CPU, torch {meta['versions'].get('torch')}, "
+        f"jax {meta['versions'].get('jax')}  \nTime: {meta['timestamp_utc']}\n\n{table}\n"
+        f"Acceptance (issue 14): ours-vs-official at most {FLOOR_FACTOR:g}x the larger "
+        f"noise floor at every recorded step: "
+        f"{'met' if result['all_within_factor_of_floor'] else 'NOT met'}.\n"
+    )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     reference_dir = common.resolve_reference_dir(args.reference_dir)
     if reference_dir is None:
-        raise SystemExit(f"train_equivalence needs the official code: pass --reference-dir or "
-                         f"set {common.REFERENCE_ENV}")
+        raise SystemExit(
+            f"train_equivalence needs the official code: pass --reference-dir or set {common.REFERENCE_ENV}"
+        )
     configs = {name: run_case(name, CASES[name], args, reference_dir) for name in args.configs}
-    return {"meta": common.run_metadata(argv), "perturbation": PERTURBATION,
-            "floor_factor": FLOOR_FACTOR, "configs": configs,
-            "all_within_factor_of_floor": all(c["within_factor_of_floor"]
-                                              for c in configs.values())}
+    return {
+        "meta": common.run_metadata(argv),
+        "perturbation": PERTURBATION,
+        "floor_factor": FLOOR_FACTOR,
+        "configs": configs,
+        "all_within_factor_of_floor": all(c["within_factor_of_floor"] for c in configs.values()),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -357,8 +430,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.write_atomic(stem + ".md", to_markdown(result))
     if not args.no_plot:
         plot(result, stem + ".png")
-    print(f"[train_equivalence] wrote {stem}.json/.md" + ("" if args.no_plot else "/.png"),
-          file=sys.stderr)
+    print(f"[train_equivalence] wrote {stem}.json/.md" + ("" if args.no_plot else "/.png"), file=sys.stderr)
     return result
 
 

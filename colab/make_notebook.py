@@ -303,8 +303,8 @@ for i in np.lexsort((-blanks_right, ~solved))[:3]:  # solved first, then the mos
 PREDICT_MD = """\
 ## 9. Solve a new puzzle
 
-A puzzle generated now, as hard as the training ones (not in the dataset), solved with the restored EMA weights by running
-the recursion for `halt_max_steps` supervision steps. (Shell:
+A puzzle generated now, as hard as the training ones (not in the dataset), solved with the restored EMA
+weights by running the recursion for `halt_max_steps` supervision steps. (Shell:
 `trm-jax predict --workdir DIR --puzzle '<81 characters, digits and . for blanks>'`.)
 """
 

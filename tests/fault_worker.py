@@ -110,8 +110,15 @@ def main() -> int:
 
     overrides = dict(RUN)
     if point.startswith("term-during-g") or point.startswith("term-during-b"):
-        overrides.update({"data.dataset_dir": "", "data.generate.kind": "sudoku", "data.generate.num_train": 16,
-                          "data.generate.num_test": 4, "data.generate.blanks": 45})
+        overrides.update(
+            {
+                "data.dataset_dir": "",
+                "data.generate.kind": "sudoku",
+                "data.generate.num_train": 16,
+                "data.generate.num_test": 4,
+                "data.generate.blanks": 45,
+            }
+        )
     if point == "term-during-compile":
         overrides["train.device_memory_gib"] = 1000.0  # a budget: the check compiles before the loop
     if point == "hold":
@@ -120,13 +127,16 @@ def main() -> int:
     _inject(point)
     if point == "hold":
         from trm_jax.train import loop  # noqa: PLC0415
+
         loop.train(config, workdir, on_step=lambda step: time.sleep(0.2))
         return 0
     # The run's config as a config file of its own, for the command line.
     config_file = Path(workdir).parent / f"{Path(workdir).name}_config.py"
     text = json.dumps(configs_lib.config_to_dict(config))
-    config_file.write_text(f"import json\nimport ml_collections\n\n\ndef get_config():\n"
-                           f"    return ml_collections.ConfigDict(json.loads({text!r}))\n")
+    config_file.write_text(
+        f"import json\nimport ml_collections\n\n\ndef get_config():\n"
+        f"    return ml_collections.ConfigDict(json.loads({text!r}))\n"
+    )
     return cli.main(["train", "--config", str(config_file), "--workdir", workdir] + ["--resume"] * resume)
 
 

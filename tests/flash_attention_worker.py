@@ -38,11 +38,12 @@ def loss_and_grads(model_config, mesh=None) -> dict[str, np.ndarray]:
         loss, grads, row_grads = jax.jit(run)(state, batch)
     else:
         state = parallel.create_sharded_train_state(model_config, optim_config, jax.random.key(0), mesh)
-        sharded = jax.jit(partitioned(run, mesh, parallel.DATA_AXIS),
-                          in_shardings=(parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh)))
+        sharded = jax.jit(
+            partitioned(run, mesh, parallel.DATA_AXIS),
+            in_shardings=(parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh)),
+        )
         loss, grads, row_grads = sharded(state, parallel.shard_batch(batch, mesh))
-    leaves = {jax.tree_util.keystr(p): np.asarray(x, np.float64)
-              for p, x in jax.tree_util.tree_leaves_with_path(grads)}
+    leaves = {jax.tree_util.keystr(p): np.asarray(x, np.float64) for p, x in jax.tree_util.tree_leaves_with_path(grads)}
     leaves.update(loss=np.asarray(loss, np.float64), puzzle_rows=np.asarray(row_grads, np.float64))
     return leaves
 
@@ -54,8 +55,7 @@ def main() -> None:
     xla = loss_and_grads(tiny_model_config(**base, attention_impl="xla"))
     with pallas_hlo_interpret():  # the differentiated cycle is under jax.checkpoint
         kernel_one = loss_and_grads(tiny_model_config(**base, attention_impl="pallas"))
-        kernel_eight = loss_and_grads(tiny_model_config(**base, attention_impl="pallas"),
-                                      mesh=parallel.make_mesh())
+        kernel_eight = loss_and_grads(tiny_model_config(**base, attention_impl="pallas"), mesh=parallel.make_mesh())
     worst = 0.0
     for name, want in truth.items():
         xla_error = np.max(np.abs(xla[name] - want))
@@ -65,8 +65,7 @@ def main() -> None:
             ratio = error / max(xla_error, floor)
             worst = max(worst, ratio)
             assert ratio <= ERROR_FACTOR, (name, label, error, xla_error)
-    print(f"kernel within float32 rounding of float64: {len(truth)} arrays, worst error "
-          f"{worst:.2f}x the XLA step's")
+    print(f"kernel within float32 rounding of float64: {len(truth)} arrays, worst error {worst:.2f}x the XLA step's")
 
 
 if __name__ == "__main__":

@@ -35,12 +35,32 @@ def send_sigterm_at(step: int) -> None:
 
 
 config = tiny_run_config(
-    "", **{"data.generate.kind": "sudoku", "data.generate.num_train": 16, "data.generate.num_test": 8,
-           "data.generate.num_aug": 1, "optim.global_batch_size": 8, "train.eval_batch_size": 8,
-           "model.halt_exploration_prob": 0.5, "train.distributed": int(num_processes) > 1, **overrides})
+    "",
+    **{
+        "data.generate.kind": "sudoku",
+        "data.generate.num_train": 16,
+        "data.generate.num_test": 8,
+        "data.generate.num_aug": 1,
+        "optim.global_batch_size": 8,
+        "train.eval_batch_size": 8,
+        "model.halt_exploration_prob": 0.5,
+        "train.distributed": int(num_processes) > 1,
+        **overrides,
+    },
+)
 result = loop.train(config, workdir, resume=resume == "1", on_step=send_sigterm_at)
-print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                              "devices": jax.device_count(), "step": result.step,
-                              "signal": result.stop_signal.name if result.stop_signal else None,
-                              "eval": result.eval_metrics}), flush=True)
+print(
+    "RESULT "
+    + json.dumps(
+        {
+            "process": jax.process_index(),
+            "processes": jax.process_count(),
+            "devices": jax.device_count(),
+            "step": result.step,
+            "signal": result.stop_signal.name if result.stop_signal else None,
+            "eval": result.eval_metrics,
+        }
+    ),
+    flush=True,
+)
 sys.exit(128 + result.stop_signal if result.stop_signal else 0)

@@ -52,22 +52,34 @@ def test_perfect_predictions_score_one_and_fill_the_submission(tmp_path):
     path = ev.write_submission(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["submission.json"]
     sub = json.loads(Path(path).read_text())
-    assert sub == {"A": [{"attempt_1": A_OUT0, "attempt_2": A_OUT0}, {"attempt_1": A_OUT1, "attempt_2": A_OUT1}],
-                   "B": [{"attempt_1": B_OUT, "attempt_2": B_OUT}]}
+    assert sub == {
+        "A": [{"attempt_1": A_OUT0, "attempt_2": A_OUT0}, {"attempt_1": A_OUT1, "attempt_2": A_OUT1}],
+        "B": [{"attempt_1": B_OUT, "attempt_2": B_OUT}],
+    }
 
 
 def test_known_mix_gives_hand_computed_pass_at_k():
     ev = _evaluator(pass_ks=(1, 2, 3))
-    ev.update(*_batch([
-        # A, test 0: WRONG has 3 votes, the truth 2, another wrong grid 1 -> ranks 2nd.
-        (1, A_IN0, WRONG, 5.0), (1, A_IN0, A_OUT0, 5.0), (1, A_IN0, WRONG, 5.0),
-        (1, A_IN0, [[1]], 9.0), (1, A_IN0, A_OUT0, 5.0), (1, A_IN0, WRONG, 5.0),
-        # A, test 1: no prediction at all -> unsolved and absent from the submission.
-        # B: one vote each; the truth has the higher confidence -> ranks 1st.
-        (2, B_IN, [[9]], -2.0), (2, B_IN, B_OUT, 2.0),
-        # Padding rows (blank id) are ignored whatever they hold.
-        (0, B_IN, [[9]], 50.0), (0, B_IN, [[9]], 50.0),
-    ]))
+    ev.update(
+        *_batch(
+            [
+                # A, test 0: WRONG has 3 votes, the truth 2, another wrong grid 1 -> ranks 2nd.
+                (1, A_IN0, WRONG, 5.0),
+                (1, A_IN0, A_OUT0, 5.0),
+                (1, A_IN0, WRONG, 5.0),
+                (1, A_IN0, [[1]], 9.0),
+                (1, A_IN0, A_OUT0, 5.0),
+                (1, A_IN0, WRONG, 5.0),
+                # A, test 1: no prediction at all -> unsolved and absent from the submission.
+                # B: one vote each; the truth has the higher confidence -> ranks 1st.
+                (2, B_IN, [[9]], -2.0),
+                (2, B_IN, B_OUT, 2.0),
+                # Padding rows (blank id) are ignored whatever they hold.
+                (0, B_IN, [[9]], 50.0),
+                (0, B_IN, [[9]], 50.0),
+            ]
+        )
+    )
     # pass@1: A = 0/2, B = 1 -> 0.5; pass@2 and pass@3: A = 1/2, B = 1 -> 0.75.
     assert ev.result() == {"ARC/pass@1": 0.5, "ARC/pass@2": 0.75, "ARC/pass@3": 0.75}
     sub = ev.submission()
@@ -97,8 +109,16 @@ def test_augmented_predictions_are_un_augmented():
     ev = _evaluator(pass_ks=(1,))
     # Two augmented votes for the truth on test 0 outweigh one plain wrong vote; test 1 is
     # answered by the augmented frame with a grid that is only right after un-augmenting.
-    ev.update(*_batch([(3, x0, y0, 0.0), (1, A_IN0, WRONG, 0.0), (3, x0, y0, 0.0),
-                       (3, x1, aug.apply(np.array(A_OUT1, np.uint8)), 0.0)]))
+    ev.update(
+        *_batch(
+            [
+                (3, x0, y0, 0.0),
+                (1, A_IN0, WRONG, 0.0),
+                (3, x0, y0, 0.0),
+                (3, x1, aug.apply(np.array(A_OUT1, np.uint8)), 0.0),
+            ]
+        )
+    )
     assert ev.result()["ARC/pass@1"] == 0.5  # A fully solved, B no predictions
     assert ev.submission()["A"][1]["attempt_1"] == A_OUT1
     # The same prediction read in the plain frame would be wrong.
@@ -178,7 +198,7 @@ def _reference_evaluator_class():
         sys.modules["numba"] = numba
     if "argdantic" not in sys.modules:
         argdantic = types.ModuleType("argdantic")
-        argdantic.ArgParser = lambda: types.SimpleNamespace(command=lambda **k: (lambda f: f))
+        argdantic.ArgParser = lambda: types.SimpleNamespace(command=lambda **k: lambda f: f)
         sys.modules["argdantic"] = argdantic
     sys.path.insert(0, ref)
     try:
@@ -191,8 +211,7 @@ def _reference_evaluator_class():
 
 def test_matches_the_reference_evaluator(built, tmp_path, monkeypatch):
     module, common, torch = _reference_evaluator_class()
-    monkeypatch.setattr(module.dist, "gather_object",
-                        lambda obj, out, dst=0, group=None: out.__setitem__(0, obj))
+    monkeypatch.setattr(module.dist, "gather_object", lambda obj, out, dst=0, group=None: out.__setitem__(0, obj))
     meta = json.loads((built / "test" / "dataset.json").read_text())
     theirs = module.ARC(str(built), common.PuzzleDatasetMetadata(**meta))
     ours = ArcEvaluator.from_dataset_dir(str(built))
@@ -214,8 +233,10 @@ def test_matches_the_reference_evaluator(built, tmp_path, monkeypatch):
         ids = example_ids[sl].copy()
         ids[rng.rand(ids.shape[0]) < 0.1] = 0
         ours.update(inputs, preds, q, ids)
-        theirs.update_batch({"inputs": torch.from_numpy(inputs), "puzzle_identifiers": torch.from_numpy(ids)},
-                            {"preds": torch.from_numpy(preds), "q_halt_logits": torch.from_numpy(q)})
+        theirs.update_batch(
+            {"inputs": torch.from_numpy(inputs), "puzzle_identifiers": torch.from_numpy(ids)},
+            {"preds": torch.from_numpy(preds), "q_halt_logits": torch.from_numpy(q)},
+        )
     their_dir = tmp_path / "theirs"
     their_dir.mkdir()
     expected = theirs.result(str(their_dir), rank=0, world_size=1)
@@ -226,25 +247,43 @@ def test_matches_the_reference_evaluator(built, tmp_path, monkeypatch):
 
 def test_hand_built_mix_matches_the_reference_evaluator(tmp_path, monkeypatch):
     module, common, torch = _reference_evaluator_class()
-    monkeypatch.setattr(module.dist, "gather_object",
-                        lambda obj, out, dst=0, group=None: out.__setitem__(0, obj))
+    monkeypatch.setattr(module.dist, "gather_object", lambda obj, out, dst=0, group=None: out.__setitem__(0, obj))
     (tmp_path / "identifiers.json").write_text(json.dumps(IDENTIFIERS))
     (tmp_path / "test_puzzles.json").write_text(json.dumps(TEST_PUZZLES))
-    meta = common.PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12,
-                                        seq_len=900, num_puzzle_identifiers=4, total_groups=1,
-                                        mean_puzzle_examples=1.0, total_puzzles=1, sets=["all"])
+    meta = common.PuzzleDatasetMetadata(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=12,
+        seq_len=900,
+        num_puzzle_identifiers=4,
+        total_groups=1,
+        mean_puzzle_examples=1.0,
+        total_puzzles=1,
+        sets=["all"],
+    )
     aug = ArcAugmentation(1, (0, 2, 3, 4, 5, 6, 7, 8, 9, 1))
     x0 = aug.apply(np.array(A_IN0, np.uint8))
-    rows = [(1, A_IN0, WRONG, 1.0), (3, x0, aug.apply(np.array(A_OUT0, np.uint8)), 1.0), (1, A_IN0, [[4]], 1.0),
-            (2, B_IN, [[3]], 0.5), (2, B_IN, B_OUT, 0.5), (0, B_IN, [[1]], 9.0), (1, A_IN1, A_OUT1, -1.0),
-            (1, A_IN1, WRONG, 2.0), (1, A_IN1, WRONG, -3.0)]
+    rows = [
+        (1, A_IN0, WRONG, 1.0),
+        (3, x0, aug.apply(np.array(A_OUT0, np.uint8)), 1.0),
+        (1, A_IN0, [[4]], 1.0),
+        (2, B_IN, [[3]], 0.5),
+        (2, B_IN, B_OUT, 0.5),
+        (0, B_IN, [[1]], 9.0),
+        (1, A_IN1, A_OUT1, -1.0),
+        (1, A_IN1, WRONG, 2.0),
+        (1, A_IN1, WRONG, -3.0),
+    ]
     theirs = module.ARC(str(tmp_path), meta, pass_Ks=(1, 2, 3))
     ours = _evaluator(pass_ks=(1, 2, 3))
     for start in range(0, len(rows), 4):
-        inputs, preds, q, ids = _batch(rows[start:start + 4])
+        inputs, preds, q, ids = _batch(rows[start : start + 4])
         ours.update(inputs, preds, q, ids)
-        theirs.update_batch({"inputs": torch.from_numpy(inputs), "puzzle_identifiers": torch.from_numpy(ids)},
-                            {"preds": torch.from_numpy(preds), "q_halt_logits": torch.from_numpy(q)})
+        theirs.update_batch(
+            {"inputs": torch.from_numpy(inputs), "puzzle_identifiers": torch.from_numpy(ids)},
+            {"preds": torch.from_numpy(preds), "q_halt_logits": torch.from_numpy(q)},
+        )
     expected = theirs.result(str(tmp_path), rank=0, world_size=1)
     assert ours.result() == expected
     assert ours.submission() == json.loads((tmp_path / "submission.json").read_text())

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import pytest
 
 from trm_jax.config import ConfigError
-
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_test_utils import tiny_model_config
 
@@ -31,8 +30,11 @@ def test_explicit_impl_is_kept_on_its_platform():
 
 @pytest.mark.parametrize("impl, platform", [("cudnn", "GPU"), ("pallas", "TPU")])
 def test_explicit_kernel_of_another_platform_is_a_config_error(impl, platform):
-    with pytest.raises(ConfigError, match=rf"config.model.attention_impl='{impl}': .* runs on {platform}s only, "
-                                          r"and this run's devices are CPUs"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"config.model.attention_impl='{impl}': .* runs on {platform}s only, "
+        r"and this run's devices are CPUs",
+    ):
         resolve_attention_impl(tiny_model_config(attention_impl=impl))
 
 

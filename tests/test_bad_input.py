@@ -20,13 +20,12 @@ from typing import Callable
 
 import pytest
 
+from test_cli import SUDOKU_CSV, TINY
 from trm_jax import cli
 from trm_jax import configs as configs_lib
 from trm_jax.config import ConfigError
 from trm_jax.data.sudoku import build_sudoku_dataset
 from trm_jax.train.checkpoint import Checkpointer
-
-from test_cli import SUDOKU_CSV, TINY
 
 RUN_ARGS = [a.replace("eval_every_steps=4", "eval_every_steps=2") for a in TINY]  # steps 2 and 4
 
@@ -37,8 +36,20 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bad_input")
     dataset = build_sudoku_dataset(root / "sudoku", source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3)
     workdir = root / "run"
-    assert cli.main(["train", "--config", "quickstart", *RUN_ARGS, f"--config.data.dataset_dir={dataset}",
-                     "--workdir", str(workdir)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "quickstart",
+                *RUN_ARGS,
+                f"--config.data.dataset_dir={dataset}",
+                "--workdir",
+                str(workdir),
+            ]
+        )
+        == 0
+    )
     with Checkpointer(workdir / "checkpoints") as ckpt:
         assert ckpt.all_steps() == [2, 4]
     return dataset, workdir
@@ -95,8 +106,10 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated manifest": (lambda d: _truncate(d / "state" / "manifest.ocdbt"), "manifest"),
     "truncated tree metadata": (lambda d: _truncate(d / "state" / "_METADATA"), "malformed JSON"),
     "bad extras JSON": (lambda d: (d / "extras" / "metadata").write_text("{not json"), "malformed JSON"),
-    "extras not an object": (lambda d: (d / "extras" / "metadata").write_text("[1, 2]"),
-                             "extras/ holds list, expected a JSON object"),
+    "extras not an object": (
+        lambda d: (d / "extras" / "metadata").write_text("[1, 2]"),
+        "extras/ holds list, expected a JSON object",
+    ),
 }
 
 
@@ -120,8 +133,7 @@ def test_evaluate_damaged_checkpoint(damaged, capsys):
     assert "older steps that look intact: 2; use one with --step 2" in err
     assert snapshot(workdir) == before
     # The advice works: the older step evaluates.
-    assert cli.main(["evaluate", "--workdir", str(workdir), "--step", "2",
-                     f"--config.data.dataset_dir={dataset}"]) == 0
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--step", "2", f"--config.data.dataset_dir={dataset}"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 3
 
 
@@ -130,8 +142,14 @@ def test_resume_damaged_checkpoint(damaged, capsys):
     dataset, workdir, reason = damaged
     before = snapshot(workdir)
     ckpt = workdir / "checkpoints"
-    argv = ["train", "--resume", "--workdir", str(workdir), f"--config.data.dataset_dir={dataset}",
-            "--config.optim.total_steps=6"]
+    argv = [
+        "train",
+        "--resume",
+        "--workdir",
+        str(workdir),
+        f"--config.data.dataset_dir={dataset}",
+        "--config.optim.total_steps=6",
+    ]
     err = bad_input(capsys, argv)
     assert f"checkpoint step 4 in {ckpt} is damaged" in err and reason in err
     assert f"mv {ckpt / '4'} {ckpt / '4'}.damaged" in err and "continue from step 2" in err
@@ -154,11 +172,11 @@ def test_resume_damaged_checkpoint(damaged, capsys):
 def test_resume_step_usage(run, capsys, tmp_path):
     dataset, workdir = run
     before = snapshot(workdir)
-    err = bad_input(capsys, ["train", "--workdir", str(tmp_path / "w"), "--config", "quickstart", *TINY,
-                             "--step", "2"])
+    err = bad_input(capsys, ["train", "--workdir", str(tmp_path / "w"), "--config", "quickstart", *TINY, "--step", "2"])
     assert "--step needs --resume" in err
-    err = bad_input(capsys, ["train", "--resume", "--workdir", str(workdir), "--step", "3",
-                             f"--config.data.dataset_dir={dataset}"])
+    err = bad_input(
+        capsys, ["train", "--resume", "--workdir", str(workdir), "--step", "3", f"--config.data.dataset_dir={dataset}"]
+    )
     assert "no checkpoint for step 3" in err and "steps there: 2, 4" in err
     assert snapshot(workdir) == before and not (tmp_path / "w").exists()
 
@@ -171,9 +189,21 @@ def test_dataset_dir_that_is_not_a_dataset(capsys, tmp_path):
     not_a_dataset.mkdir()
     (not_a_dataset / "readme.txt").write_text("mine")
     before = snapshot(tmp_path)
-    err = bad_input(capsys, ["train", "--config", "quickstart", *TINY, "--config.data.generate.kind=sudoku",
-                             "--config.data.generate.num_train=2", "--config.data.generate.num_test=1",
-                             f"--config.data.dataset_dir={not_a_dataset}", "--workdir", str(tmp_path / "w")])
+    err = bad_input(
+        capsys,
+        [
+            "train",
+            "--config",
+            "quickstart",
+            *TINY,
+            "--config.data.generate.kind=sudoku",
+            "--config.data.generate.num_train=2",
+            "--config.data.generate.num_test=1",
+            f"--config.data.dataset_dir={not_a_dataset}",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
     assert f"{not_a_dataset} exists but holds no train/dataset.json" in err
     assert "remove it, or point config.data.dataset_dir elsewhere" in err
     assert snapshot(tmp_path) == before  # no workdir, nothing generated next to the directory
@@ -221,21 +251,36 @@ def test_data_missing_source(capsys, tmp_path):
 # ------------------------------------------------------------------------- config validation
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.optim.total_steps=-1", "config.optim.total_steps=-1: expected an integer >= 0"),
-    ("--config.optim.lr_warmup_steps=-5", "config.optim.lr_warmup_steps=-5: expected >= 0"),
-    ("--config.model.hidden_size=0", "config.model.hidden_size=0: expected a positive integer"),
-    ("--config.train.parallel=pjit", "config.train.parallel='pjit': expected one of ('jit', 'pmap')"),
-    ("--config.data.evaluator=sudoku", "config.data.evaluator='sudoku': expected one of ('', 'arc')"),
-    ("--config.data.generate.kind=kakuro", "config.data.generate.kind='kakuro': expected one of"),
-    ("--config.train.log_every=0", "config.train.log_every=0: expected a positive integer"),
-    ("--config.data.generate.num_train=0", "config.data.generate.num_train=0: expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.optim.total_steps=-1", "config.optim.total_steps=-1: expected an integer >= 0"),
+        ("--config.optim.lr_warmup_steps=-5", "config.optim.lr_warmup_steps=-5: expected >= 0"),
+        ("--config.model.hidden_size=0", "config.model.hidden_size=0: expected a positive integer"),
+        ("--config.train.parallel=pjit", "config.train.parallel='pjit': expected one of ('jit', 'pmap')"),
+        ("--config.data.evaluator=sudoku", "config.data.evaluator='sudoku': expected one of ('', 'arc')"),
+        ("--config.data.generate.kind=kakuro", "config.data.generate.kind='kakuro': expected one of"),
+        ("--config.train.log_every=0", "config.train.log_every=0: expected a positive integer"),
+        ("--config.data.generate.num_train=0", "config.data.generate.num_train=0: expected a positive integer"),
+    ],
+)
 def test_config_checked_before_anything(capsys, tmp_path, override, message):
     # A generate spec: without the up-front check the dataset would be generated first.
-    err = bad_input(capsys, ["train", "--config", "quickstart", *TINY, "--config.data.generate.kind=sudoku",
-                             "--config.data.generate.num_train=2", "--config.data.generate.num_test=1",
-                             override, "--workdir", str(tmp_path / "w")])
+    err = bad_input(
+        capsys,
+        [
+            "train",
+            "--config",
+            "quickstart",
+            *TINY,
+            "--config.data.generate.kind=sudoku",
+            "--config.data.generate.num_train=2",
+            "--config.data.generate.num_test=1",
+            override,
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
     assert message in err
     assert list(tmp_path.iterdir()) == []
 

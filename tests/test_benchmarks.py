@@ -29,8 +29,7 @@ def _check_impl_block(block: dict) -> None:
         assert key in block
     assert block["mfu"] is None  # CPU: no peak-FLOPs figure, so no MFU
     assert block["ceiling_gflops_per_s"] > 0
-    assert block["gflops_per_s"] == pytest.approx(
-        block["fraction_of_ceiling"] * block["ceiling_gflops_per_s"])
+    assert block["gflops_per_s"] == pytest.approx(block["fraction_of_ceiling"] * block["ceiling_gflops_per_s"])
 
 
 def _check_step_time_document(doc: dict, with_reference: bool) -> None:
@@ -60,8 +59,21 @@ def _check_step_time_document(doc: dict, with_reference: bool) -> None:
 
 
 def _run_step_time(tmp_path, extra: list[str]) -> dict:
-    argv = ["--config", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-            "--device", "cpu", "--out-dir", str(tmp_path), *extra]
+    argv = [
+        "--config",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+        *extra,
+    ]
     result = step_time.main(argv)
     stem = tmp_path / "step_time_tiny_cpu_float32_b4"
     on_disk = json.loads((stem.with_suffix(".json")).read_text())
@@ -79,8 +91,7 @@ def test_step_time_ours_only(tmp_path, capsys):
 
 @NEEDS_REFERENCE
 def test_step_time_against_reference(tmp_path):
-    doc = _run_step_time(tmp_path, ["--reference-dir", REFERENCE_DIR,
-                                    "--profile-dir", str(tmp_path / "prof")])
+    doc = _run_step_time(tmp_path, ["--reference-dir", REFERENCE_DIR, "--profile-dir", str(tmp_path / "prof")])
     _check_step_time_document(doc, with_reference=True)
     # the profiles: traces on disk, and the matrix products' share of each step under them
     profiles = doc["profiles"]
@@ -88,8 +99,7 @@ def test_step_time_against_reference(tmp_path):
     assert 0 < profiles["reference_matmul"]["matmul_ms"] < profiles["reference_matmul"]["total_ms"]
     if profiles["ours_matmul"] is not None:  # None without xprof
         assert 0 < profiles["ours_matmul"]["matmul_ms"] < profiles["ours_matmul"]["total_ms"]
-    assert "matrix products per step under the profiler" in (
-        tmp_path / "step_time_tiny_cpu_float32_b4.md").read_text()
+    assert "matrix products per step under the profiler" in (tmp_path / "step_time_tiny_cpu_float32_b4.md").read_text()
 
 
 def test_loss_check_refuses_different_computations():
@@ -102,15 +112,31 @@ def test_loss_check_refuses_different_computations():
 
 @pytest.mark.slow  # four compiles of the tiny step (~40 s on a busy 2-core machine)
 def test_depth_scaling_2x2_grid(tmp_path):
-    argv = ["train", "--config", "tiny", "--batch-size", "4", "--L-cycles", "1,2",
-            "--H-cycles", "1,2", "--steps", "1", "--warmup", "0", "--device", "cpu",
-            "--skip-reference", "--out-dir", str(tmp_path)]
+    argv = [
+        "train",
+        "--config",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--L-cycles",
+        "1,2",
+        "--H-cycles",
+        "1,2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--skip-reference",
+        "--out-dir",
+        str(tmp_path),
+    ]
     result = depth_scaling.main(argv)
     stem = tmp_path / "depth_scaling_tiny_cpu_float32_b4"
     doc = json.loads(stem.with_suffix(".json").read_text())
     assert doc["schema"] == depth_scaling.TRAIN_SCHEMA
-    assert [(p["H_cycles"], p["L_cycles"]) for p in doc["points"]] == [(1, 1), (1, 2), (2, 1),
-                                                                         (2, 2)]
+    assert [(p["H_cycles"], p["L_cycles"]) for p in doc["points"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert [p["net_calls"] for p in doc["points"]] == [2, 3, 4, 6]
     for p in doc["points"]:
         assert p["ours"]["median_s"] > 0 and p["ours"]["compile_s"] > 0
@@ -122,8 +148,22 @@ def test_depth_scaling_2x2_grid(tmp_path):
 
 
 def test_inference_sweep_counts_steps(tmp_path):
-    argv = ["inference", "--config", "tiny", "--max-examples", "6", "--batch-size", "4",
-            "--max-steps", "5", "--device", "cpu", "--no-plot", "--out-dir", str(tmp_path)]
+    argv = [
+        "inference",
+        "--config",
+        "tiny",
+        "--max-examples",
+        "6",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "5",
+        "--device",
+        "cpu",
+        "--no-plot",
+        "--out-dir",
+        str(tmp_path),
+    ]
     doc = depth_scaling.main(argv)
     assert doc["schema"] == depth_scaling.INFERENCE_SCHEMA
     assert [c["steps"] for c in doc["curve"]] == [1, 2, 3, 4, 5]
@@ -143,13 +183,13 @@ def test_dataset_batches_pad_and_map_ignore_label(tmp_path):
         builder.add_puzzle(np.array([[1, 2, 3]]) + i % 2, np.array([[0, 4, 5]]), identifier=0)
         builder.end_group()
     sets = {"all": builder.build()}
-    meta = make_metadata(sets, pad_id=0, ignore_label_id=0, blank_identifier_id=0,
-                         vocab_size=8, seq_len=3, num_puzzle_identifiers=1)
-    write_dataset(tmp_path / "d", {"train": sets, "test": sets}, metadata={"train": meta,
-                                                                          "test": meta},
-                  identifiers=["<blank>"])
-    batches = list(depth_scaling.dataset_batches(str(tmp_path / "d"), batch_size=4,
-                                                 max_examples=5))
+    meta = make_metadata(
+        sets, pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=8, seq_len=3, num_puzzle_identifiers=1
+    )
+    write_dataset(
+        tmp_path / "d", {"train": sets, "test": sets}, metadata={"train": meta, "test": meta}, identifiers=["<blank>"]
+    )
+    batches = list(depth_scaling.dataset_batches(str(tmp_path / "d"), batch_size=4, max_examples=5))
     assert len(batches) == 2
     assert batches[0]["labels"][0].tolist() == [-100, 4, 5]
     assert batches[1]["inputs"][0].tolist() == [1, 2, 3]
@@ -171,9 +211,11 @@ def test_forward_equivalent_calls():
 
 def test_analytic_flops_scale_with_recursion():
     bench = common.get_config("tiny")
-    f = {(T, n): common.model_flops_per_step(bench.model_config(4, "float32", H_cycles=T,
-                                                                L_cycles=n), 4)
-         for T in (1, 2) for n in (1, 3)}
+    f = {
+        (T, n): common.model_flops_per_step(bench.model_config(4, "float32", H_cycles=T, L_cycles=n), 4)
+        for T in (1, 2)
+        for n in (1, 3)
+    }
     # forward T(n+1) network calls + 2x for the backward of the last cycle's (n+1) calls
     per_call = (f[(2, 1)] - f[(1, 1)]) / 2
     assert f[(2, 3)] - f[(1, 3)] == pytest.approx(4 * per_call)
@@ -207,7 +249,7 @@ def test_pure_pytorch_adam_atan2_matches_kernel_formula_and_ours():
         p = p * (1 - lr * wd)
         m = m + (1 - b1) * (g - m)
         v = v + (1 - b2) * (g * g - v)
-        p = p - lr / (1 - b1 ** t) * np.arctan2(m, np.sqrt(v) / np.sqrt(1 - b2 ** t))
+        p = p - lr / (1 - b1**t) * np.arctan2(m, np.sqrt(v) / np.sqrt(1 - b2**t))
         updates, state = tx.update(jnp.asarray(g), state, jp)
         jp = optax.apply_updates(jp, updates)
     np.testing.assert_allclose(param.detach().numpy(), p, rtol=1e-6, atol=1e-7)
@@ -241,44 +283,69 @@ def test_inference_weights_from_our_checkpoint(tmp_path):
 
     bench = common.get_config("tiny")
     config = bench.model_config(4, "float32")
-    state = create_train_state(config, optim_config_for(bench, 4), jax.random.key(1),
-                               batch_size=4)
+    state = create_train_state(config, optim_config_for(bench, 4), jax.random.key(1), batch_size=4)
     state = state.replace(ema=jax.tree_util.tree_map(lambda x: x + 1.0, state.ema))
     with Checkpointer(tmp_path / "checkpoints", async_save=False) as checkpointer:
         checkpointer.save(7, state)
     variables, description = depth_scaling.load_weights(f"checkpoint:{tmp_path}", config, 0)
     assert "checkpoint" in description
-    for got, want in zip(jax.tree_util.tree_leaves(variables["params"]),
-                         jax.tree_util.tree_leaves(state.ema)):  # EMA weights, as evaluated
+    for got, want in zip(
+        jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.ema)
+    ):  # EMA weights, as evaluated
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(ValueError, match="has shape"):
-        depth_scaling.load_weights(f"checkpoint:{tmp_path}", config.replace(hidden_size=64,
-                                                                           puzzle_emb_ndim=64), 0)
+        depth_scaling.load_weights(f"checkpoint:{tmp_path}", config.replace(hidden_size=64, puzzle_emb_ndim=64), 0)
     with pytest.raises(ValueError, match="expected 'random'"):
         depth_scaling.load_weights("bogus", config, 0)
 
 
 # --- efficiency report and op profile (common.op_breakdown) -------------------------------------------------
 
+
 def test_efficiency_report(tmp_path):
     """Two configs, interleaved rounds: GFLOP/s, a ceiling and the fraction of it, per row."""
     from benchmarks import efficiency  # noqa: PLC0415
 
-    argv = ["--configs", "tiny", "--batch-sizes", "2,4", "--rounds", "2", "--warmup", "0",
-            "--device", "cpu", "--set", "saved_activations=all", "--set", "L_cycles=3",
-            "--microbatches", "1,2", "--profile-dir", str(tmp_path / "prof"), "--out-dir", str(tmp_path), "--name", "t"]
+    argv = [
+        "--configs",
+        "tiny",
+        "--batch-sizes",
+        "2,4",
+        "--rounds",
+        "2",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--set",
+        "saved_activations=all",
+        "--set",
+        "L_cycles=3",
+        "--microbatches",
+        "1,2",
+        "--profile-dir",
+        str(tmp_path / "prof"),
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "t",
+    ]
     result = efficiency.main(argv)
     doc = json.loads((tmp_path / "efficiency_t.json").read_text())
     assert doc["schema"] == efficiency.SCHEMA and doc["rows"] == json.loads(json.dumps(result["rows"]))
     assert doc["overrides"] == {"saved_activations": "all", "L_cycles": 3}
     assert [(r["config"], r["batch_size"], r["microbatches"]) for r in doc["rows"]] == [
-        ("tiny", 2, 1), ("tiny", 2, 2), ("tiny", 4, 1), ("tiny", 4, 2)]
+        ("tiny", 2, 1),
+        ("tiny", 2, 2),
+        ("tiny", 4, 1),
+        ("tiny", 4, 2),
+    ]
     for row in doc["rows"]:
         assert len(row["per_round"]) == 2 and row["times"]["n"] == 2
         assert row["ceiling_gflops_per_s"] > 0 and row["gflops_per_s"] > 0
         assert row["flops_per_step"] == common.model_flops_per_step(
-            common.get_config("tiny").model_config(row["batch_size"], "float32", L_cycles=3),
-            row["batch_size"])
+            common.get_config("tiny").model_config(row["batch_size"], "float32", L_cycles=3), row["batch_size"]
+        )
         low, high = row["fraction_of_ceiling_min_max"]
         assert 0 < low <= row["fraction_of_ceiling"] <= high
         assert row["efficiency_vs_first_config"] == 1.0  # each row is its batch's first config
@@ -295,8 +362,11 @@ def test_efficiency_report(tmp_path):
         else:
             shares = [c["share"] for c in prof["breakdown"]["categories"].values()]
             assert abs(sum(shares) - 1) < 1e-9 and prof["breakdown"]["categories"]["matmul"]["ms"] > 0
-            row = next(r for r in doc["rows"] if (r["batch_size"], r["microbatches"])
-                       == (prof["batch_size"], prof["microbatches"]))
+            row = next(
+                r
+                for r in doc["rows"]
+                if (r["batch_size"], r["microbatches"]) == (prof["batch_size"], prof["microbatches"])
+            )
             share = prof["breakdown"]["categories"]["matmul"]["share"]
             assert prof["matmul_only_fraction_of_ceiling"] == pytest.approx(row["fraction_of_ceiling"] / share)
             assert prof["matmul_only_fraction_of_ceiling"] >= row["fraction_of_ceiling"]
@@ -309,9 +379,14 @@ def test_efficiency_report(tmp_path):
 def test_efficiency_rejects_bad_arguments():
     from benchmarks import efficiency  # noqa: PLC0415
 
-    for argv in (["--configs", "nope"], ["--batch-sizes", "8,x"], ["--rounds", "0"],
-                 ["--set", "saved_activations"], ["--microbatches", "0"],
-                 ["--batch-sizes", "8", "--microbatches", "3"]):
+    for argv in (
+        ["--configs", "nope"],
+        ["--batch-sizes", "8,x"],
+        ["--rounds", "0"],
+        ["--set", "saved_activations"],
+        ["--microbatches", "0"],
+        ["--batch-sizes", "8", "--microbatches", "3"],
+    ):
         with pytest.raises(SystemExit):
             efficiency.parse_args(argv)
 
@@ -324,7 +399,8 @@ def test_network_flops_per_call_make_up_the_step_count():
         heads = 2.0 * 8 * config.seq_len * config.hidden_size * config.vocab_size + 2.0 * 8 * 512 * 2
         calls = config.H_cycles * (config.L_cycles + 1) + 2 * (config.L_cycles + 1)
         assert common.model_flops_per_step(config, 8) == pytest.approx(
-            calls * common.network_flops_per_call(config, 8) + 3 * heads, rel=1e-12)
+            calls * common.network_flops_per_call(config, 8) + 3 * heads, rel=1e-12
+        )
 
 
 OP_PROFILE_HLO = """
@@ -359,21 +435,23 @@ ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4,4] {
 
 
 def test_op_breakdown_sums_events_by_kind_of_operation():
-    events = [{"name": "ynn_fusion.2", "dur": 3000.0}, {"name": "copy_fusion", "dur": 1000.0},
-              {"name": "wrapped_broadcast", "dur": 500.0}, {"name": "add.1", "dur": 500.0},
-              {"name": "while.3", "dur": 9000.0},  # a loop: its ops are counted, not it
-              {"name": "ThunkExecutor::Execute", "dur": 7000.0},  # not an HLO op
-              {"name": "ynn_fusion.2", "dur": 3000.0}]
+    events = [
+        {"name": "ynn_fusion.2", "dur": 3000.0},
+        {"name": "copy_fusion", "dur": 1000.0},
+        {"name": "wrapped_broadcast", "dur": 500.0},
+        {"name": "add.1", "dur": 500.0},
+        {"name": "while.3", "dur": 9000.0},  # a loop: its ops are counted, not it
+        {"name": "ThunkExecutor::Execute", "dur": 7000.0},  # not an HLO op
+        {"name": "ynn_fusion.2", "dur": 3000.0},
+    ]
     out = common.op_breakdown(OP_PROFILE_HLO, events, steps=2)
     ms = {c: v["ms"] for c, v in out["categories"].items()}
-    assert ms == {"matmul": 3.0, "copy/transpose": 0.5, "broadcast": 0.25,
-                  "dynamic slice/update": 0.0, "other": 0.25}
+    assert ms == {"matmul": 3.0, "copy/transpose": 0.5, "broadcast": 0.25, "dynamic slice/update": 0.0, "other": 0.25}
     assert out["total_ms"] == 4.0
     assert out["top_ops"][0] == {"name": "ynn_fusion.2", "category": "matmul", "ms": 3.0}
     assert out["busy_ms"] is None  # no start times in these events
     assert common.categorize("while", set()) is None
-    assert common.categorize("fusion", {"dynamic-update-slice", "parameter"}) == \
-        "dynamic slice/update"
+    assert common.categorize("fusion", {"dynamic-update-slice", "parameter"}) == "dynamic slice/update"
 
 
 def test_op_breakdown_busy_time_counts_concurrent_operations_once():
@@ -382,10 +460,12 @@ def test_op_breakdown_busy_time_counts_concurrent_operations_once():
     assert common.busy_time([(0, 2), (1, 3), (5, 6)]) == 4
     assert common.busy_time([(0, 10), (2, 3), (4, 12)]) == 12
     assert common.busy_time([(3, 4), (0, 1)]) == 2
-    events = [{"name": "ynn_fusion.2", "ts": 0.0, "dur": 3000.0},
-              {"name": "copy_fusion", "ts": 1000.0, "dur": 1000.0},  # within the matmul
-              {"name": "add.1", "ts": 4000.0, "dur": 1000.0},
-              {"name": "while.3", "ts": 0.0, "dur": 9000.0}]  # a loop: not an operation
+    events = [
+        {"name": "ynn_fusion.2", "ts": 0.0, "dur": 3000.0},
+        {"name": "copy_fusion", "ts": 1000.0, "dur": 1000.0},  # within the matmul
+        {"name": "add.1", "ts": 4000.0, "dur": 1000.0},
+        {"name": "while.3", "ts": 0.0, "dur": 9000.0},
+    ]  # a loop: not an operation
     out = common.op_breakdown(OP_PROFILE_HLO, events, steps=1)
     assert out["total_ms"] == 5.0 and out["busy_ms"] == 4.0
 
@@ -395,19 +475,60 @@ def test_depth_training_and_test_time_scaling_on_a_tiny_run(tmp_path):
     small generated dataset), then the test-time scaling benchmark on the run it kept."""
     from benchmarks import depth_training, test_time_scaling  # noqa: PLC0415
 
-    tiny = ["--config.data.generate.num_train=32", "--config.data.generate.num_test=8",
-            "--config.data.generate.num_aug=0", "--config.train.eval_batch_size=8",
-            "--config.optim.global_batch_size=8", "--config.model.halt_max_steps=3"]
-    assert depth_training.main(["--grid", "1x2", "--steps", "6", "--workdir", str(tmp_path / "runs"),
-                                "--out-dir", str(tmp_path), "--name", "tiny", *tiny]) == 0
+    tiny = [
+        "--config.data.generate.num_train=32",
+        "--config.data.generate.num_test=8",
+        "--config.data.generate.num_aug=0",
+        "--config.train.eval_batch_size=8",
+        "--config.optim.global_batch_size=8",
+        "--config.model.halt_max_steps=3",
+    ]
+    assert (
+        depth_training.main(
+            [
+                "--grid",
+                "1x2",
+                "--steps",
+                "6",
+                "--workdir",
+                str(tmp_path / "runs"),
+                "--out-dir",
+                str(tmp_path),
+                "--name",
+                "tiny",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "depth_training_tiny.json").read_text())
     assert [(r["label"], r["effective_depth"], r["halt_max_steps"], r["steps"]) for r in report["runs"]] == [
-        ("control", 2, 1, 6), ("T=1 n=2", 3, 3, 6)]
+        ("control", 2, 1, 6),
+        ("T=1 n=2", 3, 3, 6),
+    ]
     assert (tmp_path / "depth_training_tiny.png").stat().st_size > 0
 
-    assert test_time_scaling.main(["--workdir", str(tmp_path / "runs" / "T1_n2"), "--trajectories", "1,3",
-                                   "--noise", "0.5", "--halting", "fixed,adaptive", "--slots", "4",
-                                   "--out-dir", str(tmp_path), "--name", "tiny"]) == 0
+    assert (
+        test_time_scaling.main(
+            [
+                "--workdir",
+                str(tmp_path / "runs" / "T1_n2"),
+                "--trajectories",
+                "1,3",
+                "--noise",
+                "0.5",
+                "--halting",
+                "fixed,adaptive",
+                "--slots",
+                "4",
+                "--out-dir",
+                str(tmp_path),
+                "--name",
+                "tiny",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "test_time_scaling_tiny.json").read_text())
     rows = [(r["halting"], r["trajectories"], r["noise"]) for r in result["rows"]]
     assert rows == [(h, k, s) for h in ("fixed", "adaptive") for k, s in [(1, 0.0), (1, 0.5), (3, 0.5)]]

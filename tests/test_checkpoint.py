@@ -134,8 +134,9 @@ def test_prng_key_mismatch_gives_a_clear_error(tmp_path) -> None:
         with pytest.raises(CheckpointMismatchError, match="param data is a PRNG key in the target, not in the"):
             ck.restore(target={"rng": jax.random.key(0), "data": jax.random.key(1)})
         rbg = jax.random.key(0, impl="rbg")
-        with pytest.raises(CheckpointMismatchError, match="rng holds PRNG keys of implementation threefry2x32, "
-                                                          "expected key<rbg>"):
+        with pytest.raises(
+            CheckpointMismatchError, match="rng holds PRNG keys of implementation threefry2x32, expected key<rbg>"
+        ):
             ck.restore(target={"rng": rbg, "data": jnp.zeros((2,), jnp.uint32)})
         keys = jax.random.split(jax.random.key(0), 3)
         with pytest.raises(CheckpointMismatchError, match=r"rng has PRNG key data shape \(2,\), expected \(3, 2\)"):
@@ -185,12 +186,16 @@ def test_restore_onto_eight_device_mesh(tmp_path) -> None:
     }
     with Checkpointer(tmp_path / "ck") as ck:
         ck.save(1, state, {"note": "one device"})
-    np.savez(tmp_path / "expected.npz", params=state["params"], carry=state["carry"],
-             rngs=jax.random.key_data(state["rngs"]))
+    np.savez(
+        tmp_path / "expected.npz", params=state["params"], carry=state["carry"], rngs=jax.random.key_data(state["rngs"])
+    )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED_RESTORE, str(tmp_path / "ck"), str(tmp_path / "expected.npz")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
@@ -262,20 +267,31 @@ def test_zero_size_arrays_round_trip(tmp_path):
 def _format_1_state() -> dict:
     """The state saved in ``tests/fixtures/checkpoint_format1`` (no jax.random ops: their values may change)."""
     rng = np.random.default_rng(1)
-    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-              "e": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+        "e": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
+    }
     train = TrainState(
         step=jnp.int32(2),
         params=params,
         buffers={"H_init": jnp.asarray(rng.normal(size=(3,)), jnp.float32), "puzzle_emb": jnp.zeros((3, 0))},
-        opt_state=(optax.ScaleByAdamState(count=jnp.int32(2), mu=jax.tree.map(lambda x: x * 2, params),
-                                          nu=jax.tree.map(lambda x: x * x, params)), optax.EmptyState()),
+        opt_state=(
+            optax.ScaleByAdamState(
+                count=jnp.int32(2), mu=jax.tree.map(lambda x: x * 2, params), nu=jax.tree.map(lambda x: x * x, params)
+            ),
+            optax.EmptyState(),
+        ),
         ema=jax.tree.map(lambda x: x + 1, params),
         carry=Carry(z=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), halted=jnp.array([True, False])),
         rng=jax.random.key(3),
     )
-    return {"train": train, "keys": jax.random.wrap_key_data(np.arange(6, dtype=np.uint32).reshape(3, 2)),
-            "np_step": np.int32(11), "np_mask": np.array([False, True]), "epoch": 3}
+    return {
+        "train": train,
+        "keys": jax.random.wrap_key_data(np.arange(6, dtype=np.uint32).reshape(3, 2)),
+        "np_step": np.int32(11),
+        "np_mask": np.array([False, True]),
+        "epoch": 3,
+    }
 
 
 def test_format_1_checkpoints_still_restore(tmp_path) -> None:
@@ -299,8 +315,10 @@ def test_format_1_checkpoints_still_restore(tmp_path) -> None:
 
         on_disk, _ = ck.restore()  # as laid out by format 1: dicts all the way down
         assert on_disk["train"]["buffers"]["puzzle_emb"].shape == (3, 0)
-        assert np.asarray(on_disk["train"]["opt_state"]["0"]["mu"]["w"]).tobytes() == \
-            np.asarray(state["train"].opt_state[0].mu["w"]).tobytes()
+        assert (
+            np.asarray(on_disk["train"]["opt_state"]["0"]["mu"]["w"]).tobytes()
+            == np.asarray(state["train"].opt_state[0].mu["w"]).tobytes()
+        )
         np.testing.assert_array_equal(jax.random.key_data(on_disk["keys"]), jax.random.key_data(state["keys"]))
 
         wrong = _format_1_state()

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trm_jax.train.checkpoint import Checkpointer, CheckpointDamagedError
+from trm_jax.train.checkpoint import CheckpointDamagedError, Checkpointer
 from trm_jax.train.checksum import checksums
 
 
@@ -71,7 +71,9 @@ def test_restore_checks_arrays_and_extras(tmp_path):
     meta["checksums"]["w"] = "0" * 16  # as if the array's bytes had changed
     _meta_file(tmp_path, 2).write_text(json.dumps(meta))
     with Checkpointer(tmp_path, async_save=False) as ckpt:
-        with pytest.raises(CheckpointDamagedError, match=r"array w does not match the checksum it was saved with") as info:
+        with pytest.raises(
+            CheckpointDamagedError, match=r"array w does not match the checksum it was saved with"
+        ) as info:
             ckpt.restore(2, target=state)
         assert info.value.step == 2 and info.value.intact_steps == [1]
         ckpt.restore(1, target=state)  # the older step is fine

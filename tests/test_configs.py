@@ -17,8 +17,14 @@ from trm_jax.train.state import OptimConfig, create_train_state
 PAPER = ("sudoku_mlp", "sudoku_att", "maze", "arc1", "arc2")
 ALL = PAPER + ("quickstart",)
 # (seq_len, vocab_size, num_puzzle_identifiers) of each experiment's dataset, as the builders write them.
-DATASET = {"sudoku_mlp": (81, 11, 1), "sudoku_att": (81, 11, 1), "maze": (900, 6, 1),
-           "arc1": (900, 12, 1000), "arc2": (900, 12, 1000), "quickstart": (81, 11, 1)}
+DATASET = {
+    "sudoku_mlp": (81, 11, 1),
+    "sudoku_att": (81, 11, 1),
+    "maze": (900, 6, 1),
+    "arc1": (900, 12, 1000),
+    "arc2": (900, 12, 1000),
+    "quickstart": (81, 11, 1),
+}
 
 
 @dataclasses.dataclass
@@ -43,7 +49,8 @@ def test_config_by_name_by_path_and_by_legacy_path(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "quickstart.py").write_text(
         "from trm_jax.configs import base_config\n"
-        "def get_config():\n    c = base_config()\n    c.train.seed = 123\n    return c\n")
+        "def get_config():\n    c = base_config()\n    c.train.seed = 123\n    return c\n"
+    )
     assert configs_lib.load_config("configs/quickstart.py").train.seed == 123
 
 
@@ -84,22 +91,32 @@ def test_paper_hyperparameters():
 
 
 def test_overrides_take_the_field_type():
-    config = configs_lib.load_config("configs/quickstart.py", [
-        "--config.optim.lr=3e-4", "--config.train.seed=7", "--config.model.mlp_t=false",
-        "--config.model.expansion=2", "--config.data.generate.kind=maze"])
+    config = configs_lib.load_config(
+        "configs/quickstart.py",
+        [
+            "--config.optim.lr=3e-4",
+            "--config.train.seed=7",
+            "--config.model.mlp_t=false",
+            "--config.model.expansion=2",
+            "--config.data.generate.kind=maze",
+        ],
+    )
     assert config.optim.lr == 3e-4 and config.train.seed == 7 and config.model.mlp_t is False
     assert config.model.expansion == 2.0 and isinstance(config.model.expansion, float)
     assert config.data.generate.kind == "maze"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.model.bogus=1", "unknown config key config.model.bogus"),
-    ("--config.nothere.x=1", "unknown config key config.nothere"),
-    ("--config.train.seed=abc", "expected an integer"),
-    ("--config.model.mlp_t=maybe", "expected true or false"),
-    ("--config.model=1", "is a section"),
-    ("--config.train.seed", "expected --config.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.model.bogus=1", "unknown config key config.model.bogus"),
+        ("--config.nothere.x=1", "unknown config key config.nothere"),
+        ("--config.train.seed=abc", "expected an integer"),
+        ("--config.model.mlp_t=maybe", "expected true or false"),
+        ("--config.model=1", "is a section"),
+        ("--config.train.seed", "expected --config.key=value"),
+    ],
+)
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(configs_lib.ConfigLoadError, match=message) as info:
         configs_lib.load_config("quickstart", [override])
@@ -115,8 +132,10 @@ def test_missing_config_file_and_name():
 
 def test_config_file_with_unknown_key_is_rejected(tmp_path):
     path = tmp_path / "extra.py"
-    path.write_text("from trm_jax.configs import base_config\n"
-                    "def get_config():\n    c = base_config()\n    c.train.typo_field = 1\n    return c\n")
+    path.write_text(
+        "from trm_jax.configs import base_config\n"
+        "def get_config():\n    c = base_config()\n    c.train.typo_field = 1\n    return c\n"
+    )
     with pytest.raises(configs_lib.ConfigLoadError, match="unknown config key config.train.typo_field"):
         configs_lib.load_config(str(path))
 

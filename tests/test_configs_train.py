@@ -15,33 +15,44 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_configs import ALL, DATASET, FakeMetadata
 from trm_jax import configs as configs_lib
 from trm_jax.train import step as step_lib
 from trm_jax.train.state import create_train_state
-
-from test_configs import ALL, DATASET, FakeMetadata
 from trm_test_utils import random_batch
 
 STEPS = 50
-SHRINK = {"model.hidden_size": 32, "model.num_heads": 2, "model.expansion": 2.0,
-          "model.H_cycles": 2, "model.L_cycles": 2, "model.halt_max_steps": 4,
-          "model.puzzle_emb_ndim": 32, "model.puzzle_emb_len": 2,
-          "optim.global_batch_size": 8, "optim.lr_warmup_steps": 5}
+SHRINK = {
+    "model.hidden_size": 32,
+    "model.num_heads": 2,
+    "model.expansion": 2.0,
+    "model.H_cycles": 2,
+    "model.L_cycles": 2,
+    "model.halt_max_steps": 4,
+    "model.puzzle_emb_ndim": 32,
+    "model.puzzle_emb_len": 2,
+    "optim.global_batch_size": 8,
+    "optim.lr_warmup_steps": 5,
+}
 
 # The paper's Sudoku model also in microbatches: its bfloat16 step with chunks of 4 rows.
-CASES = ([(name, None, {}) for name in ALL] + [("quickstart", "bfloat16", {})]
-         + [("sudoku_mlp", None, {"optim.microbatches": 2})])
+CASES = (
+    [(name, None, {}) for name in ALL]
+    + [("quickstart", "bfloat16", {})]
+    + [("sudoku_mlp", None, {"optim.microbatches": 2})]
+)
 
 
 def _case_id(name, dtype, extra) -> str:
-    return name + (f"-{dtype}" if dtype else "") + "".join(
-        f"-{k.split('.')[-1]}{v}" for k, v in extra.items())
+    return name + (f"-{dtype}" if dtype else "") + "".join(f"-{k.split('.')[-1]}{v}" for k, v in extra.items())
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(np.all(np.isfinite(np.asarray(leaf, np.float32))))
-               for leaf in jax.tree_util.tree_leaves(tree)
-               if jnp.issubdtype(leaf.dtype, jnp.floating))
+    return all(
+        bool(np.all(np.isfinite(np.asarray(leaf, np.float32))))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    )
 
 
 @pytest.mark.parametrize("name, dtype, extra", CASES, ids=[_case_id(*c) for c in CASES])

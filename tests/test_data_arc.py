@@ -72,8 +72,7 @@ def test_augmented_name_round_trip_and_malformed_names():
     assert name == "abc123|||t5|||0312987654"
     assert parse_augmented_name(name) == ("abc123", aug)
     assert parse_augmented_name("abc123") == ("abc123", None)
-    for bad in ["a|||t9|||0123456789", "a|||x1|||0123456789", "a|||t1|||012345678",
-                "a|||t1|||0123456788", "a|||t1"]:
+    for bad in ["a|||t9|||0123456789", "a|||x1|||0123456789", "a|||t1|||012345678", "a|||t1|||0123456788", "a|||t1"]:
         with pytest.raises(ValueError, match="augmented puzzle name"):
             parse_augmented_name(bad)
 
@@ -168,8 +167,7 @@ def test_grid_validation_errors_name_the_problem():
 
 
 def _puzzle(train, test, name="p"):
-    obj = {"train": [{"input": i, "output": o} for i, o in train],
-           "test": [{"input": i, "output": o} for i, o in test]}
+    obj = {"train": [{"input": i, "output": o} for i, o in train], "test": [{"input": i, "output": o} for i, o in test]}
     return arc_sources.parse_puzzle(name, obj, "mem")
 
 
@@ -221,10 +219,21 @@ def test_built_directory_has_the_official_fields(built):
     for split in ("train", "test"):
         meta = fmt.read_metadata(built / split)
         assert sorted(p.name for p in (built / split).iterdir()) == sorted(
-            ["dataset.json"] + [f"all__{f}.npy" for f in fmt.FIELDS])
+            ["dataset.json"] + [f"all__{f}.npy" for f in fmt.FIELDS]
+        )
         raw = json.loads((built / split / "dataset.json").read_text())
-        assert set(raw) == {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                            "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
+        assert set(raw) == {
+            "pad_id",
+            "ignore_label_id",
+            "blank_identifier_id",
+            "vocab_size",
+            "seq_len",
+            "num_puzzle_identifiers",
+            "total_groups",
+            "mean_puzzle_examples",
+            "total_puzzles",
+            "sets",
+        }
         assert (meta.pad_id, meta.ignore_label_id, meta.blank_identifier_id) == (0, 0, 0)
         assert (meta.vocab_size, meta.seq_len, meta.sets) == (12, 900, ["all"])
         assert meta.num_puzzle_identifiers == len(identifiers)
@@ -261,8 +270,9 @@ def test_built_examples_are_augmentations_of_the_sources(built):
                 kinds = ["test"]
             else:
                 kinds = ["train"] if base in eval_names else list(source)  # source key order
-            expected = [(grid_hash(np.array(e["input"])), grid_hash(np.array(e["output"])))
-                        for k in kinds for e in source[k]]
+            expected = [
+                (grid_hash(np.array(e["input"])), grid_hash(np.array(e["output"]))) for k in kinds for e in source[k]
+            ]
             got = []
             at_origin = 0
             for e in range(arrays.puzzle_indices[p], arrays.puzzle_indices[p + 1]):
@@ -275,7 +285,7 @@ def test_built_examples_are_augmentations_of_the_sources(built):
             assert at_origin >= 1
     # Group 0 of train: the original first, then distinct augmentations of the same puzzle.
     train = fmt.load_split(built / "train", "all", mmap=False)
-    names = [identifiers[i] for i in train.puzzle_identifiers[train.group_indices[0]:train.group_indices[1]]]
+    names = [identifiers[i] for i in train.puzzle_identifiers[train.group_indices[0] : train.group_indices[1]]]
     assert "|||" not in names[0] and all(n.startswith(names[0] + "|||") for n in names[1:])
     assert len(names) == 5
 
@@ -315,20 +325,35 @@ GOOD = {"p1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": 
 GOOD_SOLUTIONS = {"p1": [[[4]]]}
 
 
-@pytest.mark.parametrize("challenges, solutions, message", [
-    ({"p1": {"train": [{"input": [[0] * 31], "output": [[2]]}], "test": [{"input": [[3]]}]}}, GOOD_SOLUTIONS,
-     r"puzzle 'p1', train example 0 input: grid is 1x31, larger than"),
-    ({"p1": {"train": [{"input": [[1]], "output": [[12]]}], "test": [{"input": [[3]]}]}}, GOOD_SOLUTIONS,
-     r"puzzle 'p1', train example 0 output: cell \(0, 0\) is 12"),
-    ({"p1": {"train": [{"input": [["a"]], "output": [[1]]}], "test": [{"input": [[3]]}]}}, GOOD_SOLUTIONS,
-     r"puzzle 'p1'.*cell \(0, 0\) is 'a'"),
-    (GOOD, {"p1": [[[4]], [[5]]]}, r"_solutions.json: puzzle 'p1': 2 solutions for 1 test inputs"),
-    (GOOD, {"other": []}, r"_solutions.json: puzzle 'p1' .* has no solutions"),
-    ('{"p1": {"train": [', GOOD_SOLUTIONS, r"_challenges.json: malformed JSON"),
-    (GOOD, None, r"_solutions.json: file not found"),
-    ({"p1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}], "extra": []}},
-     GOOD_SOLUTIONS, r"puzzle 'p1': unexpected key"),
-])
+@pytest.mark.parametrize(
+    "challenges, solutions, message",
+    [
+        (
+            {"p1": {"train": [{"input": [[0] * 31], "output": [[2]]}], "test": [{"input": [[3]]}]}},
+            GOOD_SOLUTIONS,
+            r"puzzle 'p1', train example 0 input: grid is 1x31, larger than",
+        ),
+        (
+            {"p1": {"train": [{"input": [[1]], "output": [[12]]}], "test": [{"input": [[3]]}]}},
+            GOOD_SOLUTIONS,
+            r"puzzle 'p1', train example 0 output: cell \(0, 0\) is 12",
+        ),
+        (
+            {"p1": {"train": [{"input": [["a"]], "output": [[1]]}], "test": [{"input": [[3]]}]}},
+            GOOD_SOLUTIONS,
+            r"puzzle 'p1'.*cell \(0, 0\) is 'a'",
+        ),
+        (GOOD, {"p1": [[[4]], [[5]]]}, r"_solutions.json: puzzle 'p1': 2 solutions for 1 test inputs"),
+        (GOOD, {"other": []}, r"_solutions.json: puzzle 'p1' .* has no solutions"),
+        ('{"p1": {"train": [', GOOD_SOLUTIONS, r"_challenges.json: malformed JSON"),
+        (GOOD, None, r"_solutions.json: file not found"),
+        (
+            {"p1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}], "extra": []}},
+            GOOD_SOLUTIONS,
+            r"puzzle 'p1': unexpected key",
+        ),
+    ],
+)
 def test_bad_input_names_file_and_puzzle_and_leaves_nothing(tmp_path, challenges, solutions, message):
     prefix = _write_subset(tmp_path, "training", challenges, solutions)
     out = tmp_path / "out"
@@ -344,8 +369,9 @@ def test_missing_challenges_file_and_missing_solutions_option(tmp_path):
         arc.build_arc_from_combined(PREFIX, out, subsets=["nope"])
     assert not out.exists()
     prefix = _write_subset(tmp_path, "hidden", GOOD, None)
-    arc.build_arc_from_combined(prefix, out, subsets=["hidden"], test_set_names=["hidden"],
-                                allow_missing_solutions=True, num_aug=0)
+    arc.build_arc_from_combined(
+        prefix, out, subsets=["hidden"], test_set_names=["hidden"], allow_missing_solutions=True, num_aug=0
+    )
     assert json.loads((out / "test_puzzles.json").read_text())["p1"]["test"][0]["output"] == [[0]]
 
 

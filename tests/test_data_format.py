@@ -8,14 +8,29 @@ import pytest
 
 from trm_jax.data import csv_source
 from trm_jax.data import format as fmt
-from trm_jax.data.csv_source import read_puzzle_csv
 from trm_jax.data.builder import PuzzleBuilder, make_metadata
+from trm_jax.data.csv_source import read_puzzle_csv
 from trm_jax.data.format import (
-    DatasetFormatError, DatasetMetadata, load_split, read_identifiers, read_metadata, write_dataset,
+    DatasetFormatError,
+    DatasetMetadata,
+    load_split,
+    read_identifiers,
+    read_metadata,
+    write_dataset,
 )
 
-OFFICIAL_KEYS = {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                 "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
+OFFICIAL_KEYS = {
+    "pad_id",
+    "ignore_label_id",
+    "blank_identifier_id",
+    "vocab_size",
+    "seq_len",
+    "num_puzzle_identifiers",
+    "total_groups",
+    "mean_puzzle_examples",
+    "total_puzzles",
+    "sets",
+}
 
 
 def _small_arrays():
@@ -30,8 +45,15 @@ def _small_arrays():
 
 def _write(tmp_path, name="ds", **kw):
     arrays = _small_arrays()
-    meta = make_metadata({"all": arrays}, pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=9,
-                         seq_len=4, num_puzzle_identifiers=3)
+    meta = make_metadata(
+        {"all": arrays},
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=9,
+        seq_len=4,
+        num_puzzle_identifiers=3,
+    )
     out = tmp_path / name
     write_dataset(out, {"train": {"all": arrays}}, {"train": meta}, ["<blank>", "a", "b"], **kw)
     return out, arrays, meta
@@ -61,8 +83,7 @@ def test_builder_rejects_misuse():
 def test_round_trip(tmp_path):
     out, arrays, meta = _write(tmp_path, extra_json={"test_puzzles": {"x": 1}})
     assert sorted(os.listdir(out)) == ["identifiers.json", "test_puzzles.json", "train"]
-    assert sorted(os.listdir(out / "train")) == sorted(
-        ["dataset.json"] + [f"all__{f}.npy" for f in fmt.FIELDS])
+    assert sorted(os.listdir(out / "train")) == sorted(["dataset.json"] + [f"all__{f}.npy" for f in fmt.FIELDS])
     with open(out / "train" / "dataset.json") as f:
         raw = json.load(f)
     assert set(raw) == OFFICIAL_KEYS
@@ -104,8 +125,15 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_invalid_arrays_rejected_before_writing(tmp_path):
     arrays = _small_arrays()
     arrays.puzzle_indices = np.array([0, 2, 3, 7], np.int32)  # does not end at num_examples
-    meta = make_metadata({"all": arrays}, pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=9,
-                         seq_len=4, num_puzzle_identifiers=3)
+    meta = make_metadata(
+        {"all": arrays},
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=9,
+        seq_len=4,
+        num_puzzle_identifiers=3,
+    )
     with pytest.raises(DatasetFormatError, match="train/all: puzzle_indices"):
         write_dataset(tmp_path / "bad", {"train": {"all": arrays}}, {"train": meta}, ["<blank>", "a", "b"])
     assert list(tmp_path.iterdir()) == []

@@ -41,10 +41,13 @@ def dataset(tmp_path_factory):
         sets[set_name] = b.build()
         owners[set_name] = (np.array(ex_group), np.array(ex_puzzle))
         n_ex += row
-    meta = make_metadata(sets, pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=5, seq_len=SEQ,
-                         num_puzzle_identifiers=5)
+    meta = make_metadata(
+        sets, pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=5, seq_len=SEQ, num_puzzle_identifiers=5
+    )
     out = tmp_path_factory.mktemp("loader") / "ds"
-    write_dataset(out, {"train": sets, "test": sets}, {"train": meta, "test": meta}, ["<blank>", "p1", "p2", "p3", "p4"])
+    write_dataset(
+        out, {"train": sets, "test": sets}, {"train": meta, "test": meta}, ["<blank>", "p1", "p2", "p3", "p4"]
+    )
     return out, sets, owners
 
 
@@ -60,16 +63,17 @@ def test_train_sampling_properties(dataset):
     per_epoch = {}
     for info, batch in _take(loader, 40):
         assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {
-            "inputs": (np.int32, (BATCH, SEQ)), "labels": (np.int32, (BATCH, SEQ)),
-            "puzzle_identifiers": (np.int32, (BATCH,))}
+            "inputs": (np.int32, (BATCH, SEQ)),
+            "labels": (np.int32, (BATCH, SEQ)),
+            "puzzle_identifiers": (np.int32, (BATCH,)),
+        }
         assert info.effective_size == BATCH  # last partial batch is dropped, never padded
         assert (batch["labels"][:, -1] == IGNORE_LABEL_ID).all() and (batch["labels"][:, :-1] == 4).all()
         rows = batch["inputs"][:, 0]
         assert len(set(rows.tolist())) == BATCH  # examples drawn without replacement
         ex_group, ex_puzzle = owners[info.set_name]
         puzzles = ex_puzzle[rows]
-        np.testing.assert_array_equal(batch["puzzle_identifiers"],
-                                      sets[info.set_name].puzzle_identifiers[puzzles])
+        np.testing.assert_array_equal(batch["puzzle_identifiers"], sets[info.set_name].puzzle_identifiers[puzzles])
         # one puzzle per group, and the batch is made of runs of whole groups
         for g in set(ex_group[rows].tolist()):
             assert len(set(puzzles[ex_group[rows] == g].tolist())) == 1
@@ -116,8 +120,10 @@ def test_process_slices_concatenate_to_global_batch(dataset):
     out, _, _ = dataset
     for split in ("train", "test"):
         full = [b for _, b in _take(PuzzleLoader(out, split, BATCH, seed=2), 6)]
-        parts = [[b for _, b in _take(PuzzleLoader(out, split, BATCH, seed=2, process_index=r, process_count=4), 6)]
-                 for r in range(4)]
+        parts = [
+            [b for _, b in _take(PuzzleLoader(out, split, BATCH, seed=2, process_index=r, process_count=4), 6)]
+            for r in range(4)
+        ]
         for i, g in enumerate(full):
             for k in g:
                 np.testing.assert_array_equal(np.concatenate([p[i][k] for p in parts]), g[k])
@@ -140,8 +146,9 @@ def test_test_mode_covers_every_example_once_with_padding(dataset):
             assert (batch["puzzle_identifiers"][pad] == 0).all()
             arrays = sets[info.set_name]
             ex_puzzle = np.repeat(np.arange(arrays.num_puzzles), np.diff(arrays.puzzle_indices))
-            np.testing.assert_array_equal(batch["puzzle_identifiers"][:n],
-                                          arrays.puzzle_identifiers[ex_puzzle[first:first + n]])
+            np.testing.assert_array_equal(
+                batch["puzzle_identifiers"][:n], arrays.puzzle_identifiers[ex_puzzle[first : first + n]]
+            )
         for name, arrays in sets.items():
             assert seen[name] == np.asarray(arrays.inputs[:, 0]).tolist()
     assert any(info.effective_size < BATCH for info, _ in loader.iter_with_info())

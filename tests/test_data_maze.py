@@ -13,7 +13,10 @@ from trm_jax.data.csv_source import read_puzzle_csv
 from trm_jax.data.dihedral import dihedral, inverse_dihedral
 from trm_jax.data.format import DatasetFormatError, load_split
 from trm_jax.data.maze import (
-    CHARSET, build_maze_dataset, decode_maze, read_maze_csv,
+    CHARSET,
+    build_maze_dataset,
+    decode_maze,
+    read_maze_csv,
 )
 
 SRC = Path(__file__).parent / "data" / "maze_small"
@@ -38,9 +41,18 @@ def test_build_with_augmentation(tmp_path):
     q, a = read_maze_csv(SRC / "train.csv")
     n = q.shape[0]
     raw = json.loads((out / "train" / "dataset.json").read_text())
-    assert raw == {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 6, "seq_len": 900,
-                   "num_puzzle_identifiers": 1, "total_groups": n, "mean_puzzle_examples": 1.0,
-                   "total_puzzles": 8 * n, "sets": ["all"]}
+    assert raw == {
+        "pad_id": 0,
+        "ignore_label_id": 0,
+        "blank_identifier_id": 0,
+        "vocab_size": 6,
+        "seq_len": 900,
+        "num_puzzle_identifiers": 1,
+        "total_groups": n,
+        "mean_puzzle_examples": 1.0,
+        "total_puzzles": 8 * n,
+        "sets": ["all"],
+    }
     tr = load_split(out / "train", "all")
     assert tr.inputs.dtype == np.uint8 and tr.inputs.shape == (8 * n, 900)
     np.testing.assert_array_equal(tr.group_indices, np.arange(0, 8 * n + 1, 8))
@@ -66,10 +78,13 @@ def _corrupt(tmp_path, mutate):
     return src
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda l: l.replace("#", "X", 1), r"test\.csv: line 2: question: unknown character 'X'"),
-    (lambda l: l.replace("##", "#", 1), r"test\.csv: line 2: question length 899 is not a square"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda line: line.replace("#", "X", 1), r"test\.csv: line 2: question: unknown character 'X'"),
+        (lambda line: line.replace("##", "#", 1), r"test\.csv: line 2: question length 899 is not a square"),
+    ],
+)
 def test_bad_input_named_and_nothing_left(tmp_path, mutate, message):
     src = _corrupt(tmp_path, mutate)
     with pytest.raises(DatasetFormatError, match=message):
@@ -106,8 +121,7 @@ def test_generator_parameters_and_determinism(tmp_path):
     for r in rows:
         _check_maze(r.question, r.answer, 20, 40, r.rating)
     with pytest.raises(RuntimeError, match="longer than 10000"):
-        gen.generate_maze(random.Random(0), side=12,
-                          path_longer_than=10000, max_tries=2)
+        gen.generate_maze(random.Random(0), side=12, path_longer_than=10000, max_tries=2)
     gen.generate_maze_csvs(tmp_path / "csv", num_train=2, num_test=1, seed=0, side=16, path_longer_than=20)
     out = build_maze_dataset(tmp_path / "ds", source_dir=tmp_path / "csv")
     assert load_split(out / "train", "all").inputs.shape == (2, 256)

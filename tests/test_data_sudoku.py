@@ -63,9 +63,18 @@ def test_build_matches_official_format(tmp_path):
     assert read_identifiers(out) == ["<blank>"]
     for split, n, per in (("train", q_train.shape[0], 1 + num_aug), ("test", q_test.shape[0], 1)):
         raw = json.loads((out / split / "dataset.json").read_text())
-        assert raw == {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 11, "seq_len": 81,
-                       "num_puzzle_identifiers": 1, "total_groups": n, "mean_puzzle_examples": 1.0,
-                       "total_puzzles": n * per, "sets": ["all"]}
+        assert raw == {
+            "pad_id": 0,
+            "ignore_label_id": 0,
+            "blank_identifier_id": 0,
+            "vocab_size": 11,
+            "seq_len": 81,
+            "num_puzzle_identifiers": 1,
+            "total_groups": n,
+            "mean_puzzle_examples": 1.0,
+            "total_puzzles": n * per,
+            "sets": ["all"],
+        }
         arr = load_split(out / split, "all", metadata=read_metadata(out / split))
         assert arr.inputs.shape == arr.labels.shape == (n * per, 81)
         assert arr.inputs.dtype == arr.labels.dtype == np.uint8
@@ -106,11 +115,17 @@ def _corrupt(tmp_path, line_index, new_line):
     return src
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda l: l.replace(",", ",x", 1), "line 3: question/answer must have 81 characters"),
-    (lambda l: l[: l.index(",") + 1] + "A" + l[l.index(",") + 2:], "line 3: unknown character 'A' in question"),
-    (lambda l: l + ",extra", "line 3: expected 4 columns"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda line: line.replace(",", ",x", 1), "line 3: question/answer must have 81 characters"),
+        (
+            lambda line: line[: line.index(",") + 1] + "A" + line[line.index(",") + 2 :],
+            "line 3: unknown character 'A' in question",
+        ),
+        (lambda line: line + ",extra", "line 3: expected 4 columns"),
+    ],
+)
 def test_bad_rows_named_and_nothing_left(tmp_path, mutate, message):
     src = _corrupt(tmp_path, 2, mutate)
     with pytest.raises(DatasetFormatError, match=message):
@@ -124,7 +139,7 @@ def test_answer_contradicting_givens(tmp_path):
         src, q, a, r = line.split(",")
         first_given = next(i for i, c in enumerate(q) if c != ".")
         d = a[first_given]
-        a = a[:first_given] + ("1" if d != "1" else "2") + a[first_given + 1:]
+        a = a[:first_given] + ("1" if d != "1" else "2") + a[first_given + 1 :]
         return ",".join([src, q, a, r])
 
     src = _corrupt(tmp_path, 1, swap_answer)

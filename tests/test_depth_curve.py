@@ -43,12 +43,18 @@ def test_trace_is_evaluate_to_halt_at_every_depth():
     assert exact.shape == (8, 6) and bool(np.all(trace["valid"]))
     assert exact[:4, 1].all() and exact[4:, 4].all()
     for n in range(1, 7):
-        want = np.asarray(jnp.all((jnp.argmax(evaluate_to_halt(config, variables, batch, n)[1]["logits"], -1)
-                                   == labels) | (labels == -100), -1))
+        want = np.asarray(
+            jnp.all(
+                (jnp.argmax(evaluate_to_halt(config, variables, batch, n)[1]["logits"], -1) == labels)
+                | (labels == -100),
+                -1,
+            )
+        )
         np.testing.assert_array_equal(exact[:, n - 1], want, err_msg=f"depth {n}")
         # float32 noise: the two scans may fuse differently; the values are O(1) logits.
-        np.testing.assert_allclose(np.asarray(trace["q_halt_logits"][:, n - 1]), np.asarray(q_halt[n]),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(trace["q_halt_logits"][:, n - 1]), np.asarray(q_halt[n]), rtol=1e-5, atol=1e-5
+        )
     assert not exact.all(), "the test needs some wrong answers to mean anything"
 
 
@@ -63,10 +69,15 @@ def test_padding_rows_are_not_valid():
 
 def test_summary_halts_at_the_first_positive_logit_or_the_cap():
     # 4 puzzles, 6 steps, trained depth 3.
-    exact = np.array([[0, 1, 1, 1, 1, 1],   # halts at 2 (q > 0 there): right
-                      [0, 0, 0, 1, 1, 1],   # never says halt: capped at 3, wrong
-                      [1, 1, 0, 0, 0, 0],   # halts at 1: right
-                      [0, 0, 1, 1, 1, 1]], bool)  # says halt at 5 only (past the cap): capped at 3, right
+    exact = np.array(
+        [
+            [0, 1, 1, 1, 1, 1],  # halts at 2 (q > 0 there): right
+            [0, 0, 0, 1, 1, 1],  # never says halt: capped at 3, wrong
+            [1, 1, 0, 0, 0, 0],  # halts at 1: right
+            [0, 0, 1, 1, 1, 1],
+        ],
+        bool,
+    )  # says halt at 5 only (past the cap): capped at 3, right
     q = np.full((4, 6), -1.0)
     q[0, 1] = q[0, 4] = 2.0
     q[2, 0] = 0.5

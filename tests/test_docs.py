@@ -298,10 +298,18 @@ def _cheap_commands() -> list[Command]:
 @pytest.mark.parametrize("command", _cheap_commands(), ids=str)
 def test_cheap_commands_run_as_written(command):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **dict(command.env))
-    proc = subprocess.run(resolve_argv(command.argv), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (f"{command}\n    exited with {proc.returncode}:\n"
-                                  f"{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    proc = subprocess.run(
+        resolve_argv(command.argv),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, (
+        f"{command}\n    exited with {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+    )
 
 
 def _python_blocks() -> list[Block]:
@@ -319,7 +327,16 @@ def test_python_snippets_compile(block):
 @pytest.mark.parametrize("block", [b for b in _python_blocks() if b.runnable], ids=lambda b: b.where())
 def test_marked_python_snippets_run(block):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", "\n".join(block.body) + "\n"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=SNIPPET_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (f"{block.where()}: the snippet marked {RUN_MARKER} exited with "
-                                  f"{proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    proc = subprocess.run(
+        [sys.executable, "-c", "\n".join(block.body) + "\n"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SNIPPET_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, (
+        f"{block.where()}: the snippet marked {RUN_MARKER} exited with "
+        f"{proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+    )

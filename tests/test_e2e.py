@@ -15,20 +15,48 @@ from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.metrics_log import read_metrics
 
 TOTAL = 240
-TINY = ["--config.model.hidden_size=16", "--config.model.num_heads=2", "--config.model.expansion=2",
-        "--config.model.H_cycles=1", "--config.model.L_cycles=2", "--config.model.L_layers=1",
-        "--config.model.halt_max_steps=2", "--config.model.puzzle_emb_ndim=16", "--config.model.puzzle_emb_len=1",
-        "--config.optim.global_batch_size=8", f"--config.optim.total_steps={TOTAL}",
-        "--config.optim.lr=0.003", "--config.optim.lr_warmup_steps=10",
-        "--config.train.eval_every_steps=80", "--config.train.log_every=20", "--config.train.eval_batch_size=8",
-        "--config.train.progress_bar=false", "--config.train.tensorboard=false"]
+TINY = [
+    "--config.model.hidden_size=16",
+    "--config.model.num_heads=2",
+    "--config.model.expansion=2",
+    "--config.model.H_cycles=1",
+    "--config.model.L_cycles=2",
+    "--config.model.L_layers=1",
+    "--config.model.halt_max_steps=2",
+    "--config.model.puzzle_emb_ndim=16",
+    "--config.model.puzzle_emb_len=1",
+    "--config.optim.global_batch_size=8",
+    f"--config.optim.total_steps={TOTAL}",
+    "--config.optim.lr=0.003",
+    "--config.optim.lr_warmup_steps=10",
+    "--config.train.eval_every_steps=80",
+    "--config.train.log_every=20",
+    "--config.train.eval_batch_size=8",
+    "--config.train.progress_bar=false",
+    "--config.train.tensorboard=false",
+]
 
 
 def _train(workdir: Path, dataset: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "trm_jax", "train", "--config", "quickstart", *TINY,
-         f"--config.data.dataset_dir={dataset}", "--workdir", str(workdir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "trm_jax",
+            "train",
+            "--config",
+            "quickstart",
+            *TINY,
+            f"--config.data.dataset_dir={dataset}",
+            "--workdir",
+            str(workdir),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -36,8 +64,12 @@ def test_build_train_sigterm_resume_evaluate(tmp_path, capsys):
     csv, dataset, workdir = tmp_path / "csv", tmp_path / "sudoku", tmp_path / "run"
     assert cli.main(["data", "gen-sudoku", str(csv), "--num-train", "40", "--num-test", "8"]) == 0
     assert cli.main(["data", "sudoku", str(dataset), "--source", str(csv), "--num-aug", "3"]) == 0
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
     # Start, and stop it with SIGTERM once it has logged step 100 (after the evaluation at 80).
     proc = _train(workdir, dataset, env)
@@ -55,8 +87,13 @@ def test_build_train_sigterm_resume_evaluate(tmp_path, capsys):
     assert steps[0] == 80 and 100 <= steps[-1] < TOTAL, steps
 
     # Resume from the run directory alone (its config.json) and finish.
-    proc = subprocess.run([sys.executable, "-m", "trm_jax", "train", "--workdir", str(workdir), "--resume"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trm_jax", "train", "--workdir", str(workdir), "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"resumed {workdir} at step {steps[-1]}/{TOTAL}" in proc.stdout
     with Checkpointer(workdir / "checkpoints") as ckpt:

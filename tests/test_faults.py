@@ -34,7 +34,7 @@ import pytest
 
 from trm_jax.data.sudoku import build_sudoku_dataset
 from trm_jax.train import loop, parallel
-from trm_jax.train.checkpoint import Checkpointer, CheckpointDamagedError
+from trm_jax.train.checkpoint import CheckpointDamagedError, Checkpointer
 from trm_jax.train.run_lock import LOCK_NAME
 from trm_test_utils import numpy_leaves, tiny_run_config
 
@@ -45,15 +45,21 @@ KILL_POINTS = ("kill-before-save", "kill-during-save", "kill-before-commit", "ki
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return build_sudoku_dataset(tmp_path_factory.mktemp("faults") / "sudoku", source_dir=SUDOKU_CSV, hub_repo=None,
-                                num_aug=3, seed=0)
+    return build_sudoku_dataset(
+        tmp_path_factory.mktemp("faults") / "sudoku", source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3, seed=0
+    )
 
 
 def run_worker(workdir: Path, dataset: Path, point: str, *extra: str) -> subprocess.CompletedProcess:
     """The worker in a subprocess (it shares the session's compilation cache: tests/conftest.py)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(WORKER), str(workdir), str(dataset), point, *extra],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, str(WORKER), str(workdir), str(dataset), point, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def final_state(workdir: Path) -> dict[str, np.ndarray]:
@@ -65,8 +71,11 @@ def final_state(workdir: Path) -> dict[str, np.ndarray]:
 
 def tree_digest(root: Path) -> dict[str, str]:
     """md5 of every file under ``root``, by relative path."""
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------- garbled checkpoints
@@ -91,7 +100,7 @@ def test_every_flipped_byte_is_found_or_unused(dataset, tmp_path):
         pristine = path.read_bytes()
         for fraction in (0.25, 0.5, 0.75):
             at = int(len(pristine) * fraction)
-            path.write_bytes(pristine[:at] + bytes(b ^ 0xFF for b in pristine[at:at + 8]) + pristine[at + 8:])
+            path.write_bytes(pristine[:at] + bytes(b ^ 0xFF for b in pristine[at : at + 8]) + pristine[at + 8 :])
             tried += 1
             with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
                 try:
@@ -106,9 +115,11 @@ def test_every_flipped_byte_is_found_or_unused(dataset, tmp_path):
                     unused_files.add(path)
             path.write_bytes(pristine)
     found = by_checksum + by_orbax
-    print(f"flipped bytes: {tried} places in {len(files)} OCDBT data files: {found} found as damage "
-          f"({by_checksum} by the arrays' checksums, {by_orbax} by orbax/tensorstore), {tried - found} in "
-          f"{len(unused_files)} files the restore does not read (restored identical)")
+    print(
+        f"flipped bytes: {tried} places in {len(files)} OCDBT data files: {found} found as damage "
+        f"({by_checksum} by the arrays' checksums, {by_orbax} by orbax/tensorstore), {tried - found} in "
+        f"{len(unused_files)} files the restore does not read (restored identical)"
+    )
     assert by_checksum > 0 and found + 3 * len(unused_files) == tried
     # The arrays live in the largest files: every flip in them is found.
     assert max(p.stat().st_size for p in files) not in {p.stat().st_size for p in unused_files}
@@ -159,8 +170,13 @@ def test_sigkill_during_a_save_then_resume_loses_nothing(point, dataset, uninter
 def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path):
     workdir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    holder = subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(dataset), "hold"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(WORKER), str(workdir), str(dataset), "hold"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (workdir / loop.CONFIG_NAME).exists():  # locked, and past start-up
@@ -199,6 +215,9 @@ def test_sigterm_before_the_loop_leaves_nothing_half_written(point, dataset, tmp
     assert "interrupted by SIGTERM before the first training step" in err[-1]
     # Nothing at all: the dataset's and CSVs' temporary directories are removed, and so is the
     # run directory, which the run's lock created (the worker's config file lies beside it).
-    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
-                  if not (p.name.endswith("_config.py") or "__pycache__" in p.parts))
+    left = sorted(
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*")
+        if not (p.name.endswith("_config.py") or "__pycache__" in p.parts)
+    )
     assert left == [], left

@@ -46,6 +46,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
 def test_read_json_errors_name_the_file(tmp_path):
     class Bad(ValueError):
         pass
+
     with pytest.raises(Bad, match=r"nope.json: file not found \(expected the config\)"):
         read_json(tmp_path / "nope.json", Bad, "the config")
     (tmp_path / "x.json").write_text("{bad")

@@ -51,8 +51,11 @@ def value_and_grads(attention, q, k, v, cotangent):
     return jax.jit(attention)(q, k, v), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
 
-@pytest.mark.parametrize("shape", [(2, 97, 2, 16), (1, 200, 2, 32), (2, 128, 1, 64)],
-                         ids=["sudoku_len_padded", "two_blocks_padded", "one_block_exact"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 97, 2, 16), (1, 200, 2, 32), (2, 128, 1, 64)],
+    ids=["sudoku_len_padded", "two_blocks_padded", "one_block_exact"],
+)
 def test_kernel_is_as_accurate_as_xla(shape):
     """Sequence lengths that need padding to the 128-position block (97: Sudoku + prefix; 200:
     two blocks) and one that does not."""
@@ -64,8 +67,9 @@ def test_kernel_is_as_accurate_as_xla(shape):
     with pltpu.force_tpu_interpret_mode():
         kernel_out, kernel_grads = value_and_grads(tpu_flash_attention, q, k, v, ct)
     names = ("output", "dq", "dk", "dv")
-    for name, truth, xla, kernel in zip(names, (truth_out, *truth_grads), (xla_out, *xla_grads),
-                                        (kernel_out, *kernel_grads)):
+    for name, truth, xla, kernel in zip(
+        names, (truth_out, *truth_grads), (xla_out, *xla_grads), (kernel_out, *kernel_grads)
+    ):
         xla_error = np.max(np.abs(np.asarray(xla, np.float64) - truth))
         kernel_error = np.max(np.abs(np.asarray(kernel, np.float64) - truth))
         floor = 1e-6 * np.max(np.abs(truth))  # a few float32 ulps of the largest value
@@ -91,8 +95,9 @@ def test_train_step_with_the_kernel_sharded_and_not():
     device and on a mesh of 8 CPU devices (the kernel inside shard_map), its loss, gradients
     and updated parameters are as close to the float64 model's as the XLA-attention float32
     step's are (subprocess: 64-bit JAX and 8 host devices are set before JAX is imported)."""
-    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(
+        os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
+    )
     result = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "kernel within float32 rounding of float64" in result.stdout, result.stdout

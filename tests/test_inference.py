@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_train_step import TESTS_DIR, run_with_devices
 from trm_jax import inference as inf
 from trm_jax.model.act import evaluate_to_halt
 from trm_jax.model.network import init_variables
-from test_train_step import TESTS_DIR, run_with_devices
 from trm_test_utils import random_batch, tiny_model_config
 
 CAP = 4
@@ -88,15 +88,15 @@ def test_adaptive_that_never_fires_equals_fixed():
     config, variables, puzzles = setup()
     fixed = inf.make_solver(config, num_slots=4)(variables, puzzles)
     never = inf.make_solver(config, num_slots=4, policy=inf.HaltingPolicy("adaptive", threshold=1.0))(
-        variables, puzzles)
+        variables, puzzles
+    )
     for key in fixed:
         np.testing.assert_array_equal(np.asarray(never[key]), np.asarray(fixed[key]), err_msg=key)
 
 
 def test_adaptive_halts_rows_at_different_steps_and_summarizes():
     config, variables, puzzles = setup()
-    got = jax.device_get(inf.make_solver(config, num_slots=4, policy=inf.HaltingPolicy("adaptive"))(
-        variables, puzzles))
+    got = jax.device_get(inf.make_solver(config, num_slots=4, policy=inf.HaltingPolicy("adaptive"))(variables, puzzles))
     assert len(set(got["steps"].tolist())) >= 3, got["steps"]  # else the test below means little
     halted_early = got["steps"] < CAP
     assert np.all(got["q_halt_logits"][halted_early] > 0)
@@ -144,7 +144,7 @@ def alone(config, variables, puzzles, policy):
     run = jax.jit(evaluate_to_halt, static_argnums=(0, 3))
     out = {"steps": [], "preds": [], "q_halt_logits": []}
     for i in range(puzzles["inputs"].shape[0]):
-        row = {k: v[i:i + 1] for k, v in puzzles.items()}
+        row = {k: v[i : i + 1] for k, v in puzzles.items()}
         for k in range(1, run_config.halt_max_steps + 1):
             _, outputs = run(run_config, variables, row, k)
             q = float(outputs["q_halt_logits"][0])

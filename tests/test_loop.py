@@ -23,8 +23,6 @@ from trm_test_utils import tiny_run_config as tiny_config
 SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
 
 
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """5 training puzzles x 4 (3 augmentations), 3 test puzzles."""
@@ -113,8 +111,7 @@ def test_batch_larger_than_dataset_fails_clearly(dataset, tmp_path):
 
 def test_model_without_puzzle_embeddings_trains_and_resumes(dataset, tmp_path):
     """puzzle_emb_ndim=0 leaves an empty [N, 0] table in the state; it checkpoints and resumes."""
-    config = tiny_config(dataset, **{"model.puzzle_emb_ndim": 0, "optim.total_steps": 6,
-                                     "train.eval_every_steps": 3})
+    config = tiny_config(dataset, **{"model.puzzle_emb_ndim": 0, "optim.total_steps": 6, "train.eval_every_steps": 3})
     loop.train(config, tmp_path / "run", stop_at=3)
     result = loop.train(config, tmp_path / "run", resume=True)
     assert result.step == 6
@@ -128,15 +125,13 @@ def test_missing_dataset(tmp_path):
 
 
 def test_nan_loss_stops_the_run(dataset, tmp_path):
-    config = tiny_config(dataset, **{"optim.lr": float("nan"), "optim.lr_warmup_steps": 0,
-                                     "optim.total_steps": 4})
+    config = tiny_config(dataset, **{"optim.lr": float("nan"), "optim.lr_warmup_steps": 0, "optim.total_steps": 4})
     with pytest.raises(loop.TrainingError, match="loss is nan at step 2"):
         loop.train(config, tmp_path)
 
 
 def test_pmap_mode_trains(dataset, tmp_path):
-    config = tiny_config(dataset, **{"train.parallel": "pmap", "optim.total_steps": 4,
-                                     "train.eval_every_steps": 4})
+    config = tiny_config(dataset, **{"train.parallel": "pmap", "optim.total_steps": 4, "train.eval_every_steps": 4})
     result = loop.train(config, tmp_path)
     assert result.step == 4 and np.isfinite(result.train_metrics["loss"])
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
@@ -210,8 +205,7 @@ def test_relative_dataset_dir_is_stored_absolute(dataset, tmp_path, monkeypatch)
 
 
 def test_resuming_a_finished_run_says_so(dataset, tmp_path, capsys):
-    config = tiny_config(dataset, **{"optim.total_steps": 2, "train.eval_every_steps": 2,
-                                     "train.progress_bar": False})
+    config = tiny_config(dataset, **{"optim.total_steps": 2, "train.eval_every_steps": 2, "train.progress_bar": False})
     loop.train(config, tmp_path)
     out = capsys.readouterr().out
     first = out.splitlines()[0]

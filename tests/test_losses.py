@@ -16,7 +16,7 @@ F32_RTOL = 4e-6
 # bfloat16 logits are exactly representable in float32 and the loss is computed in float32, so
 # the loss of bfloat16 inputs meets the same bound; their gradient is returned in bfloat16,
 # which rounds it once more (unit roundoff of its 8-bit significand: 2^-8 relative).
-GRAD_RTOL = {jnp.float32: F32_RTOL, jnp.bfloat16: F32_RTOL + 2.0 ** -8}
+GRAD_RTOL = {jnp.float32: F32_RTOL, jnp.bfloat16: F32_RTOL + 2.0**-8}
 
 # Logits where the old formula's unused branch divided by zero (exactly 1), where the branches
 # meet (exactly 0), and where either branch's terms are extreme.
@@ -37,8 +37,8 @@ def _reference(logits: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _loss_and_grad(logits: jax.Array, label: int) -> tuple[jax.Array, jax.Array]:
     def loss(x):
-        return stablemax_cross_entropy(x[None, None], jnp.array([[label]]),
-                                       jnp.array([[True]]))[0, 0]
+        return stablemax_cross_entropy(x[None, None], jnp.array([[label]]), jnp.array([[True]]))[0, 0]
+
     return jax.value_and_grad(loss)(logits)
 
 
@@ -54,9 +54,11 @@ def test_gradient_is_finite_at_special_logits(dtype, label):
 
 def test_old_formula_had_a_nan_gradient_at_one():
     """The trap this guards against: a plain where whose unused branch divides by zero."""
+
     def old(x):
         s = jnp.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
         return -jnp.log(s[3] / s.sum())
+
     assert np.isnan(np.asarray(jax.grad(old)(jnp.asarray([0.5, 1.0, -2.0, 3.0])))[1])
 
 
@@ -73,20 +75,23 @@ def test_equals_float64_formula(dtype):
             ref_loss, ref_grad = _reference(exact, label)
             np.testing.assert_allclose(float(loss), ref_loss, rtol=F32_RTOL, atol=1e-7)
             scale = np.abs(ref_grad).max()
-            np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad,
-                                       rtol=GRAD_RTOL[dtype], atol=F32_RTOL * scale)
+            np.testing.assert_allclose(
+                np.asarray(grad, np.float64), ref_grad, rtol=GRAD_RTOL[dtype], atol=F32_RTOL * scale
+            )
 
 
 def test_values_are_those_of_the_reference_formula():
     """Only the gradient changed: forward values equal the reference's float32 formula bit for bit
     (its +1e-30 is below half an ulp of 1 - x >= 1 where it applies)."""
+
     def reference_formula(x):
         s = jnp.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
         return jnp.log(s / jnp.sum(s, axis=-1, keepdims=True))
+
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(0.0, 10.0, (64, 12)) * rng.choice([1e-3, 1.0, 1e3], (64, 1)),
-                    jnp.float32)
+    x = jnp.asarray(rng.normal(0.0, 10.0, (64, 12)) * rng.choice([1e-3, 1.0, 1e3], (64, 1)), jnp.float32)
     x = x.at[0].set(jnp.asarray(SPECIAL, jnp.float32))
     for logits in (x, x.astype(jnp.bfloat16).astype(jnp.float32)):
-        np.testing.assert_array_equal(np.asarray(jax.jit(log_stablemax)(logits)),
-                                      np.asarray(jax.jit(reference_formula)(logits)))
+        np.testing.assert_array_equal(
+            np.asarray(jax.jit(log_stablemax)(logits)), np.asarray(jax.jit(reference_formula)(logits))
+        )

@@ -12,19 +12,17 @@ import pytest
 
 from trm_jax.train import step as step_lib
 from trm_jax.train.state import create_train_state, example_batch
-
 from trm_test_utils import tiny_model_config, tiny_optim_config
 
 
 def step_temp_bytes(**model_overrides) -> int:
-    model_config = tiny_model_config(**{"seq_len": 64, "hidden_size": 64, "L_cycles": 3,
-                                        **model_overrides})
+    model_config = tiny_model_config(**{"seq_len": 64, "hidden_size": 64, "L_cycles": 3, **model_overrides})
     optim_config = tiny_optim_config(global_batch_size=32)
-    state = jax.eval_shape(lambda: create_train_state(model_config, optim_config,
-                                                      jax.random.key(0)))
+    state = jax.eval_shape(lambda: create_train_state(model_config, optim_config, jax.random.key(0)))
     batch = jax.eval_shape(lambda: example_batch(model_config, 32))
-    compiled = jax.jit(step_lib.make_train_step(model_config, optim_config),
-                       donate_argnums=0).lower(state, batch).compile()
+    compiled = (
+        jax.jit(step_lib.make_train_step(model_config, optim_config), donate_argnums=0).lower(state, batch).compile()
+    )
     return compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -37,8 +35,7 @@ def test_memory_is_flat_in_H_cycles_and_remat_saves_memory():
     assert remat < 0.5 * many_cycles, (remat, many_cycles)
 
 
-@pytest.mark.parametrize("model", [dict(), dict(mlp_t=True, pos_encodings="none")],
-                         ids=["attention", "mlp_t"])
+@pytest.mark.parametrize("model", [dict(), dict(mlp_t=True, pos_encodings="none")], ids=["attention", "mlp_t"])
 def test_keeping_only_matmul_outputs_saves_memory(model):
     """``saved_activations="matmuls"`` (the default) keeps the matrix products' outputs of the
     differentiated cycle and recomputes the element-wise work: measured 55% (attention) and
@@ -49,8 +46,7 @@ def test_keeping_only_matmul_outputs_saves_memory(model):
     assert remat < matmuls < 0.7 * everything, (remat, matmuls, everything)
 
 
-@pytest.mark.parametrize("model", [dict(), dict(mlp_t=True, pos_encodings="none")],
-                         ids=["attention", "mlp_t"])
+@pytest.mark.parametrize("model", [dict(), dict(mlp_t=True, pos_encodings="none")], ids=["attention", "mlp_t"])
 def test_keeping_only_wide_matmul_outputs_saves_more(model):
     """``saved_activations="wide_matmuls"`` also recomputes the products that contract over
     fewer than 128 elements: with hidden size 128 and 64 + prefix positions, the token mixing
@@ -67,11 +63,9 @@ def test_keeping_only_wide_matmul_outputs_saves_more(model):
 def eval_temp_bytes(num_steps: int) -> int:
     model_config = tiny_model_config(seq_len=64, hidden_size=64, vocab_size=512, halt_max_steps=16)
     optim_config = tiny_optim_config(global_batch_size=32)
-    state = jax.eval_shape(lambda: create_train_state(model_config, optim_config,
-                                                      jax.random.key(0)))
+    state = jax.eval_shape(lambda: create_train_state(model_config, optim_config, jax.random.key(0)))
     batch = jax.eval_shape(lambda: example_batch(model_config, 32))
-    compiled = jax.jit(step_lib.make_eval_step(model_config, num_steps=num_steps)
-                       ).lower(state, batch).compile()
+    compiled = jax.jit(step_lib.make_eval_step(model_config, num_steps=num_steps)).lower(state, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 

@@ -33,8 +33,15 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def run_config(dataset: Path, **overrides):
-    values = {"optim.global_batch_size": BATCH, "train.eval_batch_size": BATCH, "optim.total_steps": 2,
-              "train.eval_every_steps": 2, "model.hidden_size": 64, "model.L_cycles": 2, **overrides}
+    values = {
+        "optim.global_batch_size": BATCH,
+        "train.eval_batch_size": BATCH,
+        "optim.total_steps": 2,
+        "train.eval_every_steps": 2,
+        "model.hidden_size": 64,
+        "model.L_cycles": 2,
+        **overrides,
+    }
     return tiny_run_config(dataset, **values)
 
 
@@ -72,8 +79,10 @@ def test_impossible_plan_is_refused_with_one_line(dataset, tmp_path, capsys, mon
     config = run_config(dataset, **{"optim.microbatches": 1})
     tiny = planned_gib(config) / 1000
     workdir = tmp_path / "run"
-    code = cli_main(["train", "--config", "quickstart", "--workdir", str(workdir)]
-                    + [f"--config.{k}={v}" for k, v in _overrides(config, device_memory_gib=tiny).items()])
+    code = cli_main(
+        ["train", "--config", "quickstart", "--workdir", str(workdir)]
+        + [f"--config.{k}={v}" for k, v in _overrides(config, device_memory_gib=tiny).items()]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: the train step plans ") and "train.device_memory_gib" in err[0]
@@ -123,8 +132,9 @@ def test_a_plan_that_fits_runs_the_compiled_step(dataset, tmp_path, monkeypatch)
     config.train.device_memory_gib = 2 * planned_gib(config)
     compiles = []
     real = memory_check.compile_train_step
-    monkeypatch.setattr(memory_check, "compile_train_step",
-                        lambda *args, **kwargs: compiles.append(1) or real(*args, **kwargs))
+    monkeypatch.setattr(
+        memory_check, "compile_train_step", lambda *args, **kwargs: compiles.append(1) or real(*args, **kwargs)
+    )
     result = loop.train(config, tmp_path / "run")
     assert result.step == 2 and len(compiles) == 1
 
@@ -148,9 +158,12 @@ def _overrides(config, **train) -> dict:
 def test_out_of_memory_at_run_time_is_one_line(monkeypatch, tmp_path, capsys):
     """Should the device still run out of memory (e.g. fragmentation the plan cannot see),
     XLA's error becomes one line with what to try, exit status 1."""
+
     def exhausted(*args, **kwargs):
-        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes.\n"
-                           "BufferAssignment OOM Debugging.\nmore lines")
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes.\n"
+            "BufferAssignment OOM Debugging.\nmore lines"
+        )
 
     monkeypatch.setattr(loop, "train", exhausted)
     code = cli_main(["train", "--config", "quickstart", "--workdir", str(tmp_path / "run")])

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from test_parity import FIXTURE_DIR, Fixture
 from trm_jax import interop
 from trm_jax.config import ConfigError, TRMConfig
 from trm_jax.losses import act_loss, softmax_cross_entropy
@@ -17,21 +18,22 @@ from trm_jax.model.network import count_params, init_variables
 from trm_jax.train import step as step_lib
 from trm_jax.train.state import create_train_state
 from trm_jax.train.step import compute_gradients
-
-from test_parity import Fixture, FIXTURE_DIR
 from trm_test_utils import random_batch, tiny_model_config, tiny_optim_config
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("num_heads", 3, "multiple of num_heads"),
-    ("pos_encodings", "alibi", "pos_encodings"),
-    ("forward_dtype", "float16", "forward_dtype"),
-    ("loss_type", "mse", "loss_type"),
-    ("H_cycles", 0, "positive integer"),
-    ("halt_exploration_prob", 1.5, "probability"),
-    ("forward_dtype", "float64", "JAX_ENABLE_X64"),  # this process runs 32-bit JAX
-    ("saved_activations", "some", "saved_activations"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_heads", 3, "multiple of num_heads"),
+        ("pos_encodings", "alibi", "pos_encodings"),
+        ("forward_dtype", "float16", "forward_dtype"),
+        ("loss_type", "mse", "loss_type"),
+        ("H_cycles", 0, "positive integer"),
+        ("halt_exploration_prob", 1.5, "probability"),
+        ("forward_dtype", "float64", "JAX_ENABLE_X64"),  # this process runs 32-bit JAX
+        ("saved_activations", "some", "saved_activations"),
+    ],
+)
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ConfigError, match=message):
         tiny_model_config(**{field: value})
@@ -48,15 +50,13 @@ def test_prefix_len_follows_reference():
 
 
 class TestActStep(chex.TestCase):
-
     @chex.variants(with_jit=True, without_jit=True)
     def test_shapes_and_dtypes(self):
         config = tiny_model_config()
         variables = init_variables(config, jax.random.key(0))
         batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}
         step = self.variant(lambda v, c, b, r: act.act_step(config, v, c, b, r, training=True))
-        carry, outputs = step(variables, act.initial_carry(config, batch), batch,
-                              jax.random.key(1))
+        carry, outputs = step(variables, act.initial_carry(config, batch), batch, jax.random.key(1))
         chex.assert_shape([carry.z_H, carry.z_L], (4, config.total_len, config.hidden_size))
         chex.assert_type([carry.z_H, carry.z_L], jnp.float32)
         chex.assert_shape(outputs["logits"], (4, config.seq_len, config.vocab_size))
@@ -94,10 +94,10 @@ def _equation_count(config: TRMConfig) -> int:
     carry = act.initial_carry(config, batch)
 
     def loss(params):
-        new_carry, outputs = act.act_step(config, dict(variables, params=params), carry, batch,
-                                          jax.random.key(0), training=True)
-        return act_loss(config, new_carry.halted, new_carry.steps,
-                        new_carry.current_data["labels"], outputs)[0]
+        new_carry, outputs = act.act_step(
+            config, dict(variables, params=params), carry, batch, jax.random.key(0), training=True
+        )
+        return act_loss(config, new_carry.halted, new_carry.steps, new_carry.current_data["labels"], outputs)[0]
 
     forward = jax.make_jaxpr(loss)(variables["params"])
     backward = jax.make_jaxpr(jax.grad(loss))(variables["params"])
@@ -116,10 +116,8 @@ def test_no_puzzle_embedding_with_prefix_positions():
     variables = init_variables(config, jax.random.key(0))
     assert variables["buffers"]["puzzle_emb"].shape == (config.num_puzzle_identifiers, 0)
     batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}
-    state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0),
-                               variables=variables)
-    new_state, metrics = jax.jit(step_lib.make_train_step(
-        config, tiny_optim_config(global_batch_size=4)))(state, batch)
+    state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0), variables=variables)
+    new_state, metrics = jax.jit(step_lib.make_train_step(config, tiny_optim_config(global_batch_size=4)))(state, batch)
     assert new_state.carry.z_H.shape == (4, config.seq_len + 4, config.hidden_size)
     assert np.isfinite(float(metrics["loss"]))
 
@@ -148,16 +146,15 @@ def test_q_continue_target_path():
     q_head = variables["params"]["q_head"]
     q_head["kernel"] = jax.random.normal(jax.random.key(3), q_head["kernel"].shape)
     batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}
-    carry, outputs = act.act_step(config, variables, act.initial_carry(config, batch), batch,
-                                  jax.random.key(0), training=True)
+    carry, outputs = act.act_step(
+        config, variables, act.initial_carry(config, batch), batch, jax.random.key(0), training=True
+    )
     target = outputs["target_q_continue"]
     chex.assert_shape(target, (4,))
     assert bool(jnp.all((target > 0) & (target < 1)))
-    _, metrics = act_loss(config, carry.halted, carry.steps, carry.current_data["labels"],
-                          outputs)
+    _, metrics = act_loss(config, carry.halted, carry.steps, carry.current_data["labels"], outputs)
     assert "q_continue_loss" in metrics
-    state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0),
-                               variables=variables)
+    state = create_train_state(config, tiny_optim_config(global_batch_size=4), jax.random.key(0), variables=variables)
     _, _, _, grads, _, _ = compute_gradients(config, state, batch, jax.random.key(0))
     q_kernel_grad = np.asarray(grads["q_head"]["kernel"])
     assert np.abs(q_kernel_grad[:, 1]).sum() > 0  # the continue logit receives gradient
@@ -203,8 +200,7 @@ def test_remat_gives_the_same_gradients():
     """
     from test_train_step import TESTS_DIR, run_with_devices  # noqa: PLC0415
 
-    out = run_with_devices(REMAT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14),
-                           devices=1, x64=True)
+    out = run_with_devices(REMAT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14), devices=1, x64=True)
     assert "REMAT_OK" in out
 
 
@@ -255,8 +251,7 @@ def test_sequence_major_token_mixing_and_saved_activations_change_no_value():
     """
     from test_train_step import TESTS_DIR, run_with_devices  # noqa: PLC0415
 
-    out = run_with_devices(LAYOUT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14),
-                           devices=1, x64=True)
+    out = run_with_devices(LAYOUT_SCRIPT.format(tests=str(TESTS_DIR), rtol=1e-10, atol=1e-14), devices=1, x64=True)
     assert "LAYOUT_OK" in out
 
 
@@ -289,8 +284,11 @@ def _activation_transposes(**overrides) -> list[tuple[int, ...]]:
     state = create_train_state(config, optim_config, jax.random.key(0))
     batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, 0).items()}
     jaxpr = jax.make_jaxpr(step_lib.make_train_step(config, optim_config))(state, batch).jaxpr
-    return [tuple(e.invars[0].aval.shape) for e in _walk_eqns(jaxpr)
-            if e.primitive.name == "transpose" and len(e.invars[0].aval.shape) == 3]
+    return [
+        tuple(e.invars[0].aval.shape)
+        for e in _walk_eqns(jaxpr)
+        if e.primitive.name == "transpose" and len(e.invars[0].aval.shape) == 3
+    ]
 
 
 @pytest.mark.parametrize("saved_activations", ["matmuls", "all"])
@@ -312,13 +310,22 @@ def test_mlp_t_blocks_transpose_no_activation(saved_activations):
 
 def test_param_count_of_paper_sudoku_mlp():
     """The paper's Sudoku MLP model has about 5M parameters (abstract init only)."""
-    config = TRMConfig(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, puzzle_emb_ndim=512,
-                       mlp_t=True, pos_encodings="none", L_cycles=6, H_cycles=3)
+    config = TRMConfig(
+        seq_len=81,
+        vocab_size=11,
+        num_puzzle_identifiers=1,
+        puzzle_emb_ndim=512,
+        mlp_t=True,
+        pos_encodings="none",
+        L_cycles=6,
+        H_cycles=3,
+    )
     variables = jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
     assert 4.5e6 < count_params(variables) < 5.5e6
 
 
 # --- interop --------------------------------------------------------------------------
+
 
 def test_torch_checkpoint_with_prefixes_round_trip(tmp_path):
     torch = pytest.importorskip("torch")

@@ -26,11 +26,11 @@ import jax
 import numpy as np
 import pytest
 
+from test_train_step import MULTI_DEVICE_ATOL, MULTI_DEVICE_RTOL
 from trm_jax import configs as configs_lib
 from trm_jax.train import loop, parallel
 from trm_jax.train.checkpoint import Checkpointer
 from trm_jax.train.metrics_log import read_metrics
-from test_train_step import MULTI_DEVICE_ATOL, MULTI_DEVICE_RTOL
 
 TESTS_DIR = Path(__file__).parent
 WORKER = TESTS_DIR / "multihost_worker.py"
@@ -52,23 +52,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(workdir: Path, num_processes: int, local_devices: int, *, resume: bool = False,
-                  sigterm_at: tuple[int, ...] = (), overrides: dict | None = None, status: int = 0,
-                  timeout: int = 240) -> list[dict]:
+def run_processes(
+    workdir: Path,
+    num_processes: int,
+    local_devices: int,
+    *,
+    resume: bool = False,
+    sigterm_at: tuple[int, ...] = (),
+    overrides: dict | None = None,
+    status: int = 0,
+    timeout: int = 240,
+) -> list[dict]:
     """Runs the worker as ``num_processes`` cooperating processes; their RESULT lines.
 
     Process i sends itself SIGTERM after dispatching step ``sigterm_at[i]`` (0 or missing:
     never). Every process must exit with ``status`` within ``timeout`` seconds (no hang).
     """
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-               JAX_ENABLE_X64="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]), JAX_ENABLE_X64="1"
+    )
     overrides = {**FLOAT64, **(overrides or {})}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(num_processes), str(i), str(port),
-                               str(local_devices), "1" if resume else "0",
-                               str(sigterm_at[i] if i < len(sigterm_at) else 0), json.dumps(overrides)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(num_processes)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                str(workdir),
+                str(num_processes),
+                str(i),
+                str(port),
+                str(local_devices),
+                "1" if resume else "0",
+                str(sigterm_at[i] if i < len(sigterm_at) else 0),
+                json.dumps(overrides),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(num_processes)
+    ]
     outputs = []
     try:
         for proc in procs:
@@ -78,8 +103,7 @@ def run_processes(workdir: Path, num_processes: int, local_devices: int, *, resu
             proc.kill()
     for proc, out in zip(procs, outputs):
         assert proc.returncode == status, out[-6000:]
-    return [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
-            for out in outputs]
+    return [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out in outputs]
 
 
 def restore_run(workdir: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -88,9 +112,13 @@ def restore_run(workdir: Path) -> tuple[dict[str, np.ndarray], dict]:
     Restored by a 64-bit JAX subprocess: this process runs 32-bit JAX.
     """
     out = workdir.parent / f"{workdir.name}-state.npz"
-    result = subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, str(workdir), str(out), str(TESTS_DIR)],
-                            env=dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu"),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RESTORE_SCRIPT, str(workdir), str(out), str(TESTS_DIR)],
+        env=dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     with np.load(out) as leaves:
         return dict(leaves), json.loads(result.stdout.strip().splitlines()[-1])
@@ -105,8 +133,7 @@ def restore_in_process(workdir: str | Path) -> tuple[dict[str, np.ndarray], dict
     loader = loop.make_train_loader(config, loop.dataset_dir(config, workdir))
     _, model_config, optim_config = loop.resolve_configs(config, loader)
     with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
-        state, extras = loop.restore_checkpoint(ckpt, model_config, optim_config,
-                                                parallel.make_mesh(jax.devices()[:1]))
+        state, extras = loop.restore_checkpoint(ckpt, model_config, optim_config, parallel.make_mesh(jax.devices()[:1]))
     return numpy_leaves(state), extras
 
 
@@ -115,8 +142,7 @@ def two_process_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     """An uninterrupted run of 2 processes x 4 devices: its directory and RESULT lines."""
     workdir = tmp_path_factory.mktemp("multihost") / "two"
     results = run_processes(workdir, 2, 4)
-    assert [(r["process"], r["processes"], r["devices"], r["step"]) for r in results] == [
-        (0, 2, 8, 12), (1, 2, 8, 12)]
+    assert [(r["process"], r["processes"], r["devices"], r["step"]) for r in results] == [(0, 2, 8, 12), (1, 2, 8, 12)]
     return workdir, results
 
 
@@ -130,22 +156,23 @@ def test_two_processes_equal_one(two_process_run, tmp_path):
     assert multi[0]["eval"] == multi[1]["eval"]
     assert multi[0]["eval"]["count"] == single[0]["eval"]["count"] == 8
     for key, value in single[0]["eval"].items():
-        np.testing.assert_allclose(multi[0]["eval"][key], value, rtol=MULTI_DEVICE_RTOL,
-                                   atol=MULTI_DEVICE_ATOL, err_msg=key)
+        np.testing.assert_allclose(
+            multi[0]["eval"][key], value, rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL, err_msg=key
+        )
 
     # The same datasets (generated once per run by process 0) and the same final train state.
     for split in ("train", "test"):
         for name in sorted(p.name for p in (tmp_path / "single" / "data" / split).glob("*.npy")):
-            np.testing.assert_array_equal(np.load(tmp_path / "single" / "data" / split / name),
-                                          np.load(multi_dir / "data" / split / name))
+            np.testing.assert_array_equal(
+                np.load(tmp_path / "single" / "data" / split / name), np.load(multi_dir / "data" / split / name)
+            )
     ref, ref_extras = restore_run(tmp_path / "single")
     got, got_extras = restore_run(multi_dir)
     assert ref.keys() == got.keys()
     for key in ref:  # cross-process all-reduces sum in another order: float64 rounding apart
         if np.issubdtype(ref[key].dtype, np.floating):
             assert ref[key].dtype == np.float64, key
-            np.testing.assert_allclose(got[key], ref[key], rtol=MULTI_DEVICE_RTOL,
-                                       atol=MULTI_DEVICE_ATOL, err_msg=key)
+            np.testing.assert_allclose(got[key], ref[key], rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL, err_msg=key)
         else:
             np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
     assert got_extras["loader"] == ref_extras["loader"] and got_extras["step"] == 12
@@ -164,8 +191,9 @@ def test_sigterm_at_different_steps_stops_both_at_one_step(two_process_run, tmp_
     one checkpoint and status 143; the resumed run ends exactly as the uninterrupted one."""
     ref_dir, ref_results = two_process_run
     workdir = tmp_path / "run"
-    stopped = run_processes(workdir, 2, 4, sigterm_at=(2, 3), overrides={"train.stop_check_every": 4},
-                            status=128 + signal.SIGTERM)
+    stopped = run_processes(
+        workdir, 2, 4, sigterm_at=(2, 3), overrides={"train.stop_check_every": 4}, status=128 + signal.SIGTERM
+    )
     assert [(r["process"], r["step"], r["signal"]) for r in stopped] == [(0, 5, "SIGTERM"), (1, 5, "SIGTERM")]
     with Checkpointer(workdir / loop.CHECKPOINT_DIR, async_save=False) as ckpt:
         assert ckpt.all_steps() == [5]

@@ -34,7 +34,8 @@ def _generator():
 
 def test_committed_notebook_matches_generator_and_has_no_outputs():
     assert NOTEBOOK.read_text() == _generator().notebook_text(), (
-        "colab/trm_jax_colab.ipynb is out of date: run python colab/make_notebook.py")
+        "colab/trm_jax_colab.ipynb is out of date: run python colab/make_notebook.py"
+    )
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code)
@@ -46,9 +47,15 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A kernelspec running this interpreter (the installed "python3" may be another Python)."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "trm-jax test", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "trm-jax test",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return KERNEL
 
@@ -62,8 +69,7 @@ def _text(outputs: list) -> str:
 
 
 def _images(outputs: list) -> int:
-    return sum("image/png" in o.get("data", {}) for o in outputs
-               if o.output_type in ("display_data", "execute_result"))
+    return sum("image/png" in o.get("data", {}) for o in outputs if o.output_type in ("display_data", "execute_result"))
 
 
 def test_notebook_runs_end_to_end(tmp_path: Path, kernel_name: str, monkeypatch: pytest.MonkeyPatch):
@@ -73,12 +79,14 @@ def test_notebook_runs_end_to_end(tmp_path: Path, kernel_name: str, monkeypatch:
     monkeypatch.setenv("TRM_NOTEBOOK_WORKDIR", str(workdir))
     monkeypatch.setenv("TRM_NOTEBOOK_REPO_DIR", str(ROOT))  # a local copy (not installed: SKIP_INSTALL)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "")
-                                     + f" --xla_force_host_platform_device_count={DEVICES}").strip())
+    monkeypatch.setenv(
+        "XLA_FLAGS", (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}").strip()
+    )
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=300,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError naming the failing cell
 
     outputs = _outputs_by_tag(nb)

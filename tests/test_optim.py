@@ -203,9 +203,7 @@ def test_sparse_signsgd_wrapper_uses_its_schedule() -> None:
     table = jnp.ones((3, 2))
     new = jax.jit(opt.update)(table, jnp.array([2], jnp.int32), jnp.array([[1.0, -1.0]]), jnp.int32(0))
     lr = 1e-2 / 4  # first update: the reference's step 1
-    np.testing.assert_allclose(
-        np.asarray(new), [[1, 1], [1, 1], [1 - lr * 0.1 - lr, 1 - lr * 0.1 + lr]], rtol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(new), [[1, 1], [1, 1], [1 - lr * 0.1 - lr, 1 - lr * 0.1 + lr]], rtol=1e-6)
     assert float(SparseSignSGD(3e-3, 0.0).learning_rate(7)) == pytest.approx(3e-3)
 
 

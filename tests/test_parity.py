@@ -53,11 +53,13 @@ class Fixture:
         raw = json.loads(str(self.data["config"]))
         self.config = TRMConfig.from_dict(raw)
         self.variables = from_torch_state_dict(
-            {k[len("param/"):]: self.data[k] for k in self.data.files if k.startswith("param/")},
-            self.config, source=path)
+            {k[len("param/") :]: self.data[k] for k in self.data.files if k.startswith("param/")},
+            self.config,
+            source=path,
+        )
 
     def group(self, prefix: str) -> dict[str, np.ndarray]:
-        return {k[len(prefix):]: self.data[k] for k in self.data.files if k.startswith(prefix)}
+        return {k[len(prefix) :]: self.data[k] for k in self.data.files if k.startswith(prefix)}
 
     def batch(self, prefix: str) -> dict[str, jax.Array]:
         return {k: jnp.asarray(v) for k, v in self.group(prefix + "batch/").items()}
@@ -95,18 +97,16 @@ def train_step_with_grads(config, variables, carry, batch, min_halt_steps=None):
     """One training ACT step and the gradient of its (undivided) loss; ``min_halt_steps``
     replays the reference's exploration draws (fixtures with ``halt_exploration_prob > 0``)."""
     carry = act.reset_halted(config, variables["buffers"], carry, batch)
-    rows = act.gather_puzzle_rows(config, variables["buffers"],
-                                  carry.current_data["puzzle_identifiers"])
+    rows = act.gather_puzzle_rows(config, variables["buffers"], carry.current_data["puzzle_identifiers"])
 
     def loss_fn(params, rows):
-        new_carry, outputs = act.advance(config, params, carry, rows, None, training=True,
-                                         min_halt_steps=min_halt_steps)
-        loss, metrics = act_loss(config, new_carry.halted, new_carry.steps,
-                                 new_carry.current_data["labels"], outputs)
+        new_carry, outputs = act.advance(
+            config, params, carry, rows, None, training=True, min_halt_steps=min_halt_steps
+        )
+        loss, metrics = act_loss(config, new_carry.halted, new_carry.steps, new_carry.current_data["labels"], outputs)
         return loss, (new_carry, outputs, metrics)
 
-    (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(
-        variables["params"], rows)
+    (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(variables["params"], rows)
     return loss, aux, grads
 
 
@@ -128,13 +128,18 @@ def test_three_training_steps(fixture):
         np.testing.assert_array_equal(np.asarray(carry.halted), carry_in["halted"])
         np.testing.assert_array_equal(np.asarray(carry.steps)[live], carry_in["steps"][live])
         if live.any():
-            assert_close(np.asarray(carry.z_H)[live], carry_in["z_H"][live],
-                         LATER_STEP_ACT_RTOL, ACT_ATOL, f"{prefix}carry_in z_H")
+            assert_close(
+                np.asarray(carry.z_H)[live],
+                carry_in["z_H"][live],
+                LATER_STEP_ACT_RTOL,
+                ACT_ATOL,
+                f"{prefix}carry_in z_H",
+            )
 
         explore = fixture.data.get(prefix + "min_halt_steps")
         loss, (carry, outputs, metrics), (grads, row_grads) = train_step_with_grads(
-            config, variables, carry, fixture.batch(prefix),
-            None if explore is None else jnp.asarray(explore))
+            config, variables, carry, fixture.batch(prefix), None if explore is None else jnp.asarray(explore)
+        )
         out = fixture.group(prefix + "out/")
         rtol = ACT_RTOL if step == 0 else LATER_STEP_ACT_RTOL
         for key in ("logits", "q_halt_logits", "q_continue_logits"):
@@ -175,8 +180,7 @@ def rounding_noise(run, variables, reference: dict, seeds=(0, 1, 2)) -> dict:
     noise = {k: 0.0 for k in reference}
     for seed in seeds:
         key = jax.random.key(seed)
-        perturbed = jax.tree_util.tree_map(
-            lambda x: x * (1 + 1e-7 * jax.random.normal(key, x.shape)), variables)
+        perturbed = jax.tree_util.tree_map(lambda x: x * (1 + 1e-7 * jax.random.normal(key, x.shape)), variables)
         results = run(perturbed)
         for k, ref in reference.items():
             ref = np.asarray(ref, np.float64)
@@ -193,10 +197,8 @@ def test_evaluation_to_halt(fixture):
     @jax.jit
     def run(v):
         carry, outputs = act.evaluate_to_halt(config, v, batch)
-        loss, metrics = act_loss(config, carry.halted, carry.steps,
-                                 carry.current_data["labels"], outputs)
-        return {**outputs, "loss": loss, "halted": carry.halted,
-                **{"metrics/" + k: m for k, m in metrics.items()}}
+        loss, metrics = act_loss(config, carry.halted, carry.steps, carry.current_data["labels"], outputs)
+        return {**outputs, "loss": loss, "halted": carry.halted, **{"metrics/" + k: m for k, m in metrics.items()}}
 
     ours = run(variables)
     float_keys = ("logits", "q_halt_logits", "loss", "metrics/lm_loss", "metrics/q_halt_loss")
@@ -212,8 +214,7 @@ def test_evaluation_to_halt(fixture):
 
     for key in ("logits", "q_halt_logits"):
         assert_close(ours[key], fixture.data["eval/out/" + key], rtol[key], ACT_ATOL, f"eval {key}")
-    np.testing.assert_array_equal(np.argmax(np.asarray(ours["logits"]), -1),
-                                  fixture.data["eval/out/preds"])
+    np.testing.assert_array_equal(np.argmax(np.asarray(ours["logits"]), -1), fixture.data["eval/out/preds"])
     assert bool(np.all(np.asarray(ours["halted"])))
     assert_close(ours["loss"], fixture.data["eval/loss"], rtol["loss"], 0, "eval loss")
     for key, expected in fixture.group("eval/metrics/").items():
@@ -225,13 +226,18 @@ def test_evaluation_to_halt(fixture):
     solved = inference.make_solver(config, num_slots=3)(variables, batch)
     np.testing.assert_array_equal(np.asarray(solved["preds"]), fixture.data["eval/out/preds"])
     np.testing.assert_array_equal(np.asarray(solved["steps"]), config.halt_max_steps)
-    assert_close(solved["q_halt_logits"], fixture.data["eval/out/q_halt_logits"], rtol["q_halt_logits"],
-                 ACT_ATOL, "inference q_halt_logits")
+    assert_close(
+        solved["q_halt_logits"],
+        fixture.data["eval/out/q_halt_logits"],
+        rtol["q_halt_logits"],
+        ACT_ATOL,
+        "inference q_halt_logits",
+    )
 
 
 # Half a bfloat16 ulp (8-bit significand): the size of one rounding difference between two
 # bfloat16 implementations, applied to every weight.
-BF16_HALF_ULP = 2.0 ** -9
+BF16_HALF_ULP = 2.0**-9
 
 
 def test_bfloat16_step_within_rounding_noise(bf16_fixture):
@@ -250,27 +256,30 @@ def test_bfloat16_step_within_rounding_noise(bf16_fixture):
     batch = fixture.batch("step0/")
 
     def run(v):
-        loss, (carry, outputs, _), _ = train_step_with_grads(
-            config, v, act.initial_carry(config, batch), batch)
-        return {"logits": outputs["logits"], "q_halt_logits": outputs["q_halt_logits"],
-                "z_H": carry.z_H, "loss": loss}
+        loss, (carry, outputs, _), _ = train_step_with_grads(config, v, act.initial_carry(config, batch), batch)
+        return {"logits": outputs["logits"], "q_halt_logits": outputs["q_halt_logits"], "z_H": carry.z_H, "loss": loss}
 
     def relative(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
     ours = run(variables)
-    expected = {"logits": fixture.data["step0/out/logits"], "z_H": fixture.data["step0/out/z_H"],
-                "q_halt_logits": fixture.data["step0/out/q_halt_logits"],
-                "loss": fixture.data["step0/loss"]}
+    expected = {
+        "logits": fixture.data["step0/out/logits"],
+        "z_H": fixture.data["step0/out/z_H"],
+        "q_halt_logits": fixture.data["step0/out/q_halt_logits"],
+        "loss": fixture.data["step0/loss"],
+    }
     noise = {k: 0.0 for k in expected}
     for seed in range(3):
         key = jax.random.key(seed)
-        perturbed = run(jax.tree_util.tree_map(
-            lambda x: x * (1 + BF16_HALF_ULP * jax.random.normal(key, x.shape)), variables))
+        perturbed = run(
+            jax.tree_util.tree_map(lambda x: x * (1 + BF16_HALF_ULP * jax.random.normal(key, x.shape)), variables)
+        )
         for k in noise:
             noise[k] = max(noise[k], relative(perturbed[k], ours[k]))
     for k, value in expected.items():
         assert noise[k] < 0.2, f"{k}: bfloat16 noise {noise[k]:.3g} too large to test"
         assert relative(ours[k], value) <= noise[k], (
-            f"step0 {k}: ours vs reference {relative(ours[k], value):.3g} > noise {noise[k]:.3g}")
+            f"step0 {k}: ours vs reference {relative(ours[k], value):.3g} > noise {noise[k]:.3g}"
+        )

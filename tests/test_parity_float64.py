@@ -50,6 +50,7 @@ def test_float64_parity_with_the_official_code_at_1e_9():
 
     paths = sorted(glob.glob(os.path.join(FLOAT64_DIR, "*.npz")))
     assert paths, f"no fixtures in {FLOAT64_DIR}"
-    out = run_with_devices(SCRIPT.format(tests=str(TESTS_DIR), rtol=RTOL, atol=ATOL,
-                                         directory=str(FLOAT64_DIR)), devices=1, x64=True)
+    out = run_with_devices(
+        SCRIPT.format(tests=str(TESTS_DIR), rtol=RTOL, atol=ATOL, directory=str(FLOAT64_DIR)), devices=1, x64=True
+    )
     assert out.count("FLOAT64_PARITY_OK") == len(paths), out[-2000:]

@@ -18,8 +18,7 @@ import pytest
 
 from trm_jax import configs as configs_lib
 from trm_jax.cli import main as cli_main
-from trm_jax.plan import targets
-from trm_jax.plan import planner
+from trm_jax.plan import planner, targets
 from trm_jax.plan.planner import make_plan
 from trm_jax.plan.targets import PlanError, resolve_target
 from trm_jax.train import memory_search as fit
@@ -30,13 +29,22 @@ from trm_test_utils import tiny_model_config, tiny_optim_config
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
-needs_cuda_plugin = pytest.mark.skipif(not HAS_CUDA_PLUGIN,
-                                       reason="jax's CUDA plugin is not installed (pip install -e '.[cuda12]')")
+needs_cuda_plugin = pytest.mark.skipif(
+    not HAS_CUDA_PLUGIN, reason="jax's CUDA plugin is not installed (pip install -e '.[cuda12]')"
+)
 
 # The quickstart config shrunk further: compiles in seconds for any target.
-TINY = {"model.hidden_size": 64, "model.num_heads": 2, "model.L_cycles": 2, "model.H_cycles": 2,
-        "model.mlp_t": False, "model.pos_encodings": "rope", "optim.global_batch_size": 64,
-        "train.eval_batch_size": 64, "model.forward_dtype": "bfloat16"}
+TINY = {
+    "model.hidden_size": 64,
+    "model.num_heads": 2,
+    "model.L_cycles": 2,
+    "model.H_cycles": 2,
+    "model.mlp_t": False,
+    "model.pos_encodings": "rope",
+    "optim.global_batch_size": 64,
+    "train.eval_batch_size": 64,
+    "model.forward_dtype": "bfloat16",
+}
 
 
 def tiny_config():
@@ -59,9 +67,13 @@ def assert_plan_is_compiled_numbers(plan):
     train = plan.train
     assert train.argument_bytes == stats.argument_size_in_bytes
     assert (train.output_bytes, train.aliased_bytes, train.temp_bytes) == (
-        stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes)
-    assert train.peak_bytes == (stats.argument_size_in_bytes + stats.output_size_in_bytes
-                                - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+        stats.output_size_in_bytes,
+        stats.alias_size_in_bytes,
+        stats.temp_size_in_bytes,
+    )
+    assert train.peak_bytes == (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
 
 
 def test_local_plan_is_the_compiled_step():
@@ -86,10 +98,22 @@ def test_tpu_plan_from_a_cpu(tmp_path):
     target = resolve_target("v5e:2x4")
     assert target.num_devices == 8 and target.platform == "tpu" and target.memory_bytes == 16 * GIB
     out = tmp_path / "plan.json"
-    args = [sys.executable, "-m", "trm_jax", "plan", "--config", "quickstart", "--target", "v5e:2x4", "--no-search",
-            "--json", str(out)] + [f"--config.{k}={v}" for k, v in TINY.items()]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    args = [
+        sys.executable,
+        "-m",
+        "trm_jax",
+        "plan",
+        "--config",
+        "quickstart",
+        "--target",
+        "v5e:2x4",
+        "--no-search",
+        "--json",
+        str(out),
+    ] + [f"--config.{k}={v}" for k, v in TINY.items()]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     assert "verdict: fits as configured" in result.stdout
     report = json.loads(out.read_text())
@@ -116,12 +140,15 @@ def test_gpu_plan_from_a_cpu():
     assert_plan_is_compiled_numbers(plan)
 
 
-@pytest.mark.parametrize("target, message", [
-    ("v9z:2x2", "unknown accelerator 'v9z'"),
-    ("v5e", "expected local, a TPU slice such as v5e:2x4"),
-    ("v5e:two", "expected a chip shape such as 2x4"),
-    ("h100:0", "expected a GPU count such as h100:4"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("v9z:2x2", "unknown accelerator 'v9z'"),
+        ("v5e", "expected local, a TPU slice such as v5e:2x4"),
+        ("v5e:two", "expected a chip shape such as 2x4"),
+        ("h100:0", "expected a GPU count such as h100:4"),
+    ],
+)
 def test_bad_target_is_one_line(target, message, capsys):
     code = cli_main(["plan", "--config", "arc1", "--target", target])
     err = capsys.readouterr().err.strip().splitlines()
@@ -130,8 +157,11 @@ def test_bad_target_is_one_line(target, message, capsys):
 
 def test_missing_libtpu_or_plugin_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(targets.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("libtpu", "jax_plugins.xla_cuda12") else real(name, *a))
+    monkeypatch.setattr(
+        targets.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("libtpu", "jax_plugins.xla_cuda12") else real(name, *a),
+    )
     with pytest.raises(PlanError, match=r"needs libtpu, which is not installed: pip install 'jax\[tpu\]=="):
         resolve_target("v5e:2x4")
     with pytest.raises(PlanError, match=r"needs jax's CUDA plugin, which is not installed"):
@@ -162,18 +192,24 @@ def linear_plan(fixed_gib: float, per_row_gib: float, devices: int):
 
 def test_fewest_microbatches_is_the_smallest_divisor_that_fits():
     plan, calls = linear_plan(2.0, 0.1, devices=4)  # 768 rows: 192 per device, 21.2 GiB at once
-    found = fit.fewest_microbatches(plan, tiny_model_config(), tiny_optim_config(global_batch_size=768), 4,
-                                    budget=int(8 * GIB))
+    found = fit.fewest_microbatches(
+        plan, tiny_model_config(), tiny_optim_config(global_batch_size=768), 4, budget=int(8 * GIB)
+    )
     assert found is not None and found[0] == 4  # 2 + 4.8 GiB; 3 chunks plan 8.4
     assert [c[1] for c in calls] == [1, 2, 3, 4]
-    assert fit.fewest_microbatches(plan, tiny_model_config(), tiny_optim_config(global_batch_size=768), 4,
-                                   budget=int(1 * GIB)) is None
+    assert (
+        fit.fewest_microbatches(
+            plan, tiny_model_config(), tiny_optim_config(global_batch_size=768), 4, budget=int(1 * GIB)
+        )
+        is None
+    )
 
 
 def test_largest_rows_per_device_is_checked_by_a_compile():
     plan, calls = linear_plan(2.0, 0.1, devices=4)
-    rows, memory = fit.largest_rows_per_device(plan, tiny_model_config(), tiny_optim_config(global_batch_size=768),
-                                               4, budget=int(10 * GIB))
+    rows, memory = fit.largest_rows_per_device(
+        plan, tiny_model_config(), tiny_optim_config(global_batch_size=768), 4, budget=int(10 * GIB)
+    )
     assert rows == 80 and memory.peak_bytes <= 10 * GIB and (80, 1, False) in calls
     remat = fit.remat_memory(plan, tiny_model_config(), tiny_optim_config(global_batch_size=768))
     assert remat.temp_bytes == int(0.025 * 192 * GIB)
@@ -181,8 +217,10 @@ def test_largest_rows_per_device_is_checked_by_a_compile():
 
 def test_plan_cli_prints_and_writes_json(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    code = cli_main(["plan", "--config", "quickstart", "--target", "local", "--no-search", "--json", str(out)]
-                    + [f"--config.{k}={v}" for k, v in TINY.items()])
+    code = cli_main(
+        ["plan", "--config", "quickstart", "--target", "local", "--no-search", "--json", str(out)]
+        + [f"--config.{k}={v}" for k, v in TINY.items()]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "plan of quickstart on local" in printed and "verdict: fits as configured" in printed
     report = json.loads(out.read_text())

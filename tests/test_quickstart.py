@@ -21,10 +21,17 @@ BLANKS = 35  # easier than the quickstart's 45, so that 1000 steps solve some
 
 @pytest.mark.slow
 def test_shortened_quickstart_solves_held_out_puzzles(tmp_path):
-    config = configs_lib.apply_overrides(configs_lib.load_config("quickstart"), {
-        "optim.total_steps": STEPS, "train.eval_every_steps": STEPS, "data.generate.blanks": BLANKS,
-        "optim.ema_rate": 0.99,  # the quickstart's 0.999 averages over more steps than this run has
-        "train.progress_bar": False, "train.tensorboard": False})
+    config = configs_lib.apply_overrides(
+        configs_lib.load_config("quickstart"),
+        {
+            "optim.total_steps": STEPS,
+            "train.eval_every_steps": STEPS,
+            "data.generate.blanks": BLANKS,
+            "optim.ema_rate": 0.99,  # the quickstart's 0.999 averages over more steps than this run has
+            "train.progress_bar": False,
+            "train.tensorboard": False,
+        },
+    )
     halt = config.model.halt_max_steps
     result = loop.train(config, tmp_path)
 

@@ -34,8 +34,19 @@ def test_recorder_rejects_unknown_fixtures():
 @NEEDS_REFERENCE
 def test_a_fresh_recording_passes_the_parity_replay(tmp_path):
     pytest.importorskip("torch")
-    paths = _recorder().main(["--reference-dir", reference_dir(), "--out", str(tmp_path),
-                              "--only", "trm_att_explore", "trm_mlp_t_softmax", "--seed", "7"])
+    paths = _recorder().main(
+        [
+            "--reference-dir",
+            reference_dir(),
+            "--out",
+            str(tmp_path),
+            "--only",
+            "trm_att_explore",
+            "trm_mlp_t_softmax",
+            "--seed",
+            "7",
+        ]
+    )
     for path in paths:
         fixture = test_parity.Fixture(path)
         test_parity.test_weights_round_trip(fixture)
@@ -49,8 +60,12 @@ def test_a_fresh_float64_recording_passes_at_1e_9(tmp_path):
     import test_parity_float64 as f64  # noqa: PLC0415
     from test_train_step import TESTS_DIR, run_with_devices  # noqa: PLC0415
 
-    _recorder().main(["--reference-dir", reference_dir(), "--out", str(tmp_path), "--float64",
-                      "--only", "trm_mlp_t", "--seed", "7"])
-    out = run_with_devices(f64.SCRIPT.format(tests=str(TESTS_DIR), rtol=f64.RTOL, atol=f64.ATOL,
-                                             directory=str(tmp_path)), devices=1, x64=True)
+    _recorder().main(
+        ["--reference-dir", reference_dir(), "--out", str(tmp_path), "--float64", "--only", "trm_mlp_t", "--seed", "7"]
+    )
+    out = run_with_devices(
+        f64.SCRIPT.format(tests=str(TESTS_DIR), rtol=f64.RTOL, atol=f64.ATOL, directory=str(tmp_path)),
+        devices=1,
+        x64=True,
+    )
     assert "FLOAT64_PARITY_OK" in out

@@ -18,9 +18,21 @@ NEEDS_REFERENCE = needs_reference("train the official step and ours in lockstep"
 @NEEDS_REFERENCE
 def test_lockstep_training_stays_within_the_noise_floor(tmp_path):
     pytest.importorskip("torch")
-    doc = train_equivalence.main(["--configs", "mlp_t_f32", "att_halting_f32", "--steps", "20",
-                                  "--every", "10", "--out-dir", str(tmp_path),
-                                  "--reference-dir", REFERENCE_DIR])
+    doc = train_equivalence.main(
+        [
+            "--configs",
+            "mlp_t_f32",
+            "att_halting_f32",
+            "--steps",
+            "20",
+            "--every",
+            "10",
+            "--out-dir",
+            str(tmp_path),
+            "--reference-dir",
+            REFERENCE_DIR,
+        ]
+    )
     for name, case in doc["configs"].items():
         # The claim of issue 14: the two implementations differ by no more than an
         # implementation differs from itself after a 1e-7 perturbation of its start (x10:

@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from test_parity import FIXTURE_DIR, GRAD_RTOL, Fixture, assert_close
 from trm_jax.train import step as step_lib
 from trm_jax.train.state import OptimConfig, create_train_state
 from trm_jax.train.step import compute_gradients
-
-from test_parity import FIXTURE_DIR, Fixture, assert_close, GRAD_RTOL
 from trm_test_utils import numpy_leaves, random_batch, tiny_model_config, tiny_optim_config
 
 TESTS_DIR = pathlib.Path(__file__).parent
@@ -28,13 +27,14 @@ def test_step_gradient_is_fixture_gradient_over_global_batch():
     config = fixture.config
     batch = fixture.batch("step0/")
     size = batch["inputs"].shape[0]
-    state = create_train_state(config, OptimConfig(global_batch_size=size), jax.random.key(0),
-                               variables=fixture.variables)
-    loss, _, _, grads, ids, row_grads = jax.jit(
-        lambda s: compute_gradients(config, s, batch, jax.random.key(0)))(state)
+    state = create_train_state(
+        config, OptimConfig(global_batch_size=size), jax.random.key(0), variables=fixture.variables
+    )
+    loss, _, _, grads, ids, row_grads = jax.jit(lambda s: compute_gradients(config, s, batch, jax.random.key(0)))(state)
     assert_close(loss, fixture.data["step0/loss"] / size, 1e-5, 0, "loss / B")
     expected = fixture.group("step0/grad/")
     from trm_jax.interop import to_torch_state_dict
+
     ours = to_torch_state_dict({"params": grads, "buffers": state.buffers})
     for name, value in expected.items():
         actual = row_grads if name == "puzzle_emb.local_weights" else ours[name]
@@ -215,10 +215,13 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def run_with_devices(script: str, devices: int = 8, timeout: int = 600, x64: bool = False) -> str:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1" if x64 else "0")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_ENABLE_X64="1" if x64 else "0",
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout
 
@@ -226,9 +229,17 @@ def run_with_devices(script: str, devices: int = 8, timeout: int = 600, x64: boo
 def test_single_device_equals_sharded_and_pmap():
     """1 device, a sharded jit over 8 and pmap over 8 give the same 4 steps (float64 model),
     with the batch in one piece or in microbatches."""
-    out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
-        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL, model={},
-        mutations=True, microbatches=True), x64=True)
+    out = run_with_devices(
+        MULTI_DEVICE_SCRIPT.format(
+            tests=str(TESTS_DIR),
+            rtol=MULTI_DEVICE_RTOL,
+            atol=MULTI_DEVICE_ATOL,
+            model={},
+            mutations=True,
+            microbatches=True,
+        ),
+        x64=True,
+    )
     assert "MULTI_DEVICE_OK" in out
     assert "MUTATION_OK dropped" in out and "MUTATION_OK counted twice" in out
 
@@ -236,10 +247,17 @@ def test_single_device_equals_sharded_and_pmap():
 def test_mlp_t_single_device_equals_sharded_and_pmap():
     """The same for an mlp_t model, whose recursion runs on sequence-major [L, B, D] tensors
     with the batch axis (the sharded one) second and merged with D for the token mixing."""
-    out = run_with_devices(MULTI_DEVICE_SCRIPT.format(
-        tests=str(TESTS_DIR), rtol=MULTI_DEVICE_RTOL, atol=MULTI_DEVICE_ATOL,
-        model=dict(mlp_t=True, pos_encodings="none"), mutations=False, microbatches=True),
-        x64=True)
+    out = run_with_devices(
+        MULTI_DEVICE_SCRIPT.format(
+            tests=str(TESTS_DIR),
+            rtol=MULTI_DEVICE_RTOL,
+            atol=MULTI_DEVICE_ATOL,
+            model=dict(mlp_t=True, pos_encodings="none"),
+            mutations=False,
+            microbatches=True,
+        ),
+        x64=True,
+    )
     assert "MULTI_DEVICE_OK" in out
 
 
@@ -262,8 +280,9 @@ def train_and_save(directory, start: int, stop: int, resume: bool = False) -> No
     state = parallel.create_sharded_train_state(config, optim, jax.random.key(0), mesh)
     ckpt = Checkpointer(directory)
     if resume:
-        state, extras = ckpt.restore(target=jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+        state, extras = ckpt.restore(
+            target=jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        )
         assert extras["next_batch"] == start, extras
     step = parallel.jit_train_step(config, optim, mesh, state)
     for i in range(start, stop):
@@ -280,12 +299,16 @@ def test_resume_is_bit_exact(tmp_path):
     train_and_save(straight, 0, 2 * k)
     train_and_save(split, 0, k)
     result = subprocess.run(
-        [sys.executable, "-c", RESUME_SCRIPT.format(tests=str(TESTS_DIR)), str(split), str(k),
-         str(2 * k)], env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-        timeout=600)
+        [sys.executable, "-c", RESUME_SCRIPT.format(tests=str(TESTS_DIR)), str(split), str(k), str(2 * k)],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
     from trm_jax.train.checkpoint import Checkpointer
+
     a = numpy_leaves(Checkpointer(straight).restore(2 * k)[0])
     b = numpy_leaves(Checkpointer(split).restore(2 * k)[0])
     assert a.keys() == b.keys() and len(a) > 20
@@ -299,17 +322,15 @@ def test_microbatches_keep_each_rows_exploration_draw():
     wants to halt at once, so which rows halt is decided by the draws alone (the multi-device
     test's model, starting at -5, never reaches them in its 4 steps)."""
     config = tiny_model_config(halt_exploration_prob=0.5, halt_max_steps=8)
-    state = create_train_state(config, tiny_optim_config(global_batch_size=16),
-                               jax.random.key(0))
-    params = dict(state.params, q_head=dict(state.params["q_head"],
-                                            bias=jnp.full((2,), 10.0, jnp.float32)))
+    state = create_train_state(config, tiny_optim_config(global_batch_size=16), jax.random.key(0))
+    params = dict(state.params, q_head=dict(state.params["q_head"], bias=jnp.full((2,), 10.0, jnp.float32)))
     state = state.replace(params=params)
     batch = random_batch(config, 16, 0)
     runs = {}
     for chunks in (1, 4, 16):
         _, carry, metrics, grads, ids, row_grads = jax.jit(
-            lambda s, m=chunks: compute_gradients(config, s, batch, jax.random.key(3),
-                                                  microbatches=m))(state)
+            lambda s, m=chunks: compute_gradients(config, s, batch, jax.random.key(3), microbatches=m)
+        )(state)
         runs[chunks] = carry, metrics, ids, row_grads
     whole = runs[1]
     assert 0 < int(np.sum(whole[0].halted)) < 16, "the draws must split the batch"
@@ -328,22 +349,19 @@ def test_microbatches_keep_each_rows_exploration_draw():
 
 def test_microbatches_must_divide_the_batch():
     import pytest
+
     from trm_jax.config import ConfigError
 
     with pytest.raises(ConfigError, match="microbatches=3.*global_batch_size=8"):
         tiny_optim_config(global_batch_size=8, microbatches=3)
     config = tiny_model_config()
     state = create_train_state(config, tiny_optim_config(), jax.random.key(0))
-    with pytest.raises(ValueError, match="microbatches=3: expected a positive divisor of the "
-                                         "per-device batch 8"):
-        compute_gradients(config, state, random_batch(config, 8, 0), jax.random.key(0),
-                          microbatches=3)
+    with pytest.raises(ValueError, match="microbatches=3: expected a positive divisor of the per-device batch 8"):
+        compute_gradients(config, state, random_batch(config, 8, 0), jax.random.key(0), microbatches=3)
     from trm_jax.train import parallel
 
     mesh = parallel.make_mesh(jax.devices()[:1])
     optim = tiny_optim_config(global_batch_size=8, microbatches=4)
-    state = parallel.create_sharded_train_state(config, optim, jax.random.key(0), mesh,
-                                                batch_size=6)
-    with pytest.raises(ValueError, match="global batch 6 is not divisible by the 1 devices x "
-                                         "optim.microbatches=4"):
+    state = parallel.create_sharded_train_state(config, optim, jax.random.key(0), mesh, batch_size=6)
+    with pytest.raises(ValueError, match="global batch 6 is not divisible by the 1 devices x optim.microbatches=4"):
         parallel.jit_train_step(config, optim, mesh, state)

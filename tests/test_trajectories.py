@@ -9,17 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_inference import CAP, setup
+from test_train_step import TESTS_DIR, run_with_devices
 from trm_jax import inference as inf
 from trm_jax.model.act import advance, gather_puzzle_rows, initial_carry, reset_halted
 from trm_jax.trajectories import NOISE_SALT, TrajectorySampling, select_trajectories, trajectory_noise
-from test_inference import CAP, setup
-from test_train_step import TESTS_DIR, run_with_devices
 
 
 def test_sampling_checks():
-    for kwargs, message in [({"trajectories": 0}, "trajectories=0"), ({"noise": -0.1}, "noise=-0.1"),
-                            ({"noise": float("nan")}, "noise=nan"), ({"select": "best"}, "select='best'"),
-                            ({"noise_on": "x"}, "noise_on='x'")]:
+    for kwargs, message in [
+        ({"trajectories": 0}, "trajectories=0"),
+        ({"noise": -0.1}, "noise=-0.1"),
+        ({"noise": float("nan")}, "noise=nan"),
+        ({"select": "best"}, "select='best'"),
+        ({"noise_on": "x"}, "noise_on='x'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             TrajectorySampling(**kwargs)
     assert TrajectorySampling().is_plain and not TrajectorySampling(2).is_plain
@@ -36,24 +40,25 @@ def per_trajectory(preds, q_halt, exact):
     """Constructed per-trajectory results: preds [N, K] (one token per answer), q_halt, exact [N, K]."""
     preds = np.asarray(preds, np.int32)[..., None]
     n, k = preds.shape[:2]
-    return {"preds": jnp.asarray(preds), "q_halt_logits": jnp.asarray(q_halt, jnp.float32),
-            "steps": jnp.full((n, k), 3, jnp.int32), "exact": jnp.asarray(exact, bool)}
+    return {
+        "preds": jnp.asarray(preds),
+        "q_halt_logits": jnp.asarray(q_halt, jnp.float32),
+        "steps": jnp.full((n, k), 3, jnp.int32),
+        "exact": jnp.asarray(exact, bool),
+    }
 
 
 def test_selection_rules_on_constructed_cases():
     results = per_trajectory(
-        preds=[[5, 5, 5, 5],    # all agree, all wrong
-               [1, 2, 2, 3],    # one right (1), with the highest q_halt; the majority (2) wrong
-               [7, 7, 8, 8],    # a two-two tie of answers: the answer with the highest q_halt wins it
-               [4, 6, 6, 9]],   # q_halt ties (1.0 twice): the lower trajectory index wins
-        q_halt=[[0.1, 0.3, 0.2, 0.0],
-                [2.0, 1.0, 0.5, -1.0],
-                [0.0, -3.0, 0.5, -1.0],
-                [1.0, 1.0, -2.0, 0.0]],
-        exact=[[False] * 4,
-               [True, False, False, False],
-               [False, False, True, True],
-               [False, True, True, False]])
+        preds=[
+            [5, 5, 5, 5],  # all agree, all wrong
+            [1, 2, 2, 3],  # one right (1), with the highest q_halt; the majority (2) wrong
+            [7, 7, 8, 8],  # a two-two tie of answers: the answer with the highest q_halt wins it
+            [4, 6, 6, 9],
+        ],  # q_halt ties (1.0 twice): the lower trajectory index wins
+        q_halt=[[0.1, 0.3, 0.2, 0.0], [2.0, 1.0, 0.5, -1.0], [0.0, -3.0, 0.5, -1.0], [1.0, 1.0, -2.0, 0.0]],
+        exact=[[False] * 4, [True, False, False, False], [False, False, True, True], [False, True, True, False]],
+    )
     by_qhalt = jax.device_get(select_trajectories(results, "qhalt"))
     by_vote = jax.device_get(select_trajectories(results, "vote"))
     np.testing.assert_array_equal(by_qhalt["trajectory_index"], [1, 0, 2, 0])
@@ -78,8 +83,11 @@ def test_plain_sampling_is_the_deterministic_solver():
     config, variables, puzzles = setup()
     for policy in (inf.HaltingPolicy("fixed"), inf.HaltingPolicy("adaptive")):
         want = jax.device_get(inf.make_solver(config, num_slots=4, policy=policy)(variables, puzzles))
-        got = jax.device_get(inf.make_solver(config, num_slots=4, policy=policy,
-                                             sampling=TrajectorySampling(1, 0.0, "vote"))(variables, puzzles))
+        got = jax.device_get(
+            inf.make_solver(config, num_slots=4, policy=policy, sampling=TrajectorySampling(1, 0.0, "vote"))(
+                variables, puzzles
+            )
+        )
         assert set(got) == set(want)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"{policy.mode} {key}")
@@ -94,17 +102,26 @@ def alone_with_noise(config, variables, puzzles, policy, sampling, key):
 
     @jax.jit
     def step(carry, puzzle, trajectory):
-        draw = trajectory_noise(jax.random.fold_in(key, NOISE_SALT["z_L"]), puzzle, trajectory, carry.steps[0],
-                                carry.z_L.shape[1:], jnp.float64)
+        draw = trajectory_noise(
+            jax.random.fold_in(key, NOISE_SALT["z_L"]),
+            puzzle,
+            trajectory,
+            carry.steps[0],
+            carry.z_L.shape[1:],
+            jnp.float64,
+        )
         carry = carry.replace(z_L=carry.z_L + sampling.noise * draw[None])
         rows = gather_puzzle_rows(config, buffers, carry.current_data["puzzle_identifiers"])
         return advance(run_config, params, carry, rows, None, training=False)
 
     n, k = puzzles["inputs"].shape[0], sampling.trajectories
-    out = {"steps": np.zeros((n, k), np.int32), "q_halt_logits": np.zeros((n, k)),
-           "preds": np.zeros((n, k, puzzles["inputs"].shape[1]), np.int32)}
+    out = {
+        "steps": np.zeros((n, k), np.int32),
+        "q_halt_logits": np.zeros((n, k)),
+        "preds": np.zeros((n, k, puzzles["inputs"].shape[1]), np.int32),
+    }
     for i in range(n):
-        row = {name: v[i:i + 1] for name, v in puzzles.items()}
+        row = {name: v[i : i + 1] for name, v in puzzles.items()}
         for t in range(k):
             carry = reset_halted(config, buffers, initial_carry(config, row), row)
             while True:
@@ -203,8 +220,9 @@ def test_trajectories_without_noise_are_copies_of_one_run():
 
 def test_summary_of_trajectories():
     config, variables, puzzles = setup()
-    solver = inf.make_solver(config, num_slots=4, policy=inf.HaltingPolicy("adaptive"),
-                             sampling=TrajectorySampling(3, 0.3))
+    solver = inf.make_solver(
+        config, num_slots=4, policy=inf.HaltingPolicy("adaptive"), sampling=TrajectorySampling(3, 0.3)
+    )
     results = jax.device_get(solver(variables, puzzles, jax.random.key(0)))
     again = jax.device_get(solver(variables, puzzles, jax.random.key(0)))
     for key in results:  # a key makes a run repeatable

@@ -16,12 +16,26 @@ from trm_jax.train.wandb_log import ID_NAME, INSTALL, STEP_METRIC
 
 SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
 # The quickstart shrunk: 4 steps per run, a train line every 2 steps, an evaluation every 4.
-TINY = ["--config.model.hidden_size=16", "--config.model.num_heads=2", "--config.model.expansion=1",
-        "--config.model.H_cycles=1", "--config.model.L_cycles=1", "--config.model.L_layers=1",
-        "--config.model.halt_max_steps=2", "--config.model.puzzle_emb_ndim=16", "--config.model.puzzle_emb_len=1",
-        "--config.optim.global_batch_size=4", "--config.optim.total_steps=4", "--config.train.eval_every_steps=4",
-        "--config.train.log_every=2", "--config.train.eval_batch_size=4", "--config.train.progress_bar=false",
-        "--config.train.tensorboard=false", "--config.train.depth_curve_steps=0", "--config.data.generate.kind="]
+TINY = [
+    "--config.model.hidden_size=16",
+    "--config.model.num_heads=2",
+    "--config.model.expansion=1",
+    "--config.model.H_cycles=1",
+    "--config.model.L_cycles=1",
+    "--config.model.L_layers=1",
+    "--config.model.halt_max_steps=2",
+    "--config.model.puzzle_emb_ndim=16",
+    "--config.model.puzzle_emb_len=1",
+    "--config.optim.global_batch_size=4",
+    "--config.optim.total_steps=4",
+    "--config.train.eval_every_steps=4",
+    "--config.train.log_every=2",
+    "--config.train.eval_batch_size=4",
+    "--config.train.progress_bar=false",
+    "--config.train.tensorboard=false",
+    "--config.train.depth_curve_steps=0",
+    "--config.data.generate.kind=",
+]
 PROJECT = "trm-test"
 
 
@@ -41,11 +55,11 @@ def wandb_records(path: Path):
         if left < 7:  # a block's tail too short for a header is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:  # zero padding to the end of the block
             pos += left
             continue
-        chunks.append(data[pos + 7:pos + 7 + length])
+        chunks.append(data[pos + 7 : pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):  # a whole record, or the last chunk of one
             record = wandb_pb2.Record()
@@ -89,8 +103,13 @@ def wandb_env(monkeypatch, tmp_path) -> Path:
     """Offline W&B with every directory it writes inside ``tmp_path``; returns WANDB_DIR."""
     pytest.importorskip("wandb", reason="wandb is not installed (pip install 'trm-jax[wandb]')")
     root = tmp_path / "wandb_env"
-    for name, sub in (("WANDB_DIR", "dir"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                      ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for name, sub in (
+        ("WANDB_DIR", "dir"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         (root / sub).mkdir(parents=True)
         monkeypatch.setenv(name, str(root / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -102,8 +121,21 @@ def wandb_env(monkeypatch, tmp_path) -> Path:
 def test_offline_run_logs_every_scalar_and_resume_continues_it(wandb_env, tmp_path, capsys):
     dataset = build_sudoku_dataset(tmp_path / "sudoku", source_dir=SUDOKU_CSV, hub_repo=None, num_aug=3)
     workdir = tmp_path / "run"
-    assert cli.main(["train", "--config", "quickstart", *TINY, f"--config.data.dataset_dir={dataset}",
-                     f"--config.train.wandb_project={PROJECT}", "--workdir", str(workdir)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "quickstart",
+                *TINY,
+                f"--config.data.dataset_dir={dataset}",
+                f"--config.train.wandb_project={PROJECT}",
+                "--workdir",
+                str(workdir),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     run_id = (workdir / ID_NAME).read_text().strip()
     assert f"W&B run {PROJECT}/{run_id}" in out
@@ -139,8 +171,18 @@ def test_offline_run_logs_every_scalar_and_resume_continues_it(wandb_env, tmp_pa
 def test_missing_wandb_is_one_line_naming_the_key(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     workdir = tmp_path / "run"
-    rc = cli.main(["train", "--config", "quickstart", *TINY, f"--config.data.dataset_dir={tmp_path / 'none'}",
-                   f"--config.train.wandb_project={PROJECT}", "--workdir", str(workdir)])
+    rc = cli.main(
+        [
+            "train",
+            "--config",
+            "quickstart",
+            *TINY,
+            f"--config.data.dataset_dir={tmp_path / 'none'}",
+            f"--config.train.wandb_project={PROJECT}",
+            "--workdir",
+            str(workdir),
+        ]
+    )
     assert rc == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err

@@ -14,17 +14,35 @@ from trm_jax.train.state import OptimConfig
 
 
 def tiny_model_config(**overrides) -> TRMConfig:
-    values = dict(seq_len=16, vocab_size=12, num_puzzle_identifiers=7, puzzle_emb_ndim=32,
-                  puzzle_emb_len=2, hidden_size=32, num_heads=2, expansion=2.0, H_cycles=2,
-                  L_cycles=2, halt_max_steps=3, halt_exploration_prob=0.3,
-                  forward_dtype="float32")
+    values = dict(
+        seq_len=16,
+        vocab_size=12,
+        num_puzzle_identifiers=7,
+        puzzle_emb_ndim=32,
+        puzzle_emb_len=2,
+        hidden_size=32,
+        num_heads=2,
+        expansion=2.0,
+        H_cycles=2,
+        L_cycles=2,
+        halt_max_steps=3,
+        halt_exploration_prob=0.3,
+        forward_dtype="float32",
+    )
     values.update(overrides)
     return TRMConfig(**values)
 
 
 def tiny_optim_config(**overrides) -> OptimConfig:
-    values = dict(global_batch_size=8, total_steps=50, lr=1e-3, lr_warmup_steps=2,
-                  puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+    values = dict(
+        global_batch_size=8,
+        total_steps=50,
+        lr=1e-3,
+        lr_warmup_steps=2,
+        puzzle_emb_lr=1e-2,
+        weight_decay=0.1,
+        puzzle_emb_weight_decay=0.1,
+    )
     values.update(overrides)
     return OptimConfig(**values)
 
@@ -42,12 +60,27 @@ def random_batch(config: TRMConfig, batch_size: int, seed: int) -> dict[str, np.
 def tiny_run_config(dataset: str | os.PathLike, **overrides) -> ml_collections.ConfigDict:
     """A trainer config (the quickstart's, shrunk): batch 4, 12 steps, evaluation every 6."""
     values = {
-        "model.hidden_size": 16, "model.num_heads": 2, "model.expansion": 1.0, "model.H_cycles": 1,
-        "model.L_cycles": 1, "model.L_layers": 1, "model.halt_max_steps": 2, "model.puzzle_emb_ndim": 16,
-        "model.puzzle_emb_len": 1, "optim.global_batch_size": 4, "optim.total_steps": 12,
-        "optim.lr_warmup_steps": 2, "optim.lr": 1e-3, "train.eval_every_steps": 6, "train.log_every": 3,
-        "train.eval_batch_size": 4, "train.progress_bar": False, "data.dataset_dir": str(dataset),
-        "data.generate.kind": "", "train.tensorboard": False, "train.depth_curve_steps": 0,
+        "model.hidden_size": 16,
+        "model.num_heads": 2,
+        "model.expansion": 1.0,
+        "model.H_cycles": 1,
+        "model.L_cycles": 1,
+        "model.L_layers": 1,
+        "model.halt_max_steps": 2,
+        "model.puzzle_emb_ndim": 16,
+        "model.puzzle_emb_len": 1,
+        "optim.global_batch_size": 4,
+        "optim.total_steps": 12,
+        "optim.lr_warmup_steps": 2,
+        "optim.lr": 1e-3,
+        "train.eval_every_steps": 6,
+        "train.log_every": 3,
+        "train.eval_batch_size": 4,
+        "train.progress_bar": False,
+        "data.dataset_dir": str(dataset),
+        "data.generate.kind": "",
+        "train.tensorboard": False,
+        "train.depth_curve_steps": 0,
         # Generation in this process: worker processes would re-run an unguarded script (the
         # multi-host worker) as their __main__.
         "data.generate.workers": 1,
@@ -69,8 +102,9 @@ def needs_reference(purpose: str):
 
     from benchmarks.common import REFERENCE_ENV  # noqa: PLC0415
 
-    return pytest.mark.skipif(not reference_dir(), reason=f"set {REFERENCE_ENV} to a checkout of the "
-                                                          f"official TRM repository to {purpose}")
+    return pytest.mark.skipif(
+        not reference_dir(), reason=f"set {REFERENCE_ENV} to a checkout of the official TRM repository to {purpose}"
+    )
 
 
 def numpy_leaves(tree) -> dict[str, np.ndarray]:

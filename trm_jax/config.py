@@ -70,40 +70,53 @@ class TRMConfig:
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
             if not cond:
-                raise ConfigError(
-                    f"TRMConfig.{field}={getattr(self, field)!r}: expected {expected}")
+                raise ConfigError(f"TRMConfig.{field}={getattr(self, field)!r}: expected {expected}")
 
-        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "batch_size",
-                     "H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads",
-                     "halt_max_steps"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name,
-                 "a positive integer")
+        for name in (
+            "seq_len",
+            "vocab_size",
+            "num_puzzle_identifiers",
+            "batch_size",
+            "H_cycles",
+            "L_cycles",
+            "L_layers",
+            "hidden_size",
+            "num_heads",
+            "halt_max_steps",
+        ):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "a positive integer")
         need(self.puzzle_emb_ndim >= 0, "puzzle_emb_ndim", "an integer >= 0")
         need(self.puzzle_emb_len >= 0, "puzzle_emb_len", "an integer >= 0")
         need(self.expansion > 0, "expansion", "a positive number")
         need(self.pos_encodings in POS_ENCODINGS, "pos_encodings", f"one of {POS_ENCODINGS}")
-        need(self.saved_activations in SAVED_ACTIVATIONS, "saved_activations",
-             f"one of {SAVED_ACTIVATIONS}")
+        need(self.saved_activations in SAVED_ACTIVATIONS, "saved_activations", f"one of {SAVED_ACTIVATIONS}")
         need(self.forward_dtype in FORWARD_DTYPES, "forward_dtype", f"one of {FORWARD_DTYPES}")
         if self.forward_dtype == "float64":
             from trm_jax.precision import x64_enabled  # noqa: PLC0415 - keeps this module jax-free
-            need(x64_enabled(), "forward_dtype",
-                 "'bfloat16' or 'float32' unless 64-bit JAX is on (JAX_ENABLE_X64=1, or "
-                 "jax.config.update('jax_enable_x64', True) before any array is created)")
+
+            need(
+                x64_enabled(),
+                "forward_dtype",
+                "'bfloat16' or 'float32' unless 64-bit JAX is on (JAX_ENABLE_X64=1, or "
+                "jax.config.update('jax_enable_x64', True) before any array is created)",
+            )
         need(self.loss_type in LOSS_TYPES, "loss_type", f"one of {LOSS_TYPES}")
-        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
-             f"one of {ATTENTION_IMPLS}")
-        need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob",
-             "a probability in [0, 1]")
+        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
+        need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob", "a probability in [0, 1]")
         need(self.rms_norm_eps > 0, "rms_norm_eps", "a positive number")
-        need(self.hidden_size % self.num_heads == 0, "hidden_size",
-             f"a multiple of num_heads={self.num_heads}")
+        need(self.hidden_size % self.num_heads == 0, "hidden_size", f"a multiple of num_heads={self.num_heads}")
         if self.pos_encodings == "rope":
-            need((self.hidden_size // self.num_heads) % 2 == 0, "hidden_size",
-                 "hidden_size // num_heads even (RoPE rotates pairs of dimensions)")
+            need(
+                (self.hidden_size // self.num_heads) % 2 == 0,
+                "hidden_size",
+                "hidden_size // num_heads even (RoPE rotates pairs of dimensions)",
+            )
         if self.puzzle_emb_ndim > 0:
-            need(self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size, "puzzle_emb_ndim",
-                 f"at most puzzle_emb_len * hidden_size = {self.prefix_len * self.hidden_size}")
+            need(
+                self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size,
+                "puzzle_emb_ndim",
+                f"at most puzzle_emb_len * hidden_size = {self.prefix_len * self.hidden_size}",
+            )
 
     @property
     def prefix_len(self) -> int:
@@ -137,8 +150,9 @@ class TRMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown TRMConfig field(s): {', '.join(unknown)}; "
-                              f"known fields: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown TRMConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+            )
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TRMConfig":
@@ -172,13 +186,21 @@ class OptimConfig:
         for name in ("global_batch_size", "total_steps", "microbatches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 1")
-        for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
-                     "lr_warmup_steps", "lr_min_ratio"):
+        for name in (
+            "lr",
+            "puzzle_emb_lr",
+            "weight_decay",
+            "puzzle_emb_weight_decay",
+            "lr_warmup_steps",
+            "lr_min_ratio",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"OptimConfig.{name}={getattr(self, name)!r}: expected >= 0")
         if self.global_batch_size % self.microbatches:
-            raise ConfigError(f"OptimConfig.microbatches={self.microbatches!r}: expected a "
-                              f"divisor of global_batch_size={self.global_batch_size}")
+            raise ConfigError(
+                f"OptimConfig.microbatches={self.microbatches!r}: expected a "
+                f"divisor of global_batch_size={self.global_batch_size}"
+            )
         if not 0.0 <= self.ema_rate < 1.0:
             raise ConfigError(f"OptimConfig.ema_rate={self.ema_rate!r}: expected in [0, 1)")
 

@@ -46,14 +46,16 @@ def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
     node = config
     for depth, name in enumerate(parents):
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            raise ConfigLoadError(f"unknown config key config.{'.'.join(parents[:depth + 1])} "
-                                  f"(in override of config.{key})")
+            raise ConfigLoadError(
+                f"unknown config key config.{'.'.join(parents[: depth + 1])} (in override of config.{key})"
+            )
         node = node[name]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         section = ".".join(parents)
         known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-        raise ConfigLoadError(f"unknown config key config.{key}"
-                              + (f" (config.{section} has: {known})" if section and known else ""))
+        raise ConfigLoadError(
+            f"unknown config key config.{key}" + (f" (config.{section} has: {known})" if section and known else "")
+        )
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigLoadError(f"config.{key} is a section, not a value")
     return node, leaf
@@ -61,7 +63,7 @@ def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
 
 def _split(arg: str) -> tuple[str, str]:
     """``--config.a.b=v`` (or ``a.b=v``) -> ``("a.b", "v")``."""
-    text = arg[len(OVERRIDE_PREFIX):] if arg.startswith(OVERRIDE_PREFIX) else arg
+    text = arg[len(OVERRIDE_PREFIX) :] if arg.startswith(OVERRIDE_PREFIX) else arg
     if "=" not in text:
         raise ConfigLoadError(f"override {arg!r}: expected --config.key=value")
     key, value = text.split("=", 1)
@@ -77,8 +79,7 @@ def _parse_command_line(config: ml_collections.ConfigDict, pairs: Sequence[tuple
     argv = ["trm-jax"] + [f"{OVERRIDE_PREFIX}{key}={value}" for key, value in pairs]
     flag_values = flags.FlagValues()
     try:
-        config_flags.DEFINE_config_dict(_FLAG, config, flag_values=flag_values, lock_config=False,
-                                        sys_argv=argv)
+        config_flags.DEFINE_config_dict(_FLAG, config, flag_values=flag_values, lock_config=False, sys_argv=argv)
         flag_values(argv)
     except flags.Error as err:
         failed = next((key for key, _ in pairs if f"{OVERRIDE_PREFIX}{key}=" in str(err)), None)
@@ -91,8 +92,9 @@ def _parse_command_line(config: ml_collections.ConfigDict, pairs: Sequence[tuple
         raise ConfigLoadError(" ".join(str(err).split())) from None
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """Sets ``a.b=value`` on ``config`` (in place) and returns it.
 
     ``overrides`` is a sequence of command-line strings (``--config.a.b=value`` or

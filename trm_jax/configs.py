@@ -39,7 +39,9 @@ DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 # model config and cfg_pretrain.yaml). Each is the paper's setting or a "derive it" marker.
 MODEL_DEFAULTS: dict[str, Any] = {
     # 0: read from the dataset's metadata (a non-zero value must match it).
-    "seq_len": 0, "vocab_size": 0, "num_puzzle_identifiers": 0,
+    "seq_len": 0,
+    "vocab_size": 0,
+    "num_puzzle_identifiers": 0,
     # The paper's models learn a 512-wide embedding per puzzle (the official config sets
     # puzzle_emb_ndim to hidden_size), in puzzle_emb_len=16 prefix positions.
     "puzzle_emb_ndim": 512,
@@ -80,60 +82,72 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = _section(TRMConfig, MODEL_DEFAULTS)
     c.optim = _section(OptimConfig, OPTIM_DEFAULTS)
 
-    c.data = ml_collections.ConfigDict(dict(
-        dataset_dir="",  # a directory written by `trm-jax data ...`
-        evaluator="",  # "arc": ARC pass@k and submission.json at every evaluation
-        # Built into `dataset_dir` (or WORKDIR/data when empty) if missing; kind "" = never.
-        generate=ml_collections.ConfigDict(dict(
-            # workers > 1: generator processes (spawned; the output does not depend on their
-            # number). A script that calls train() needs Python's `if __name__ == "__main__":`.
-            kind="", num_train=0, num_test=0, num_aug=0, seed=0, workers=1,
-            # Sudoku difficulty: exactly this many blank cells per puzzle (0: minimal
-            # puzzles that need search, the hardest the generator makes).
-            blanks=0)),
-    ))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            dataset_dir="",  # a directory written by `trm-jax data ...`
+            evaluator="",  # "arc": ARC pass@k and submission.json at every evaluation
+            # Built into `dataset_dir` (or WORKDIR/data when empty) if missing; kind "" = never.
+            generate=ml_collections.ConfigDict(
+                dict(
+                    # workers > 1: generator processes (spawned; the output does not depend on their
+                    # number). A script that calls train() needs Python's `if __name__ == "__main__":`.
+                    kind="",
+                    num_train=0,
+                    num_test=0,
+                    num_aug=0,
+                    seed=0,
+                    workers=1,
+                    # Sudoku difficulty: exactly this many blank cells per puzzle (0: minimal
+                    # puzzles that need search, the hardest the generator makes).
+                    blanks=0,
+                )
+            ),
+        )
+    )
 
-    c.train = ml_collections.ConfigDict(dict(
-        epochs=100_000,
-        eval_interval=10_000,  # epochs between evaluations (0: only at the end)
-        min_eval_interval=0,  # evaluations before this many intervals are skipped
-        eval_every_steps=0,  # > 0 overrides eval_interval with a step count
-        checkpoint_every_eval=True,  # else only at the end (and on SIGINT/SIGTERM)
-        max_to_keep=3,
-        async_checkpoint=True,
-        seed=0,
-        log_every=50,  # steps between stdout/TensorBoard lines (averages over them)
-        eval_batch_size=0,  # 0: optim.global_batch_size
-        eval_max_batches=0,  # 0: the whole test split
-        eval_num_steps=0,  # ACT steps at evaluation (adaptive: the cap); 0: model.halt_max_steps
-        # "fixed": every puzzle runs eval_num_steps steps (the official evaluation). "adaptive":
-        # a puzzle stops when sigmoid(q_halt) > eval_halt_threshold, its slot then takes the next
-        # puzzle (continuous batching over eval_slots rows; 0: the eval batch size). One process.
-        eval_halting="fixed",
-        eval_halt_threshold=0.5,
-        eval_slots=0,
-        # > 0: when the run finishes, exact accuracy on the test split after 1, 2, 4, ... up to
-        # this many test-time supervision steps, and the learned halting point
-        # (WORKDIR/depth_curve.{json,png}; see trm_jax.train.depth_curve). 0: not computed.
-        depth_curve_steps=0,
-        parallel="jit",  # "jit" (sharded over all devices) or "pmap"
-        distributed=False,  # call jax.distributed.initialize() (multi-host)
-        # Multi-process: steps between checks for SIGINT/SIGTERM on any process (a tiny
-        # all-reduce read one step later, so all stop at one step: a check's step + 1).
-        # 1 adds no host stall; raise it for very short steps. Unused by a single process.
-        stop_check_every=1,
-        progress_bar=True,
-        tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
-        # Weights & Biases project ("": off): process 0 logs every scalar of metrics.csv to a W&B
-        # run, resumed with the run (pip install 'trm-jax[wandb]'; see trm_jax.train.wandb_log).
-        wandb_project="",
-        wandb_entity="",  # the W&B user or team ("": the account's default entity)
-        wandb_run_name="",  # the W&B run's display name ("": the run directory's name)
-        # Per-device memory (GiB) the train step may plan for, checked against XLA's memory plan
-        # of the compiled step before the first step. 0: the limit the device's runtime reports
-        # (GPU, TPU; a GPU's is XLA's preallocated share); no check where none is reported (CPU).
-        device_memory_gib=0.0,
-    ))
+    c.train = ml_collections.ConfigDict(
+        dict(
+            epochs=100_000,
+            eval_interval=10_000,  # epochs between evaluations (0: only at the end)
+            min_eval_interval=0,  # evaluations before this many intervals are skipped
+            eval_every_steps=0,  # > 0 overrides eval_interval with a step count
+            checkpoint_every_eval=True,  # else only at the end (and on SIGINT/SIGTERM)
+            max_to_keep=3,
+            async_checkpoint=True,
+            seed=0,
+            log_every=50,  # steps between stdout/TensorBoard lines (averages over them)
+            eval_batch_size=0,  # 0: optim.global_batch_size
+            eval_max_batches=0,  # 0: the whole test split
+            eval_num_steps=0,  # ACT steps at evaluation (adaptive: the cap); 0: model.halt_max_steps
+            # "fixed": every puzzle runs eval_num_steps steps (the official evaluation). "adaptive":
+            # a puzzle stops when sigmoid(q_halt) > eval_halt_threshold, its slot then takes the next
+            # puzzle (continuous batching over eval_slots rows; 0: the eval batch size). One process.
+            eval_halting="fixed",
+            eval_halt_threshold=0.5,
+            eval_slots=0,
+            # > 0: when the run finishes, exact accuracy on the test split after 1, 2, 4, ... up to
+            # this many test-time supervision steps, and the learned halting point
+            # (WORKDIR/depth_curve.{json,png}; see trm_jax.train.depth_curve). 0: not computed.
+            depth_curve_steps=0,
+            parallel="jit",  # "jit" (sharded over all devices) or "pmap"
+            distributed=False,  # call jax.distributed.initialize() (multi-host)
+            # Multi-process: steps between checks for SIGINT/SIGTERM on any process (a tiny
+            # all-reduce read one step later, so all stop at one step: a check's step + 1).
+            # 1 adds no host stall; raise it for very short steps. Unused by a single process.
+            stop_check_every=1,
+            progress_bar=True,
+            tensorboard=True,  # also write WORKDIR/tensorboard/ when tensorboardX is installed
+            # Weights & Biases project ("": off): process 0 logs every scalar of metrics.csv to a W&B
+            # run, resumed with the run (pip install 'trm-jax[wandb]'; see trm_jax.train.wandb_log).
+            wandb_project="",
+            wandb_entity="",  # the W&B user or team ("": the account's default entity)
+            wandb_run_name="",  # the W&B run's display name ("": the run directory's name)
+            # Per-device memory (GiB) the train step may plan for, checked against XLA's memory plan
+            # of the compiled step before the first step. 0: the limit the device's runtime reports
+            # (GPU, TPU; a GPU's is XLA's preallocated share); no check where none is reported (CPU).
+            device_memory_gib=0.0,
+        )
+    )
     return c
 
 
@@ -179,8 +193,7 @@ def load_config_file(name_or_path: str) -> ml_collections.ConfigDict:
     return config
 
 
-def load_config(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] = ()
-                ) -> ml_collections.ConfigDict:
+def load_config(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ml_collections.ConfigDict:
     """A config file's ``get_config()`` with overrides applied and its sections checked."""
     config = apply_overrides(load_config_file(name_or_path), overrides)
     check_sections(config, str(name_or_path))
@@ -191,8 +204,9 @@ def check_sections(config: ml_collections.ConfigDict, where: str) -> None:
     """Every key the trainer reads is present and no unknown key is (compares with base_config)."""
     problems = _compare(base_config(), config, "config")
     if problems:
-        raise ConfigLoadError(f"{where}: " + "; ".join(problems[:3])
-                              + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+        raise ConfigLoadError(
+            f"{where}: " + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        )
 
 
 def _compare(expected: ml_collections.ConfigDict, got: Any, prefix: str) -> list[str]:
@@ -241,8 +255,10 @@ def model_config(config: ml_collections.ConfigDict, metadata: Any = None) -> TRM
             continue
         actual = int(getattr(metadata, name))
         if values[name] not in (0, actual):
-            raise ConfigError(f"config.model.{name}={values[name]} but the dataset has {name}={actual} "
-                              f"(set it to 0 to take the dataset's value)")
+            raise ConfigError(
+                f"config.model.{name}={values[name]} but the dataset has {name}={actual} "
+                f"(set it to 0 to take the dataset's value)"
+            )
         values[name] = actual
     missing = [f"config.model.{n}" for n in DATASET_FIELDS if values[n] == 0]
     if missing:
@@ -266,6 +282,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     0); ``optim.global_batch_size`` must divide evenly over ``device_count`` devices (default:
     ``jax.device_count()``).
     """
+
     def need(ok: bool, key: str, expected: str) -> None:
         if not ok:
             section, field = key.split(".")
@@ -274,22 +291,37 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     def integer(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    need(integer(config.optim.total_steps) and config.optim.total_steps >= 0, "optim.total_steps",
-         "an integer >= 0 (0: derived from the dataset and train.epochs)")
-    need(integer(config.optim.microbatches) and config.optim.microbatches >= 0, "optim.microbatches",
-         "a positive integer, or auto (0): the fewest that fit the device's memory")
-    need(isinstance(config.train.device_memory_gib, (int, float)) and config.train.device_memory_gib >= 0,
-         "train.device_memory_gib", "a number of GiB >= 0 (0: the device's own limit)")
+    need(
+        integer(config.optim.total_steps) and config.optim.total_steps >= 0,
+        "optim.total_steps",
+        "an integer >= 0 (0: derived from the dataset and train.epochs)",
+    )
+    need(
+        integer(config.optim.microbatches) and config.optim.microbatches >= 0,
+        "optim.microbatches",
+        "a positive integer, or auto (0): the fewest that fit the device's memory",
+    )
+    need(
+        isinstance(config.train.device_memory_gib, (int, float)) and config.train.device_memory_gib >= 0,
+        "train.device_memory_gib",
+        "a number of GiB >= 0 (0: the device's own limit)",
+    )
     for name in DATASET_FIELDS:
-        need(integer(config.model[name]) and config.model[name] >= 0, f"model.{name}",
-             "an integer >= 0 (0: read from the dataset)")
-    for section, build in (("model", lambda: model_config(_with_placeholders(config))),
-                           ("optim", lambda: optim_config(config, total_steps=1))):
+        need(
+            integer(config.model[name]) and config.model[name] >= 0,
+            f"model.{name}",
+            "an integer >= 0 (0: read from the dataset)",
+        )
+    for section, build in (
+        ("model", lambda: model_config(_with_placeholders(config))),
+        ("optim", lambda: optim_config(config, total_steps=1)),
+    ):
         try:
             build()
         except ConfigError as err:
-            raise ConfigError(str(err).replace("TRMConfig.", "config.model.")
-                              .replace("OptimConfig.", "config.optim.")) from None
+            raise ConfigError(
+                str(err).replace("TRMConfig.", "config.model.").replace("OptimConfig.", "config.optim.")
+            ) from None
         except (TypeError, ValueError) as err:  # a value of the wrong type in a dataclass check
             raise ConfigError(f"config.{section}: {err}") from None
 
@@ -297,12 +329,23 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     need(train.parallel in _PARALLEL_MODES, "train.parallel", f"one of {_PARALLEL_MODES}")
     need(data.evaluator in _EVALUATORS, "data.evaluator", f"one of {_EVALUATORS}")
     need(train.eval_halting in _HALTING, "train.eval_halting", f"one of {_HALTING}")
-    need(isinstance(train.eval_halt_threshold, (int, float)) and 0 < train.eval_halt_threshold <= 1,
-         "train.eval_halt_threshold", "a probability in (0, 1]")
+    need(
+        isinstance(train.eval_halt_threshold, (int, float)) and 0 < train.eval_halt_threshold <= 1,
+        "train.eval_halt_threshold",
+        "a probability in (0, 1]",
+    )
     for name in ("epochs", "log_every", "max_to_keep", "stop_check_every"):
         need(integer(train[name]) and train[name] >= 1, f"train.{name}", "a positive integer")
-    for name in ("eval_interval", "min_eval_interval", "eval_every_steps", "eval_batch_size",
-                 "eval_max_batches", "eval_num_steps", "depth_curve_steps", "eval_slots"):
+    for name in (
+        "eval_interval",
+        "min_eval_interval",
+        "eval_every_steps",
+        "eval_batch_size",
+        "eval_max_batches",
+        "eval_num_steps",
+        "depth_curve_steps",
+        "eval_slots",
+    ):
         need(integer(train[name]) and train[name] >= 0, f"train.{name}", "an integer >= 0")
     need(isinstance(data.dataset_dir, str), "data.dataset_dir", "a path (a string)")
     for name in ("wandb_project", "wandb_entity", "wandb_run_name"):
@@ -312,24 +355,32 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     if gen.kind:
         for name in ("num_train", "num_test", "workers"):
             if not (integer(gen[name]) and gen[name] >= 1):
-                raise ConfigError(f"config.data.generate.{name}={gen[name]!r}: expected a positive "
-                                  f"integer (data.generate.kind={gen.kind!r} builds the dataset)")
+                raise ConfigError(
+                    f"config.data.generate.{name}={gen[name]!r}: expected a positive "
+                    f"integer (data.generate.kind={gen.kind!r} builds the dataset)"
+                )
         if not (integer(gen.num_aug) and gen.num_aug >= 0):
             raise ConfigError(f"config.data.generate.num_aug={gen.num_aug!r}: expected an integer >= 0")
         if not (integer(gen.blanks) and 0 <= gen.blanks <= 64):
             raise ConfigError(f"config.data.generate.blanks={gen.blanks!r}: expected an integer in 0..64")
         if gen.blanks and gen.kind != "sudoku":
-            raise ConfigError(f"config.data.generate.blanks={gen.blanks!r}: only the Sudoku generator has "
-                              f"a blanks setting (data.generate.kind={gen.kind!r})")
+            raise ConfigError(
+                f"config.data.generate.blanks={gen.blanks!r}: only the Sudoku generator has "
+                f"a blanks setting (data.generate.kind={gen.kind!r})"
+            )
 
     if device_count is None:
         import jax  # noqa: PLC0415 - keeps this module light
+
         device_count = jax.device_count()
     batch = config.optim.global_batch_size
     need(batch % device_count == 0, "optim.global_batch_size", f"a multiple of the {device_count} devices")
     eval_batch = train.eval_batch_size
-    need(eval_batch == 0 or eval_batch % device_count == 0, "train.eval_batch_size",
-         f"0 or a multiple of the {device_count} devices")
+    need(
+        eval_batch == 0 or eval_batch % device_count == 0,
+        "train.eval_batch_size",
+        f"0 or a multiple of the {device_count} devices",
+    )
     need(train.eval_slots % device_count == 0, "train.eval_slots", f"0 or a multiple of the {device_count} devices")
 
 
@@ -342,8 +393,9 @@ def _with_placeholders(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return copy
 
 
-def optim_config(config: ml_collections.ConfigDict, total_steps: int | None = None,
-                 microbatches: int | None = None) -> OptimConfig:
+def optim_config(
+    config: ml_collections.ConfigDict, total_steps: int | None = None, microbatches: int | None = None
+) -> OptimConfig:
     """The :class:`OptimConfig` of ``config.optim``; ``total_steps`` replaces a 0 there, and
     ``microbatches`` an automatic count (:data:`AUTO_MICROBATCHES`, which is 1 otherwise: the
     run's start-up chooses it, :mod:`trm_jax.train.memory_check`)."""

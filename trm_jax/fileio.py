@@ -74,8 +74,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
     return path
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
-                      sort_keys: bool = True) -> Path:
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = True) -> Path:
     """Writes ``obj`` as JSON to ``path`` atomically; returns the path."""
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, sort_keys=sort_keys)

@@ -78,10 +78,17 @@ class HaltingPolicy:
         return math.log(self.threshold) - math.log1p(-self.threshold)
 
 
-def solve(config: TRMConfig, variables: Variables, puzzles: Batch, *, num_slots: int,
-          policy: HaltingPolicy = HaltingPolicy(), sampling: TrajectorySampling = TrajectorySampling(),
-          key: jax.Array | None = None,
-          slot_sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
+def solve(
+    config: TRMConfig,
+    variables: Variables,
+    puzzles: Batch,
+    *,
+    num_slots: int,
+    policy: HaltingPolicy = HaltingPolicy(),
+    sampling: TrajectorySampling = TrajectorySampling(),
+    key: jax.Array | None = None,
+    slot_sharding: jax.sharding.Sharding | None = None,
+) -> dict[str, jax.Array]:
     """Every puzzle of ``puzzles`` (``inputs`` [N, S], ``puzzle_identifiers`` [N], optional
     ``labels`` [N, S]) run to its halting step in ``num_slots`` rows with continuous batching.
 
@@ -99,17 +106,32 @@ def solve(config: TRMConfig, variables: Variables, puzzles: Batch, *, num_slots:
     chooses, with the keys :func:`~trm_jax.trajectories.select_trajectories` adds. The default
     (one trajectory, no noise) is the deterministic evaluation.
     """
-    per_trajectory = run_trajectories(config, variables, puzzles, num_slots=num_slots, policy=policy,
-                                      sampling=sampling, key=key, slot_sharding=slot_sharding)
+    per_trajectory = run_trajectories(
+        config,
+        variables,
+        puzzles,
+        num_slots=num_slots,
+        policy=policy,
+        sampling=sampling,
+        key=key,
+        slot_sharding=slot_sharding,
+    )
     if sampling.is_plain:
         return {k: v[:, 0] for k, v in per_trajectory.items()}
     return select_trajectories(per_trajectory, sampling.select)
 
 
-def run_trajectories(config: TRMConfig, variables: Variables, puzzles: Batch, *, num_slots: int,
-                     policy: HaltingPolicy = HaltingPolicy(),
-                     sampling: TrajectorySampling = TrajectorySampling(), key: jax.Array | None = None,
-                     slot_sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
+def run_trajectories(
+    config: TRMConfig,
+    variables: Variables,
+    puzzles: Batch,
+    *,
+    num_slots: int,
+    policy: HaltingPolicy = HaltingPolicy(),
+    sampling: TrajectorySampling = TrajectorySampling(),
+    key: jax.Array | None = None,
+    slot_sharding: jax.sharding.Sharding | None = None,
+) -> dict[str, jax.Array]:
     """:func:`solve` before the selection: the results of every trajectory, [N, K, ...] (``preds``
     [N, K, S]), trajectory k of puzzle i at [i, k]. Trajectories are run in the order (puzzle,
     trajectory), as slots free up."""
@@ -134,11 +156,18 @@ def run_trajectories(config: TRMConfig, variables: Variables, puzzles: Batch, *,
     buffers, params = variables["buffers"], variables["params"]
     real = at_least_float32(compute_dtype(config))  # float32, or float64 for a float64 model
 
-    results = {"preds": jnp.zeros((tasks, seq), jnp.int32), "q_halt_logits": jnp.zeros((tasks,), real),
-               "steps": jnp.zeros((tasks,), jnp.int32)}
+    results = {
+        "preds": jnp.zeros((tasks, seq), jnp.int32),
+        "q_halt_logits": jnp.zeros((tasks,), real),
+        "steps": jnp.zeros((tasks,), jnp.int32),
+    }
     if has_labels:
-        results.update(exact=jnp.zeros((tasks,), jnp.bool_), accuracy=jnp.zeros((tasks,), real),
-                       lm_loss=jnp.zeros((tasks,), real), num_labels=jnp.zeros((tasks,), jnp.int32))
+        results.update(
+            exact=jnp.zeros((tasks,), jnp.bool_),
+            accuracy=jnp.zeros((tasks,), real),
+            lm_loss=jnp.zeros((tasks,), real),
+            num_labels=jnp.zeros((tasks,), jnp.int32),
+        )
 
     def place(carry):
         if slot_sharding is None:
@@ -156,8 +185,9 @@ def run_trajectories(config: TRMConfig, variables: Variables, puzzles: Batch, *,
         rows = {k: jnp.take(v, slot_puzzle, axis=0) for k, v in data.items()}
         carry = place(reset_halted(config, buffers, carry, rows))
         if noisy:
-            z_H, z_L = add_noise(sampling, key, carry.z_H, carry.z_L, slot_puzzle, slot_task % trajectories,
-                                 carry.steps, real)
+            z_H, z_L = add_noise(
+                sampling, key, carry.z_H, carry.z_L, slot_puzzle, slot_task % trajectories, carry.steps, real
+            )
             carry = place(carry.replace(z_H=z_H, z_L=z_L))
         puzzle_rows = gather_puzzle_rows(config, buffers, carry.current_data["puzzle_identifiers"])
         carry, outputs = advance(run_config, params, carry, puzzle_rows, None, training=False)
@@ -170,15 +200,23 @@ def run_trajectories(config: TRMConfig, variables: Variables, puzzles: Batch, *,
         metrics = row_metrics(config, carry.current_data["labels"], outputs)
         values = {"preds": metrics["preds"].astype(jnp.int32), "q_halt_logits": q_halt, "steps": carry.steps}
         if has_labels:
-            values.update(exact=metrics["exact"], accuracy=metrics["accuracy"].astype(real),
-                          lm_loss=metrics["lm_loss"].astype(real),
-                          num_labels=metrics["num_labels"].astype(jnp.int32))
+            values.update(
+                exact=metrics["exact"],
+                accuracy=metrics["accuracy"].astype(real),
+                lm_loss=metrics["lm_loss"].astype(real),
+                num_labels=metrics["num_labels"].astype(jnp.int32),
+            )
         results = {k: results[k].at[where].set(values[k], mode="drop") for k in results}
         carry = carry.replace(halted=halted | ~active)
         return carry, slot_task, next_task, done + finished.sum(dtype=jnp.int32), results
 
-    state = (place(initial_carry(config, slot_template)), jnp.full((num_slots,), -1, jnp.int32),
-             jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), results)
+    state = (
+        place(initial_carry(config, slot_template)),
+        jnp.full((num_slots,), -1, jnp.int32),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), jnp.int32),
+        results,
+    )
     *_, results = jax.lax.while_loop(lambda s: s[3] < tasks, body, state)
     return {k: v.reshape((n, trajectories) + v.shape[1:]) for k, v in results.items()}
 
@@ -199,18 +237,29 @@ def summarize(results: dict[str, Any], cap: int) -> dict[str, float]:
         return float(np.asarray(x, np.float64)[valid].mean())
 
     exact = np.asarray(results["exact"])
-    summary = {"count": float(count), "accuracy": mean(results["accuracy"]), "exact_accuracy": mean(exact),
-               "lm_loss": mean(results["lm_loss"]),
-               "q_halt_accuracy": mean((np.asarray(results["q_halt_logits"]) >= 0) == exact),
-               "steps": mean(results["steps"]), "halted_early": mean(np.asarray(results["steps"]) < cap)}
+    summary = {
+        "count": float(count),
+        "accuracy": mean(results["accuracy"]),
+        "exact_accuracy": mean(exact),
+        "lm_loss": mean(results["lm_loss"]),
+        "q_halt_accuracy": mean((np.asarray(results["q_halt_logits"]) >= 0) == exact),
+        "steps": mean(results["steps"]),
+        "halted_early": mean(np.asarray(results["steps"]) < cap),
+    }
     for key in ("exact_qhalt", "exact_vote", "oracle_exact", "agreement", "trajectory_steps"):
         if key in results:
             summary[key] = mean(results[key])
     return summary
 
 
-def make_solver(config: TRMConfig, *, num_slots: int, policy: HaltingPolicy = HaltingPolicy(),
-                sampling: TrajectorySampling = TrajectorySampling(), mesh: jax.sharding.Mesh | None = None):
+def make_solver(
+    config: TRMConfig,
+    *,
+    num_slots: int,
+    policy: HaltingPolicy = HaltingPolicy(),
+    sampling: TrajectorySampling = TrajectorySampling(),
+    mesh: jax.sharding.Mesh | None = None,
+):
     """:func:`solve` jitted: ``(variables, puzzles) -> results``, or ``(variables, puzzles, key)``
     when ``sampling`` adds noise; with ``mesh`` the slots are sharded over its devices by rows
     (``num_slots`` a multiple of its size) and the results come back replicated."""
@@ -226,8 +275,7 @@ def make_solver(config: TRMConfig, *, num_slots: int, policy: HaltingPolicy = Ha
             raise ValueError(f"num_slots={num_slots} is not a multiple of the {mesh.size} devices")
         replicated = NamedSharding(mesh, PartitionSpec())
         rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-        solver = partitioned(functools.partial(solve, config, slot_sharding=rows, **options), mesh,
-                             mesh.axis_names[0])
+        solver = partitioned(functools.partial(solve, config, slot_sharding=rows, **options), mesh, mesh.axis_names[0])
         shardings = dict(in_shardings=(replicated,) * (3 if noisy else 2), out_shardings=replicated)
     if noisy:
         return jax.jit(lambda variables, puzzles, key: solver(variables, puzzles, key=key), **shardings)

@@ -41,7 +41,7 @@ def _strip_prefixes(key: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
@@ -86,8 +86,7 @@ def to_torch_state_dict(variables: Variables) -> dict[str, np.ndarray]:
     return out
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig,
-                          source: str = "state_dict") -> Variables:
+def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig, source: str = "state_dict") -> Variables:
     """Official state_dict (numpy or torch tensors) -> our variables for ``config``.
 
     Raises:
@@ -107,7 +106,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig,
         if tuple(arr.shape) != tuple(shape):
             raise CheckpointMismatchError(
                 f"{source}: {name!r} has shape {tuple(arrays[name].shape)}, the config needs "
-                f"{tuple(shape[::-1]) if transposed else tuple(shape)} (another architecture?)")
+                f"{tuple(shape[::-1]) if transposed else tuple(shape)} (another architecture?)"
+            )
         used.add(name)
         return arr
 
@@ -128,8 +128,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: TRMConfig,
     ignorable = re.compile(r"(rotary_emb\.|puzzle_emb\.local_)")
     unexpected = sorted(k for k in arrays if k not in used and not ignorable.search(k))
     if unexpected:
-        raise CheckpointMismatchError(f"{source}: unexpected key(s) for this config: "
-                                      f"{', '.join(unexpected[:5])}")
+        raise CheckpointMismatchError(f"{source}: unexpected key(s) for this config: {', '.join(unexpected[:5])}")
     return {"params": params_out, "buffers": buffers}
 
 
@@ -144,8 +143,7 @@ def load_torch_checkpoint(path: str | os.PathLike, config: TRMConfig) -> Variabl
     try:
         import torch  # noqa: PLC0415 - optional dependency, imported only here
     except ImportError as err:
-        raise ImportError("loading a PyTorch checkpoint needs torch: "
-                          "pip install 'trm-jax[torch]'") from err
+        raise ImportError("loading a PyTorch checkpoint needs torch: pip install 'trm-jax[torch]'") from err
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PyTorch checkpoint {path!r} does not exist")

@@ -78,12 +78,18 @@ def row_metrics(config: TRMConfig, labels: Array, outputs: dict[str, Array]) -> 
     preds = jnp.argmax(logits, axis=-1)
     is_correct = mask & (preds == labels)
     token_loss = LOSS_FUNCTIONS[config.loss_type](logits, labels, mask)
-    return {"preds": preds, "num_labels": loss_counts, "accuracy": (is_correct / divisor).sum(-1),
-            "exact": is_correct.sum(-1) == loss_counts, "lm_loss": (token_loss / divisor).sum(-1)}
+    return {
+        "preds": preds,
+        "num_labels": loss_counts,
+        "accuracy": (is_correct / divisor).sum(-1),
+        "exact": is_correct.sum(-1) == loss_counts,
+        "lm_loss": (token_loss / divisor).sum(-1),
+    }
 
 
-def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
-             outputs: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+def act_loss(
+    config: TRMConfig, halted: Array, steps: Array, labels: Array, outputs: dict[str, Array]
+) -> tuple[Array, dict[str, Array]]:
     """(total loss, metrics) of one ACT step.
 
     Args:
@@ -100,8 +106,7 @@ def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
     valid = halted & (rows["num_labels"] > 0)
     lm_loss = jnp.sum(rows["lm_loss"])
     q_halt = outputs["q_halt_logits"]
-    q_halt_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(
-        q_halt, seq_is_correct.astype(q_halt.dtype)))
+    q_halt_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(q_halt, seq_is_correct.astype(q_halt.dtype)))
     total = lm_loss + 0.5 * q_halt_loss
 
     metrics = {
@@ -114,8 +119,9 @@ def act_loss(config: TRMConfig, halted: Array, steps: Array, labels: Array,
         "q_halt_loss": q_halt_loss,
     }
     if "target_q_continue" in outputs:
-        q_continue_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(
-            outputs["q_continue_logits"], outputs["target_q_continue"]))
+        q_continue_loss = jnp.sum(
+            optax.sigmoid_binary_cross_entropy(outputs["q_continue_logits"], outputs["target_q_continue"])
+        )
         total = total + 0.5 * q_continue_loss
         metrics["q_continue_loss"] = q_continue_loss
     metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}

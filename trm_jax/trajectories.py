@@ -69,17 +69,27 @@ def trajectory_key(key: Array, puzzle: Array, trajectory: Array, step: Array) ->
     return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, puzzle), trajectory), step)
 
 
-def trajectory_noise(key: Array, puzzle: Array, trajectory: Array, step: Array, shape: tuple[int, ...],
-                     dtype: jnp.dtype) -> Array:
+def trajectory_noise(
+    key: Array, puzzle: Array, trajectory: Array, step: Array, shape: tuple[int, ...], dtype: jnp.dtype
+) -> Array:
     """Standard normal draws of ``shape`` for one (puzzle, trajectory, step) (unscaled)."""
     return jax.random.normal(trajectory_key(key, puzzle, trajectory, step), shape, dtype)
 
 
-def add_noise(sampling: TrajectorySampling, key: Array, z_H: Array, z_L: Array, puzzle: Array,
-              trajectory: Array, step: Array, real: jnp.dtype) -> tuple[Array, Array]:
+def add_noise(
+    sampling: TrajectorySampling,
+    key: Array,
+    z_H: Array,
+    z_L: Array,
+    puzzle: Array,
+    trajectory: Array,
+    step: Array,
+    real: jnp.dtype,
+) -> tuple[Array, Array]:
     """``(z_H, z_L)`` [B, L, D] with ``sampling.noise`` times standard normal draws added to the
     state(s) ``sampling.noise_on`` names, row b's drawn for (``puzzle[b]``, ``trajectory[b]``,
     ``step[b]``); the sum is taken in ``real`` (float32 or float64) and cast back."""
+
     def noisy(z: Array, target: str) -> Array:
         def row(p, t, s):
             return trajectory_noise(jax.random.fold_in(key, NOISE_SALT[target]), p, t, s, z.shape[1:], real)

@@ -92,8 +92,12 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.step is not None and not args.resume:
         raise UsageError("--step needs --resume (it names the checkpoint to continue from)")
     result = loop.train(config, workdir, resume=args.resume, step=args.step)
-    summary = {"step": result.step, "total_steps": result.total_steps, "interrupted": result.interrupted,
-               "signal": result.stop_signal.name if result.stop_signal else None}
+    summary = {
+        "step": result.step,
+        "total_steps": result.total_steps,
+        "interrupted": result.interrupted,
+        "signal": result.stop_signal.name if result.stop_signal else None,
+    }
     summary.update({f"eval/{k}": v for k, v in result.eval_metrics.items()})
     print(json.dumps(summary))
     return 128 + int(result.stop_signal) if result.stop_signal else 0
@@ -112,9 +116,19 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from trm_jax.train.loop import RunDirError  # noqa: PLC0415
     from trm_jax.train.run_lock import RunLockedError  # noqa: PLC0415
 
-    return (UsageError, ConfigError, ConfigLoadError, DatasetFormatError, TorchMismatch,
-            CheckpointMismatchError, CheckpointDamagedError, RunDirError, FileNotFoundError, PlanError,
-            RunLockedError)
+    return (
+        UsageError,
+        ConfigError,
+        ConfigLoadError,
+        DatasetFormatError,
+        TorchMismatch,
+        CheckpointMismatchError,
+        CheckpointDamagedError,
+        RunDirError,
+        FileNotFoundError,
+        PlanError,
+        RunLockedError,
+    )
 
 
 def damaged_checkpoint_message(err, command: str) -> str:
@@ -128,13 +142,14 @@ def damaged_checkpoint_message(err, command: str) -> str:
     older = err.intact_steps
     if command == "train":
         if older:
-            return (f"{head}; older steps that look intact: {', '.join(map(str, older))}. To continue from step "
-                    f"{older[-1]}, move the damaged step aside (mv {err.step_dir} {err.step_dir}.damaged) and run "
-                    f"train --resume again")
+            return (
+                f"{head}; older steps that look intact: {', '.join(map(str, older))}. To continue from step "
+                f"{older[-1]}, move the damaged step aside (mv {err.step_dir} {err.step_dir}.damaged) and run "
+                f"train --resume again"
+            )
         return f"{head}; no older step to continue from: start a new run in another --workdir"
     if older:
-        return (f"{head}; older steps that look intact: {', '.join(map(str, older))}; "
-                f"use one with --step {older[-1]}")
+        return f"{head}; older steps that look intact: {', '.join(map(str, older))}; use one with --step {older[-1]}"
     return f"{head}; no older step to fall back on"
 
 
@@ -151,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from trm_jax.data.build import main as build_main  # noqa: PLC0415
+
         return build_main(argv[1:])
     args, rest = make_parser().parse_known_args(argv)
     commands = {"train": _train, "evaluate": evaluate, "predict": predict, "config": _config, "plan": plan}
     bad_input = _bad_input_errors()
-    from trm_jax.train.loop import TrainingError  # noqa: PLC0415
     from trm_jax.signals import Interrupted  # noqa: PLC0415
+    from trm_jax.train.loop import TrainingError  # noqa: PLC0415
+
     try:
         return commands[args.command](args, _split_overrides(rest))
     except Interrupted as err:
@@ -178,16 +195,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def interrupted_message(err: BaseException, command: str) -> str:
     """One line for SIGINT/SIGTERM before a command's main loop (no checkpoint was written)."""
     when = "before the first training step" if command == "train" else "while it ran"
-    return (f"{command} {err} {when}; what was being written was removed: run the same command again "
-            f"(train --resume continues from the newest checkpoint, if any)")
+    return (
+        f"{command} {err} {when}; what was being written was removed: run the same command again "
+        f"(train --resume continues from the newest checkpoint, if any)"
+    )
 
 
 def out_of_memory_message(err: BaseException) -> str:
     """One line for a device that ran out of memory after the start-up check let the step run."""
     detail = " ".join(str(err).split())[:300]
-    return (f"the device ran out of memory ({detail}); `trm-jax plan --config ... --target local` shows the "
-            f"step's memory plan; fewer rows per chunk (--config.optim.microbatches=auto or a larger count), "
-            f"--config.model.remat=true, or a lower --config.train.device_memory_gib leave more room")
+    return (
+        f"the device ran out of memory ({detail}); `trm-jax plan --config ... --target local` shows the "
+        f"step's memory plan; fewer rows per chunk (--config.optim.microbatches=auto or a larger count), "
+        f"--config.model.remat=true, or a lower --config.train.device_memory_gib leave more room"
+    )
 
 
 if __name__ == "__main__":

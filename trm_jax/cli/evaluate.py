@@ -24,18 +24,17 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     if not (data_path / "test" / "dataset.json").is_file():
         raise loop.RunDirError(f"dataset directory {data_path} does not exist (no test/dataset.json)")
     mesh = parallel.make_mesh()
-    eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state, halting_policy(args),
-                           trajectory_sampling(args), args.seed)
+    eval_fn = make_eval_fn(
+        config, model_config, optim_config, mesh, state, halting_policy(args), trajectory_sampling(args), args.seed
+    )
     eval_loader = loop.make_eval_loader(config, data_path)
     arc = loop.make_arc_evaluator(config, data_path)
     step = int(state.step)
     out_dir = Path(args.workdir) if args.workdir else None
-    metrics = loop.run_evaluation(config, state, eval_fn, eval_loader, step=step, out_dir=out_dir,
-                                  arc_evaluator=arc)
+    metrics = loop.run_evaluation(config, state, eval_fn, eval_loader, step=step, out_dir=out_dir, arc_evaluator=arc)
     result = {"source": source, "dataset": str(data_path), **metrics}
     if args.depth_curve:
-        result["depth_curve"] = _depth_curve(args, config, model_config, optim_config, state, eval_loader,
-                                             mesh, source)
+        result["depth_curve"] = _depth_curve(args, config, model_config, optim_config, state, eval_loader, mesh, source)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
@@ -43,14 +42,16 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _depth_curve(args: argparse.Namespace, config, model_config, optim_config, state, eval_loader, mesh,
-                 source: str) -> dict:
+def _depth_curve(
+    args: argparse.Namespace, config, model_config, optim_config, state, eval_loader, mesh, source: str
+) -> dict:
     from trm_jax.train import depth_curve as depth  # noqa: PLC0415
 
     if args.depth_curve < 1:
         raise UsageError(f"--depth-curve {args.depth_curve}: expected a number of steps >= 1")
-    curve = depth.depth_curve(model_config, state.variables(use_ema=optim_config.ema), eval_loader,
-                              args.depth_curve, mesh)
+    curve = depth.depth_curve(
+        model_config, state.variables(use_ema=optim_config.ema), eval_loader, args.depth_curve, mesh
+    )
     out_dir = Path(args.workdir) if args.workdir else Path(args.output).parent if args.output else None
     if out_dir is not None:
         depth.save_depth_curve(curve, out_dir, title=source)

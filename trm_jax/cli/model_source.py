@@ -62,8 +62,10 @@ def resolve_model(args: argparse.Namespace, overrides: list[str]):
     if (data_path / "test" / "dataset.json").is_file():
         metadata = read_metadata(data_path / "test")
     elif any(config.model[name] == 0 for name in configs_lib.DATASET_FIELDS):
-        raise loop.RunDirError(f"dataset directory {data_path} does not exist (needed for the model's "
-                               f"{', '.join(configs_lib.DATASET_FIELDS)})")
+        raise loop.RunDirError(
+            f"dataset directory {data_path} does not exist (needed for the model's "
+            f"{', '.join(configs_lib.DATASET_FIELDS)})"
+        )
     model_config = configs_lib.model_config(config, metadata)
     impl, warning = resolve_attention_impl(model_config)  # the kernel a run would use here
     if warning:
@@ -74,9 +76,11 @@ def resolve_model(args: argparse.Namespace, overrides: list[str]):
 
     if args.torch:
         from trm_jax.interop import load_torch_checkpoint  # noqa: PLC0415
+
         variables = load_torch_checkpoint(args.torch, model_config)
-        state = parallel.create_sharded_train_state(model_config, optim_config, jax.random.key(0), mesh,
-                                                    variables=variables)
+        state = parallel.create_sharded_train_state(
+            model_config, optim_config, jax.random.key(0), mesh, variables=variables
+        )
         return config, model_config, optim_config, data_path, state, f"PyTorch checkpoint {args.torch}"
     if not ckpt_dir.is_dir():
         raise loop.RunDirError(f"checkpoint directory {ckpt_dir} does not exist")

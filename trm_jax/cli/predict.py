@@ -12,7 +12,6 @@ from trm_jax.cli.model_source import resolve_model
 from trm_jax.cli.parser import halting_policy, trajectory_sampling
 
 
-
 def _read_puzzle(args: argparse.Namespace) -> str:
     if args.file:
         path = Path(args.file)
@@ -64,8 +63,10 @@ def predict(args: argparse.Namespace, overrides: list[str]) -> int:
     elif model_config.seq_len == 900 and model_config.vocab_size == 6:
         kind, tokens = "maze", parse_maze(text, 30)
     else:
-        raise UsageError(f"predict handles Sudoku (seq 81, vocab 11) and maze (seq 900, vocab 6) models; "
-                         f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}")
+        raise UsageError(
+            f"predict handles Sudoku (seq 81, vocab 11) and maze (seq 900, vocab 6) models; "
+            f"this one has seq_len {model_config.seq_len}, vocab {model_config.vocab_size}"
+        )
     puzzle = {"inputs": jnp.asarray(tokens[None]), "puzzle_identifiers": jnp.zeros((1,), jnp.int32)}
     variables = jax.device_get(state.variables(use_ema=optim_config.ema))
     policy, sampling = halting_policy(args), trajectory_sampling(args)
@@ -76,27 +77,32 @@ def predict(args: argparse.Namespace, overrides: list[str]) -> int:
     confidence = float(jax.nn.sigmoid(result["q_halt_logits"][0]))
     steps = f"{int(result['steps'][0])} supervision step(s) ({policy.mode} halting, at most {policy.cap(model_config)})"
     if not sampling.is_plain:
-        steps += (f"; {int(result['agreement'][0])} of {sampling.trajectories} trajectories (noise "
-                  f"{sampling.noise:g}) reached this answer, chosen by {sampling.select}")
+        steps += (
+            f"; {int(result['agreement'][0])} of {sampling.trajectories} trajectories (noise "
+            f"{sampling.noise:g}) reached this answer, chosen by {sampling.select}"
+        )
 
     if kind == "sudoku":
         from trm_jax.data.sudoku import is_valid_solution  # noqa: PLC0415
+
         grid = np.clip(pred - 1, 0, 9).reshape(9, 9)
         given = (tokens - 1).reshape(9, 9)
         valid = bool(is_valid_solution(grid)) and bool(np.all((given == 0) | (grid == given)))
         for r in range(9):
             row = " ".join(str(d) for d in grid[r])
-            print(" | ".join(row[i:i + 6].strip() for i in range(0, 18, 6)))
+            print(" | ".join(row[i : i + 6].strip() for i in range(0, 18, 6)))
             if r in (2, 5):
                 print("------+-------+------")
-        print(f"valid solution: {'yes' if valid else 'no'}; model confidence (sigmoid q_halt): {confidence:.3f}; "
-              f"{steps}")
+        print(
+            f"valid solution: {'yes' if valid else 'no'}; model confidence (sigmoid q_halt): {confidence:.3f}; {steps}"
+        )
         fig = render.render_sudoku(tokens, prediction=pred, title=f"TRM ({'valid' if valid else 'invalid'})")
     else:
         from trm_jax.data.maze import decode_maze  # noqa: PLC0415
+
         out = decode_maze(pred)
         for r in range(30):
-            print(out[r * 30:(r + 1) * 30])
+            print(out[r * 30 : (r + 1) * 30])
         print(f"model confidence (sigmoid q_halt): {confidence:.3f}; {steps}")
         fig = render.render_maze(tokens, prediction=pred)
     path = render.save_png(fig, args.png)

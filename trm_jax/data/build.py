@@ -42,8 +42,12 @@ COMMANDS: dict[str, Command] = {}
 PLUGIN_MODULES: tuple[str, ...] = ("trm_jax.data.arc",)
 
 
-def register_command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], None]) -> None:
+def register_command(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], None],
+) -> None:
     """Add (or replace) subcommand ``name``."""
     COMMANDS[name] = Command(help, add_arguments, run)
 
@@ -67,9 +71,11 @@ def _load_plugins() -> None:
 def _source_args(p: argparse.ArgumentParser, default_repo: str) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--source", metavar="DIR", help="directory with train.csv and test.csv")
-    g.add_argument("--hub-repo", default=default_repo,
-                   help=f"hub dataset to download when --source is not given (default {default_repo}; "
-                        "needs huggingface_hub)")
+    g.add_argument(
+        "--hub-repo",
+        default=default_repo,
+        help=f"hub dataset to download when --source is not given (default {default_repo}; needs huggingface_hub)",
+    )
     p.add_argument("--subsample", type=int, default=None, help="keep N random training puzzles")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -77,6 +83,7 @@ def _source_args(p: argparse.ArgumentParser, default_repo: str) -> None:
 
 def _sudoku_args(p: argparse.ArgumentParser) -> None:
     from trm_jax.data.sudoku import HUB_REPO
+
     p.add_argument("out_dir")
     _source_args(p, HUB_REPO)
     p.add_argument("--num-aug", type=int, default=0, help="augmentations per training puzzle")
@@ -85,13 +92,23 @@ def _sudoku_args(p: argparse.ArgumentParser) -> None:
 
 def _sudoku_run(a: argparse.Namespace) -> None:
     from trm_jax.data.sudoku import build_sudoku_dataset
-    out = build_sudoku_dataset(a.out_dir, source_dir=a.source, hub_repo=a.hub_repo, subsample_size=a.subsample,
-                               num_aug=a.num_aug, min_difficulty=a.min_difficulty, seed=a.seed, overwrite=a.overwrite)
+
+    out = build_sudoku_dataset(
+        a.out_dir,
+        source_dir=a.source,
+        hub_repo=a.hub_repo,
+        subsample_size=a.subsample,
+        num_aug=a.num_aug,
+        min_difficulty=a.min_difficulty,
+        seed=a.seed,
+        overwrite=a.overwrite,
+    )
     print(f"wrote {out}")
 
 
 def _maze_args(p: argparse.ArgumentParser) -> None:
     from trm_jax.data.maze import HUB_REPO
+
     p.add_argument("out_dir")
     _source_args(p, HUB_REPO)
     p.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each training maze")
@@ -99,8 +116,16 @@ def _maze_args(p: argparse.ArgumentParser) -> None:
 
 def _maze_run(a: argparse.Namespace) -> None:
     from trm_jax.data.maze import build_maze_dataset
-    out = build_maze_dataset(a.out_dir, source_dir=a.source, hub_repo=a.hub_repo, subsample_size=a.subsample,
-                             aug=a.aug, seed=a.seed, overwrite=a.overwrite)
+
+    out = build_maze_dataset(
+        a.out_dir,
+        source_dir=a.source,
+        hub_repo=a.hub_repo,
+        subsample_size=a.subsample,
+        aug=a.aug,
+        seed=a.seed,
+        overwrite=a.overwrite,
+    )
     print(f"wrote {out}")
 
 
@@ -114,12 +139,17 @@ def _gen_common(p: argparse.ArgumentParser) -> None:
 def _gen_sudoku_args(p: argparse.ArgumentParser) -> None:
     _gen_common(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
-    p.add_argument("--blanks", type=int, default=0,
-                   help="exactly this many empty cells per puzzle (difficulty); 0: minimal puzzles needing search")
+    p.add_argument(
+        "--blanks",
+        type=int,
+        default=0,
+        help="exactly this many empty cells per puzzle (difficulty); 0: minimal puzzles needing search",
+    )
 
 
 def _gen_sudoku_run(a: argparse.Namespace) -> None:
     from trm_jax.data.generate_sudoku import generate_sudoku_csvs
+
     print(f"wrote {generate_sudoku_csvs(a.csv_dir, a.num_train, a.num_test, a.seed, a.workers, a.blanks)}")
 
 
@@ -132,13 +162,20 @@ def _gen_maze_args(p: argparse.ArgumentParser) -> None:
 
 def _gen_maze_run(a: argparse.Namespace) -> None:
     from trm_jax.data.generate_maze import generate_maze_csvs
-    print(f"wrote {generate_maze_csvs(a.csv_dir, a.num_train, a.num_test, a.seed, a.side, a.path_longer_than, a.loop_fraction)}")
+
+    print(
+        "wrote "
+        + str(
+            generate_maze_csvs(a.csv_dir, a.num_train, a.num_test, a.seed, a.side, a.path_longer_than, a.loop_fraction)
+        )
+    )
 
 
 register_command("sudoku", "build a Sudoku-Extreme dataset from the official CSV", _sudoku_args, _sudoku_run)
 register_command("maze", "build a Maze-Hard dataset from the official CSV", _maze_args, _maze_run)
-register_command("gen-sudoku", "generate Sudoku CSVs offline (unique solution, needs search)", _gen_sudoku_args,
-                 _gen_sudoku_run)
+register_command(
+    "gen-sudoku", "generate Sudoku CSVs offline (unique solution, needs search)", _gen_sudoku_args, _gen_sudoku_run
+)
 register_command("gen-maze", "generate maze CSVs offline (long unique shortest path)", _gen_maze_args, _gen_maze_run)
 
 
@@ -178,8 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error_message(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as e:
-        print(f"error: data {args.command} {e}; the partial output was removed: run the same command again",
-              file=sys.stderr)
+        print(
+            f"error: data {args.command} {e}; the partial output was removed: run the same command again",
+            file=sys.stderr,
+        )
         return 128 + int(e.signal)
     return 0
 

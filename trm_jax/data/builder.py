@@ -60,7 +60,9 @@ class PuzzleBuilder:
             inputs, labels = inputs[None], labels[None]
         if inputs.shape != labels.shape or inputs.ndim != 2 or inputs.shape[1] != self.seq_len:
             raise ValueError(
-                f"add_puzzle: expected inputs and labels of shape [n, {self.seq_len}], got {inputs.shape} and {labels.shape}")
+                f"add_puzzle: expected inputs and labels of shape [n, {self.seq_len}], "
+                f"got {inputs.shape} and {labels.shape}"
+            )
         if inputs.shape[0] == 0:
             raise ValueError("add_puzzle: a puzzle needs at least one example")
         self._inputs.append(inputs)
@@ -75,7 +77,9 @@ class PuzzleBuilder:
         labels = np.asarray(labels)
         if inputs.shape != labels.shape or inputs.ndim != 2 or inputs.shape[1] != self.seq_len:
             raise ValueError(
-                f"add_single_example_puzzles: expected [n, {self.seq_len}] arrays, got {inputs.shape} and {labels.shape}")
+                f"add_single_example_puzzles: expected [n, {self.seq_len}] arrays, "
+                f"got {inputs.shape} and {labels.shape}"
+            )
         n = inputs.shape[0]
         self._inputs.append(inputs)
         self._labels.append(labels)
@@ -113,15 +117,29 @@ class PuzzleBuilder:
         return arrays
 
 
-def make_metadata(sets: Mapping[str, SplitArrays], *, pad_id: int, ignore_label_id: int | None,
-                  blank_identifier_id: int, vocab_size: int, seq_len: int,
-                  num_puzzle_identifiers: int) -> DatasetMetadata:
+def make_metadata(
+    sets: Mapping[str, SplitArrays],
+    *,
+    pad_id: int,
+    ignore_label_id: int | None,
+    blank_identifier_id: int,
+    vocab_size: int,
+    seq_len: int,
+    num_puzzle_identifiers: int,
+) -> DatasetMetadata:
     """Metadata of one split; totals (groups, puzzles, mean examples per puzzle) summed over its sets."""
     total_groups = sum(a.num_groups for a in sets.values())
     total_puzzles = sum(a.num_puzzles for a in sets.values())
     total_examples = sum(a.num_examples for a in sets.values())
     return DatasetMetadata(
-        pad_id=pad_id, ignore_label_id=ignore_label_id, blank_identifier_id=blank_identifier_id,
-        vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=num_puzzle_identifiers,
-        total_groups=total_groups, mean_puzzle_examples=(total_examples / total_puzzles) if total_puzzles else 0.0,
-        total_puzzles=total_puzzles, sets=list(sets.keys()))
+        pad_id=pad_id,
+        ignore_label_id=ignore_label_id,
+        blank_identifier_id=blank_identifier_id,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        num_puzzle_identifiers=num_puzzle_identifiers,
+        total_groups=total_groups,
+        mean_puzzle_examples=(total_examples / total_puzzles) if total_puzzles else 0.0,
+        total_puzzles=total_puzzles,
+        sets=list(sets.keys()),
+    )

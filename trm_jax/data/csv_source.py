@@ -61,8 +61,9 @@ def iter_puzzle_csv(path: str | os.PathLike) -> Iterator[CsvRow]:
                 if not rec:
                     continue
                 if len(rec) != 4:
-                    raise DatasetFormatError(f"{path}: line {line}: expected 4 columns "
-                                             f"(source,question,answer,rating), got {len(rec)}")
+                    raise DatasetFormatError(
+                        f"{path}: line {line}: expected 4 columns (source,question,answer,rating), got {len(rec)}"
+                    )
                 source, q, a, rating = rec
                 try:
                     rating_i = int(rating)
@@ -95,7 +96,8 @@ def hub_csv_path(repo_id: str, filename: str) -> Path:
     except ImportError as e:
         raise RuntimeError(
             f"downloading {repo_id}/{filename} needs the optional package huggingface_hub "
-            "(pip install 'trm-jax[hub]'), or pass a local CSV directory instead") from e
+            "(pip install 'trm-jax[hub]'), or pass a local CSV directory instead"
+        ) from e
     try:
         return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
     except Exception as e:  # offline, unknown repo, ...

@@ -160,22 +160,28 @@ class SplitArrays:
             if seq_len is not None and arr.shape[1] != seq_len:
                 raise DatasetFormatError(f"{where}: {name} has seq_len {arr.shape[1]}, metadata says {seq_len}")
         if self.inputs.shape != self.labels.shape:
-            raise DatasetFormatError(f"{where}: inputs {self.inputs.shape} and labels {self.labels.shape} differ in shape")
+            raise DatasetFormatError(
+                f"{where}: inputs {self.inputs.shape} and labels {self.labels.shape} differ in shape"
+            )
         for name in INDEX_FIELDS:
             if getattr(self, name).ndim != 1:
                 raise DatasetFormatError(f"{where}: {name} must be 1-D")
         pi, gi = self.puzzle_indices, self.group_indices
         if pi.shape[0] != self.num_puzzles + 1:
             raise DatasetFormatError(
-                f"{where}: puzzle_indices has {pi.shape[0]} entries, expected num_puzzles + 1 = {self.num_puzzles + 1}")
+                f"{where}: puzzle_indices has {pi.shape[0]} entries, expected num_puzzles + 1 = {self.num_puzzles + 1}"
+            )
         if gi.shape[0] < 1:
             raise DatasetFormatError(f"{where}: group_indices is empty (must start with 0)")
         if pi[0] != 0 or pi[-1] != self.num_examples or np.any(np.diff(pi) <= 0):
             raise DatasetFormatError(
-                f"{where}: puzzle_indices must start at 0, strictly increase and end at num_examples={self.num_examples}")
+                f"{where}: puzzle_indices must start at 0, strictly increase and end at "
+                f"num_examples={self.num_examples}"
+            )
         if gi[0] != 0 or gi[-1] != self.num_puzzles or np.any(np.diff(gi) <= 0):
             raise DatasetFormatError(
-                f"{where}: group_indices must start at 0, strictly increase and end at num_puzzles={self.num_puzzles}")
+                f"{where}: group_indices must start at 0, strictly increase and end at num_puzzles={self.num_puzzles}"
+            )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -209,9 +215,14 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
         raise
 
 
-def write_dataset(out_dir: str | os.PathLike, splits: Mapping[str, Mapping[str, SplitArrays]],
-                  metadata: Mapping[str, DatasetMetadata], identifiers: Sequence[str],
-                  extra_json: Mapping[str, object] | None = None, overwrite: bool = False) -> Path:
+def write_dataset(
+    out_dir: str | os.PathLike,
+    splits: Mapping[str, Mapping[str, SplitArrays]],
+    metadata: Mapping[str, DatasetMetadata],
+    identifiers: Sequence[str],
+    extra_json: Mapping[str, object] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a dataset directory atomically.
 
     splits: split name ("train"/"test") -> set name -> arrays. metadata: split name -> metadata
@@ -226,13 +237,17 @@ def write_dataset(out_dir: str | os.PathLike, splits: Mapping[str, Mapping[str, 
         if list(sets.keys()) != list(meta.sets):
             raise ValueError(f"write_dataset: split {split!r} has sets {list(sets)}, metadata lists {meta.sets}")
         if len(identifiers) != meta.num_puzzle_identifiers:
-            raise ValueError(f"write_dataset: {len(identifiers)} identifiers but num_puzzle_identifiers="
-                             f"{meta.num_puzzle_identifiers}")
+            raise ValueError(
+                f"write_dataset: {len(identifiers)} identifiers but num_puzzle_identifiers="
+                f"{meta.num_puzzle_identifiers}"
+            )
         for set_name, arrays in sets.items():
             arrays.validate(meta.seq_len, where=f"{split}/{set_name}")
             if arrays.num_puzzles and int(arrays.puzzle_identifiers.max()) >= meta.num_puzzle_identifiers:
-                raise ValueError(f"write_dataset: {split}/{set_name} uses a puzzle identifier >= "
-                                 f"num_puzzle_identifiers={meta.num_puzzle_identifiers}")
+                raise ValueError(
+                    f"write_dataset: {split}/{set_name} uses a puzzle identifier >= "
+                    f"num_puzzle_identifiers={meta.num_puzzle_identifiers}"
+                )
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         for split, sets in splits.items():
             split_dir = tmp / split
@@ -296,15 +311,17 @@ def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     actual = path.stat().st_size - data_start
     if actual < expected:
         raise DatasetFormatError(
-            f"{path}: truncated: header promises shape {shape} {dtype} ({expected} bytes), file has {actual}")
+            f"{path}: truncated: header promises shape {shape} {dtype} ({expected} bytes), file has {actual}"
+        )
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:
         raise DatasetFormatError(f"{path}: could not be read ({e})") from e
 
 
-def load_split(split_dir: str | os.PathLike, set_name: str, mmap: bool = True,
-               metadata: DatasetMetadata | None = None) -> SplitArrays:
+def load_split(
+    split_dir: str | os.PathLike, set_name: str, mmap: bool = True, metadata: DatasetMetadata | None = None
+) -> SplitArrays:
     """Load one set of a split: inputs/labels memory-mapped (if ``mmap``), index arrays in memory.
 
     The arrays are validated against each other (and against ``metadata.seq_len`` if given).

@@ -35,17 +35,25 @@ def _carve(side: int, loop_fraction: float, rnd: random.Random) -> list[list[boo
     stack = [start]
     while stack:
         r, c = stack[-1]
-        nbrs = [(r + 2 * dr, c + 2 * dc, r + dr, c + dc) for dr, dc in _MOVES
-                if 0 < r + 2 * dr < side - 1 and 0 < c + 2 * dc < side - 1 and not open_[r + 2 * dr][c + 2 * dc]]
+        nbrs = [
+            (r + 2 * dr, c + 2 * dc, r + dr, c + dc)
+            for dr, dc in _MOVES
+            if 0 < r + 2 * dr < side - 1 and 0 < c + 2 * dc < side - 1 and not open_[r + 2 * dr][c + 2 * dc]
+        ]
         if not nbrs:
             stack.pop()
             continue
         nr, nc, wr, wc = rnd.choice(nbrs)
         open_[wr][wc] = open_[nr][nc] = True
         stack.append((nr, nc))
-    walls = [(r, c) for r in range(1, side - 1) for c in range(1, side - 1)
-             if not open_[r][c] and (r % 2) != (c % 2)
-             and ((r % 2 == 1 and c + 1 < side - 1) or (c % 2 == 1 and r + 1 < side - 1))]
+    walls = [
+        (r, c)
+        for r in range(1, side - 1)
+        for c in range(1, side - 1)
+        if not open_[r][c]
+        and (r % 2) != (c % 2)
+        and ((r % 2 == 1 and c + 1 < side - 1) or (c % 2 == 1 and r + 1 < side - 1))
+    ]
     for r, c in rnd.sample(walls, int(round(loop_fraction * len(walls)))):
         open_[r][c] = True
     return open_
@@ -87,8 +95,9 @@ def _trace_back(dist: np.ndarray, goal: tuple[int, int]) -> list[tuple[int, int]
     return path[::-1]
 
 
-def generate_maze(rnd: random.Random, side: int = 30, path_longer_than: int = 110,
-                  loop_fraction: float = 0.05, max_tries: int = 200) -> tuple[str, str, int]:
+def generate_maze(
+    rnd: random.Random, side: int = 30, path_longer_than: int = 110, loop_fraction: float = 0.05, max_tries: int = 200
+) -> tuple[str, str, int]:
     """(question, answer, path length) of one maze; raises RuntimeError if the length is unreachable."""
     for _ in range(max_tries):
         open_ = _carve(side, loop_fraction, rnd)
@@ -107,8 +116,10 @@ def generate_maze(rnd: random.Random, side: int = 30, path_longer_than: int = 11
             for r, c in _trace_back(dist, g)[1:-1]:
                 a[r][c] = "o"
             return "".join(map("".join, q)), "".join(map("".join, a)), int(dist[g])
-    raise RuntimeError(f"no {side}x{side} maze with a unique shortest path longer than {path_longer_than} "
-                       f"found in {max_tries} tries (lower path_longer_than or loop_fraction)")
+    raise RuntimeError(
+        f"no {side}x{side} maze with a unique shortest path longer than {path_longer_than} "
+        f"found in {max_tries} tries (lower path_longer_than or loop_fraction)"
+    )
 
 
 def _rng_for(seed: int, split: str, index: int) -> random.Random:
@@ -117,8 +128,9 @@ def _rng_for(seed: int, split: str, index: int) -> random.Random:
     return random.Random(int(state[0]) << 32 | int(state[1]))
 
 
-def generate_maze_rows(n: int, seed: int, split: str, side: int = 30, path_longer_than: int = 110,
-                       loop_fraction: float = 0.05) -> list[CsvRow]:
+def generate_maze_rows(
+    n: int, seed: int, split: str, side: int = 30, path_longer_than: int = 110, loop_fraction: float = 0.05
+) -> list[CsvRow]:
     """``n`` CSV rows for ``split``, deterministic given (seed, split) and the parameters."""
     source = f"trm_jax-generated-seed{seed}"
     rows = []
@@ -129,8 +141,15 @@ def generate_maze_rows(n: int, seed: int, split: str, side: int = 30, path_longe
     return rows
 
 
-def generate_maze_csvs(out_dir: str | os.PathLike, num_train: int = 1000, num_test: int = 1000, seed: int = 0,
-                       side: int = 30, path_longer_than: int = 110, loop_fraction: float = 0.05) -> Path:
+def generate_maze_csvs(
+    out_dir: str | os.PathLike,
+    num_train: int = 1000,
+    num_test: int = 1000,
+    seed: int = 0,
+    side: int = 30,
+    path_longer_than: int = 110,
+    loop_fraction: float = 0.05,
+) -> Path:
     """Write ``out_dir/train.csv`` and ``out_dir/test.csv``; test mazes equal to a train maze are dropped."""
     out = Path(out_dir)
     train = generate_maze_rows(num_train, seed, "train", side, path_longer_than, loop_fraction)

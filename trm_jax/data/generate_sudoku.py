@@ -172,8 +172,9 @@ def generate_puzzle(rnd: random.Random, max_tries: int = 1000) -> tuple[list[int
     raise RuntimeError("could not generate a puzzle needing search")
 
 
-def generate_puzzle_with_blanks(rnd: random.Random, blanks: int,
-                                max_tries: int = 1000) -> tuple[list[int], list[int], int]:
+def generate_puzzle_with_blanks(
+    rnd: random.Random, blanks: int, max_tries: int = 1000
+) -> tuple[list[int], list[int], int]:
     """(puzzle, solution, rating): a unique-solution puzzle with exactly ``blanks`` empty cells.
 
     The difficulty knob of the generator: clues are removed from a random complete grid in a
@@ -182,8 +183,9 @@ def generate_puzzle_with_blanks(rnd: random.Random, blanks: int,
     (``rating`` 0), one near the minimal-puzzle range (55-64 blanks) usually does.
     """
     if not 0 <= blanks <= 64:
-        raise ValueError(f"blanks={blanks}: expected 0..64 (no 9x9 Sudoku with fewer than 17 clues "
-                         "has a unique solution)")
+        raise ValueError(
+            f"blanks={blanks}: expected 0..64 (no 9x9 Sudoku with fewer than 17 clues has a unique solution)"
+        )
     for _ in range(max_tries):
         solution = _random_solution(rnd)
         puzzle = solution[:]
@@ -242,8 +244,14 @@ def generate_sudoku_rows(n: int, seed: int, split: str, workers: int = 1, blanks
     return [CsvRow(source, q, a, r) for q, a, r in results]
 
 
-def generate_sudoku_csvs(out_dir: str | os.PathLike, num_train: int = 1000, num_test: int = 1000,
-                         seed: int = 0, workers: int = 1, blanks: int = 0) -> Path:
+def generate_sudoku_csvs(
+    out_dir: str | os.PathLike,
+    num_train: int = 1000,
+    num_test: int = 1000,
+    seed: int = 0,
+    workers: int = 1,
+    blanks: int = 0,
+) -> Path:
     """Write ``out_dir/train.csv`` and ``out_dir/test.csv``; test puzzles equal to a train puzzle are dropped.
 
     ``blanks``: see :func:`generate_sudoku_rows`.

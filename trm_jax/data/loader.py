@@ -69,15 +69,26 @@ def total_training_steps(epochs: int, metadata: DatasetMetadata, global_batch_si
 class PuzzleLoader:
     """Iterable of batches over one split of a dataset directory (see the module docstring)."""
 
-    def __init__(self, dataset_dir: str | os.PathLike, split: str, global_batch_size: int, *, seed: int = 0,
-                 test_mode: bool | None = None, process_index: int = 0, process_count: int = 1,
-                 mmap: bool = True) -> None:
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        split: str,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        test_mode: bool | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        mmap: bool = True,
+    ) -> None:
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
         if process_count <= 0 or not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
         if global_batch_size % process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} is not a multiple of process_count {process_count}")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not a multiple of process_count {process_count}"
+            )
         self.dataset_dir = Path(dataset_dir)
         self.split = split
         self.global_batch_size = int(global_batch_size)
@@ -89,7 +100,8 @@ class PuzzleLoader:
         split_dir = self.dataset_dir / split
         self.metadata: DatasetMetadata = read_metadata(split_dir)
         self.sets: dict[str, SplitArrays] = {
-            name: load_split(split_dir, name, mmap=mmap, metadata=self.metadata) for name in self.metadata.sets}
+            name: load_split(split_dir, name, mmap=mmap, metadata=self.metadata) for name in self.metadata.sets
+        }
         self._epoch = 0
         self._batch = 0
         self._plan: list[_PlannedBatch] | None = None
@@ -123,8 +135,14 @@ class PuzzleLoader:
     # -- position
     def state(self) -> dict[str, object]:
         """JSON-able position: the next batch is batch ``batch`` of epoch ``epoch``."""
-        return {"epoch": self._epoch, "batch": self._batch, "seed": self.seed, "split": self.split,
-                "global_batch_size": self.global_batch_size, "test_mode": self.test_mode}
+        return {
+            "epoch": self._epoch,
+            "batch": self._batch,
+            "seed": self.seed,
+            "split": self.split,
+            "global_batch_size": self.global_batch_size,
+            "test_mode": self.test_mode,
+        }
 
     def restore(self, state: dict[str, object]) -> None:
         """Continue from a position returned by :meth:`state` (same dataset, seed and batch size)."""
@@ -148,7 +166,8 @@ class PuzzleLoader:
             if not self.test_mode and not plan:
                 raise DatasetFormatError(
                     f"{self.dataset_dir / self.split}: an epoch yields no full batch of {self.global_batch_size} "
-                    "examples (dataset too small for this batch size)")
+                    "examples (dataset too small for this batch size)"
+                )
             while self._batch < len(plan):
                 planned = plan[self._batch]
                 info = BatchInfo(planned.set_name, self._epoch, self._batch, int(planned.examples.shape[0]))
@@ -194,7 +213,7 @@ class PuzzleLoader:
             if sizes.size and int(sizes.max()) == 1:  # one example per puzzle: plain reshape
                 full = (puzzles.size // size) * size
                 for b in range(0, full, size):
-                    plan.append(_PlannedBatch(name, starts[b:b + size], puzzles[b:b + size]))
+                    plan.append(_PlannedBatch(name, starts[b : b + size], puzzles[b : b + size]))
                 continue
             ex_parts: list[np.ndarray] = []
             pz_parts: list[np.ndarray] = []
@@ -214,8 +233,8 @@ class PuzzleLoader:
     def _collate(self, planned: _PlannedBatch) -> Batch:
         arrays = self.sets[planned.set_name]
         lo = self.process_index * self.local_batch_size
-        ex = planned.examples[lo:lo + self.local_batch_size]
-        pz = planned.puzzles[lo:lo + self.local_batch_size]
+        ex = planned.examples[lo : lo + self.local_batch_size]
+        pz = planned.puzzles[lo : lo + self.local_batch_size]
         inputs = np.asarray(arrays.inputs[ex], dtype=np.int32)
         labels = np.asarray(arrays.labels[ex], dtype=np.int32)
         ids = np.asarray(arrays.puzzle_identifiers[pz], dtype=np.int32)
@@ -243,8 +262,10 @@ def _benchmark(argv: list[str] | None = None) -> None:
     for _ in range(args.batches):
         next(it)
     dt = time.perf_counter() - t
-    print(f"{args.batches} batches of {args.batch} in {dt:.3f} s: {args.batches / dt:.1f} batches/s "
-          f"(epochs seen: {loader.state()['epoch']})")
+    print(
+        f"{args.batches} batches of {args.batch} in {dt:.3f} s: {args.batches / dt:.1f} batches/s "
+        f"(epochs seen: {loader.state()['epoch']})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_jax.data.builder import PuzzleBuilder, make_metadata
 from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.dihedral import dihedral
-from trm_jax.data.builder import PuzzleBuilder, make_metadata
-from trm_jax.data.progress import progress
 from trm_jax.data.format import (
-    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, SplitArrays, write_dataset,
+    BLANK_IDENTIFIER_NAME,
+    DatasetFormatError,
+    DatasetMetadata,
+    OutputExistsError,
+    SplitArrays,
+    write_dataset,
 )
+from trm_jax.data.progress import progress
 
 HUB_REPO = "sapientinc/maze-30x30-hard-1k"
 CHARSET = "# SGo"
@@ -66,11 +71,14 @@ def read_maze_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         if side is None:
             side = math.isqrt(len(row.question))
             if side * side != len(row.question) or side == 0:
-                raise DatasetFormatError(f"{path}: line {row.line}: question length {len(row.question)} is not a square")
+                raise DatasetFormatError(
+                    f"{path}: line {row.line}: question length {len(row.question)} is not a square"
+                )
         for what, s in (("question", row.question), ("answer", row.answer)):
             if len(s) != side * side:
-                raise DatasetFormatError(f"{path}: line {row.line}: {what} has {len(s)} characters, expected "
-                                         f"{side * side} ({side}x{side})")
+                raise DatasetFormatError(
+                    f"{path}: line {row.line}: {what} has {len(s)} characters, expected {side * side} ({side}x{side})"
+                )
             try:
                 tok = encode_maze(s)
             except ValueError as e:
@@ -97,13 +105,27 @@ def build_split_arrays(inputs: np.ndarray, labels: np.ndarray, aug: bool) -> Spl
 
 def maze_metadata(arrays: SplitArrays) -> DatasetMetadata:
     """The official maze metadata for one split."""
-    return make_metadata({"all": arrays}, pad_id=0, ignore_label_id=0, blank_identifier_id=0,
-                         vocab_size=VOCAB_SIZE, seq_len=int(arrays.inputs.shape[1]), num_puzzle_identifiers=1)
+    return make_metadata(
+        {"all": arrays},
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=VOCAB_SIZE,
+        seq_len=int(arrays.inputs.shape[1]),
+        num_puzzle_identifiers=1,
+    )
 
 
-def build_maze_dataset(out_dir: str | os.PathLike, *, source_dir: str | os.PathLike | None = None,
-                       hub_repo: str | None = HUB_REPO, subsample_size: int | None = None, aug: bool = False,
-                       seed: int = 0, overwrite: bool = False) -> Path:
+def build_maze_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    source_dir: str | os.PathLike | None = None,
+    hub_repo: str | None = HUB_REPO,
+    subsample_size: int | None = None,
+    aug: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Build a maze dataset directory from ``source_dir/{train,test}.csv`` (or the hub).
 
     ``subsample_size`` random training mazes are kept (all when None); ``aug`` adds the 8
@@ -125,8 +147,9 @@ def build_maze_dataset(out_dir: str | os.PathLike, *, source_dir: str | os.PathL
         splits[split] = {"all": arrays}
         metadata[split] = maze_metadata(arrays)
     if metadata["train"].seq_len != metadata["test"].seq_len:
-        raise DatasetFormatError(f"train and test mazes differ in size ({metadata['train'].seq_len} vs "
-                                 f"{metadata['test'].seq_len} cells)")
+        raise DatasetFormatError(
+            f"train and test mazes differ in size ({metadata['train'].seq_len} vs {metadata['test'].seq_len} cells)"
+        )
     return write_dataset(out_dir, splits, metadata, [BLANK_IDENTIFIER_NAME], overwrite=overwrite)
 
 

@@ -48,8 +48,7 @@ def _sudoku_digits(tokens: np.ndarray | None) -> np.ndarray | None:
     return np.where((t >= 2) & (t <= 10), t - 1, 0).reshape(9, 9)
 
 
-def _draw_sudoku(ax: Axes, puzzle: np.ndarray, shown: np.ndarray | None, target: np.ndarray | None,
-                 title: str) -> None:
+def _draw_sudoku(ax: Axes, puzzle: np.ndarray, shown: np.ndarray | None, target: np.ndarray | None, title: str) -> None:
     ax.set_xlim(0, 9)
     ax.set_ylim(9, 0)
     ax.set_aspect("equal")
@@ -59,24 +58,40 @@ def _draw_sudoku(ax: Axes, puzzle: np.ndarray, shown: np.ndarray | None, target:
         for c in range(9):
             given = puzzle[r, c]
             if given:
-                ax.text(c + 0.5, r + 0.55, str(given), ha="center", va="center", fontsize=13,
-                        fontweight="bold", color=GIVEN_COLOR)
+                ax.text(
+                    c + 0.5,
+                    r + 0.55,
+                    str(given),
+                    ha="center",
+                    va="center",
+                    fontsize=13,
+                    fontweight="bold",
+                    color=GIVEN_COLOR,
+                )
                 continue
             if shown is None or not shown[r, c]:
                 continue
             wrong = target is not None and target[r, c] and shown[r, c] != target[r, c]
             if wrong:
                 ax.add_patch(Rectangle((c, r), 1, 1, color=WRONG_FILL, zorder=0))
-            ax.text(c + 0.5, r + 0.55, str(shown[r, c]), ha="center", va="center", fontsize=13,
-                    color="#b00000" if wrong else FILLED_COLOR)
+            ax.text(
+                c + 0.5,
+                r + 0.55,
+                str(shown[r, c]),
+                ha="center",
+                va="center",
+                fontsize=13,
+                color="#b00000" if wrong else FILLED_COLOR,
+            )
     for i in range(10):
         lw = 2.0 if i % 3 == 0 else 0.5
         ax.plot([0, 9], [i, i], color="black", lw=lw)
         ax.plot([i, i], [0, 9], color="black", lw=lw)
 
 
-def render_sudoku(puzzle: np.ndarray, prediction: np.ndarray | None = None, target: np.ndarray | None = None,
-                  title: str | None = None) -> Figure:
+def render_sudoku(
+    puzzle: np.ndarray, prediction: np.ndarray | None = None, target: np.ndarray | None = None, title: str | None = None
+) -> Figure:
     """Panels: the puzzle, the prediction (wrong cells in red when ``target`` is given), the target.
 
     Givens are bold black; filled-in digits blue.
@@ -115,8 +130,9 @@ def _maze_rgb(grid: np.ndarray) -> np.ndarray:
     return lut[grid]
 
 
-def render_maze(maze: np.ndarray, prediction: np.ndarray | None = None, target: np.ndarray | None = None,
-                title: str | None = None) -> Figure:
+def render_maze(
+    maze: np.ndarray, prediction: np.ndarray | None = None, target: np.ndarray | None = None, title: str | None = None
+) -> Figure:
     """Panels: the maze (walls dark, S green, G red), the predicted path, the target path.
 
     In the prediction panel, path cells that are not on the target path and target path cells

@@ -15,12 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.builder import PuzzleBuilder, make_metadata
-from trm_jax.data.progress import progress
+from trm_jax.data.csv_source import iter_puzzle_csv, source_csv
 from trm_jax.data.format import (
-    BLANK_IDENTIFIER_NAME, DatasetFormatError, DatasetMetadata, OutputExistsError, SplitArrays, write_dataset,
+    BLANK_IDENTIFIER_NAME,
+    DatasetFormatError,
+    DatasetMetadata,
+    OutputExistsError,
+    SplitArrays,
+    write_dataset,
 )
+from trm_jax.data.progress import progress
 
 HUB_REPO = "sapientinc/sudoku-extreme"
 SEQ_LEN = 81
@@ -33,7 +38,9 @@ _PARSE_CHUNK = 65536
 
 def _strings_to_digits(strings: list[str], blank_chars: str) -> np.ndarray:
     """[n] strings of 81 chars -> [n, 81] uint8 digit values; blank chars map to 0, others to 255."""
-    raw = np.frombuffer("".join(strings).encode("latin-1", errors="replace"), dtype=np.uint8).reshape(len(strings), SEQ_LEN)
+    raw = np.frombuffer("".join(strings).encode("latin-1", errors="replace"), dtype=np.uint8).reshape(
+        len(strings), SEQ_LEN
+    )
     lut = np.full(256, 255, np.uint8)
     lut[np.frombuffer(b"123456789", np.uint8)] = np.arange(1, 10, dtype=np.uint8)
     for c in blank_chars:
@@ -51,7 +58,7 @@ def is_valid_solution(grids: np.ndarray) -> np.ndarray:
     boxes = bits.reshape(*bits.shape[:-2], 3, 3, 3, 3).swapaxes(-3, -2)
     boxes = np.bitwise_or.reduce(boxes.reshape(*bits.shape[:-2], 9, 9), axis=-1)
     no_bad = ~np.any(bits == (1 << 10), axis=(-1, -2))
-    return (np.all(rows == full, -1) & np.all(cols == full, -1) & np.all(boxes == full, -1) & no_bad)
+    return np.all(rows == full, -1) & np.all(cols == full, -1) & np.all(boxes == full, -1) & no_bad
 
 
 def read_sudoku_csv(path: str | os.PathLike, min_difficulty: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +97,10 @@ def read_sudoku_csv(path: str | os.PathLike, min_difficulty: int | None = None) 
 
     for row in iter_puzzle_csv(path):
         if len(row.question) != SEQ_LEN or len(row.answer) != SEQ_LEN:
-            raise DatasetFormatError(f"{path}: line {row.line}: question/answer must have {SEQ_LEN} characters, "
-                                     f"got {len(row.question)}/{len(row.answer)}")
+            raise DatasetFormatError(
+                f"{path}: line {row.line}: question/answer must have {SEQ_LEN} characters, "
+                f"got {len(row.question)}/{len(row.answer)}"
+            )
         if min_difficulty is not None and row.rating < min_difficulty:
             continue
         qs.append(row.question)
@@ -124,7 +133,9 @@ class SudokuAugmentation:
     @classmethod
     def random(cls, rng: np.random.Generator, k: int = 1) -> "SudokuAugmentation":
         """Draw ``k`` transforms from ``rng``."""
-        digit_map = np.concatenate([np.zeros((k, 1), np.int64), 1 + rng.permuted(np.tile(np.arange(9), (k, 1)), axis=1)], 1)
+        digit_map = np.concatenate(
+            [np.zeros((k, 1), np.int64), 1 + rng.permuted(np.tile(np.arange(9), (k, 1)), axis=1)], 1
+        )
         transpose = rng.random(k) < 0.5
 
         def line_perm() -> np.ndarray:
@@ -174,12 +185,17 @@ class SudokuAugmentation:
 # ----------------------------------------------------------------------------- builder
 
 
-def build_split_arrays(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int,
-                       rng: np.random.Generator) -> SplitArrays:
+def build_split_arrays(
+    puzzles: np.ndarray, solutions: np.ndarray, num_aug: int, rng: np.random.Generator
+) -> SplitArrays:
     """One group per puzzle: the original then ``num_aug`` augmentations, one example each."""
     b = PuzzleBuilder(SEQ_LEN)
-    with progress(zip(puzzles, solutions), total=len(puzzles), desc=f"building Sudoku puzzles and {num_aug} "
-                  "augmentations each", unit="puzzle") as pairs:
+    with progress(
+        zip(puzzles, solutions),
+        total=len(puzzles),
+        desc=f"building Sudoku puzzles and {num_aug} augmentations each",
+        unit="puzzle",
+    ) as pairs:
         for q, a in pairs:
             if num_aug > 0:
                 aug = SudokuAugmentation.random(rng, num_aug)
@@ -196,14 +212,28 @@ def build_split_arrays(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int,
 
 def sudoku_metadata(arrays: SplitArrays) -> DatasetMetadata:
     """The official Sudoku metadata for one split."""
-    return make_metadata({"all": arrays}, pad_id=0, ignore_label_id=0, blank_identifier_id=0,
-                         vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, num_puzzle_identifiers=1)
+    return make_metadata(
+        {"all": arrays},
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=VOCAB_SIZE,
+        seq_len=SEQ_LEN,
+        num_puzzle_identifiers=1,
+    )
 
 
-def build_sudoku_dataset(out_dir: str | os.PathLike, *, source_dir: str | os.PathLike | None = None,
-                         hub_repo: str | None = HUB_REPO, subsample_size: int | None = None,
-                         num_aug: int = 0, min_difficulty: int | None = None, seed: int = 0,
-                         overwrite: bool = False) -> Path:
+def build_sudoku_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    source_dir: str | os.PathLike | None = None,
+    hub_repo: str | None = HUB_REPO,
+    subsample_size: int | None = None,
+    num_aug: int = 0,
+    min_difficulty: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Build a Sudoku dataset directory from ``source_dir/{train,test}.csv`` (or the hub).
 
     ``subsample_size`` random training puzzles are kept (all when None); ``num_aug``
@@ -237,6 +267,14 @@ def tokens_to_grid(tokens: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "HUB_REPO", "SEQ_LEN", "VOCAB_SIZE", "SudokuAugmentation", "build_split_arrays", "build_sudoku_dataset",
-    "is_valid_solution", "read_sudoku_csv", "sudoku_metadata", "tokens_to_grid",
+    "HUB_REPO",
+    "SEQ_LEN",
+    "VOCAB_SIZE",
+    "SudokuAugmentation",
+    "build_split_arrays",
+    "build_sudoku_dataset",
+    "is_valid_solution",
+    "read_sudoku_csv",
+    "sudoku_metadata",
+    "tokens_to_grid",
 ]

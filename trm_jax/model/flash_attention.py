@@ -35,7 +35,8 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
@@ -44,7 +45,8 @@ BLOCK = 128
 
 # (mesh, axis name) that splits the rows of every attention traced in this context, or None.
 _PARTITION: contextvars.ContextVar[tuple[Mesh, str] | None] = contextvars.ContextVar(
-    "trm_jax_attention_partition", default=None)
+    "trm_jax_attention_partition", default=None
+)
 
 
 @contextlib.contextmanager
@@ -61,6 +63,7 @@ def partitioned_over(mesh: Mesh | None, axis: str) -> Iterator[None]:
 def partitioned(fn: Callable, mesh: Mesh | None, axis: str) -> Callable:
     """``fn`` traced under :func:`partitioned_over` (``mesh``, ``axis``): what a function that
     is jitted over a mesh with rows split along ``axis`` needs for kernel attentions."""
+
     @functools.wraps(fn)
     def traced(*args, **kwargs):
         with partitioned_over(mesh, axis):

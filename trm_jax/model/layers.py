@@ -65,8 +65,7 @@ def rms_norm(x: Array, eps: float, axis: int = -1) -> Array:
     return x32.astype(x.dtype)
 
 
-def rope_cos_sin(head_dim: int, length: int, theta: float,
-                 dtype: jnp.dtype = jnp.float32) -> tuple[Array, Array]:
+def rope_cos_sin(head_dim: int, length: int, theta: float, dtype: jnp.dtype = jnp.float32) -> tuple[Array, Array]:
     """RoPE tables [length, head_dim] in ``dtype``, 'rotate half' layout (freqs repeated)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=dtype) / head_dim))
     freqs = jnp.outer(jnp.arange(length, dtype=dtype), inv_freq)
@@ -117,8 +116,7 @@ class SwiGLU(nn.Module):
     def __call__(self, x: Array) -> Array:
         dim = x.shape[-1]
         inner = swiglu_inner_size(dim, self.expansion)
-        gate, up = jnp.split(CastedDense(2 * inner, dtype=self.dtype, name="gate_up_proj")(x), 2,
-                             axis=-1)
+        gate, up = jnp.split(CastedDense(2 * inner, dtype=self.dtype, name="gate_up_proj")(x), 2, axis=-1)
         return CastedDense(dim, dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
 
 
@@ -131,8 +129,9 @@ class _Kernel(nn.Module):
 
     @nn.compact
     def __call__(self) -> Array:
-        kernel = self.param("kernel", lecun_init(self.fan_in), (self.fan_in, self.features),
-                            at_least_float32(self.dtype))
+        kernel = self.param(
+            "kernel", lecun_init(self.fan_in), (self.fan_in, self.features), at_least_float32(self.dtype)
+        )
         return kernel.astype(self.dtype)
 
 

@@ -80,8 +80,7 @@ class TRMBlock(nn.Module):
         dtype = compute_dtype(c)
         if c.mlp_t:
             # h is [L, B, D]: a SwiGLU across the sequence axis, normalised over it.
-            h = rms_norm(h + SequenceSwiGLU(c.expansion, dtype, name="mlp_t")(h), c.rms_norm_eps,
-                         axis=0)
+            h = rms_norm(h + SequenceSwiGLU(c.expansion, dtype, name="mlp_t")(h), c.rms_norm_eps, axis=0)
         else:
             attn = Attention(c.num_heads, dtype, c.attention_impl, name="self_attn")
             h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
@@ -109,17 +108,19 @@ class TRMNet(nn.Module):
     def setup(self) -> None:
         c = self.config
         std = 1.0 / math.sqrt(c.hidden_size)
-        self.embed_tokens = self.param("embed_tokens", truncated_normal_init(std),
-                                       (c.vocab_size, c.hidden_size), param_dtype(c))
+        self.embed_tokens = self.param(
+            "embed_tokens", truncated_normal_init(std), (c.vocab_size, c.hidden_size), param_dtype(c)
+        )
         if c.pos_encodings == "learned":
-            self.embed_pos = self.param("embed_pos", truncated_normal_init(std),
-                                        (c.total_len, c.hidden_size), param_dtype(c))
+            self.embed_pos = self.param(
+                "embed_pos", truncated_normal_init(std), (c.total_len, c.hidden_size), param_dtype(c)
+            )
         self.L_level = ReasoningModule(c)
         dtype = compute_dtype(c)
         self.lm_head = CastedDense(c.vocab_size, dtype=dtype)
-        self.q_head = CastedDense(2, use_bias=True, dtype=dtype,
-                                  kernel_init=nn.initializers.zeros,
-                                  bias_init=nn.initializers.constant(-5.0))
+        self.q_head = CastedDense(
+            2, use_bias=True, dtype=dtype, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(-5.0)
+        )
 
     def cos_sin(self) -> tuple[Array, Array] | None:
         c = self.config
@@ -142,10 +143,8 @@ class TRMNet(nn.Module):
             if puzzle_rows is None or c.puzzle_emb_ndim == 0:
                 prefix = jnp.zeros((batch, width), dtype)
             else:
-                prefix = jnp.pad(puzzle_rows.astype(dtype),
-                                 ((0, 0), (0, width - puzzle_rows.shape[-1])))
-            emb = jnp.concatenate([prefix.reshape(batch, c.prefix_len, c.hidden_size), emb],
-                                  axis=1)
+                prefix = jnp.pad(puzzle_rows.astype(dtype), ((0, 0), (0, width - puzzle_rows.shape[-1])))
+            emb = jnp.concatenate([prefix.reshape(batch, c.prefix_len, c.hidden_size), emb], axis=1)
         if c.pos_encodings == "learned":
             emb = 0.707106781 * (emb + self.embed_pos.astype(dtype))
         return (math.sqrt(c.hidden_size) * emb).astype(dtype)
@@ -157,7 +156,7 @@ class TRMNet(nn.Module):
 
     def heads(self, z_H: Array) -> tuple[Array, Array, Array]:
         """(logits [B, seq_len, V], q_halt [B], q_continue [B]); Q logits in (at least) float32."""
-        logits = self.lm_head(z_H)[:, self.config.prefix_len:]
+        logits = self.lm_head(z_H)[:, self.config.prefix_len :]
         q = self.q_head(z_H[:, 0]).astype(param_dtype(self.config))
         return logits, q[..., 0], q[..., 1]
 

@@ -23,8 +23,7 @@ Array = jax.Array
 NetFn = Callable[[Array, Array], Array]  # net(h, injection) -> h
 
 
-def latent_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array,
-                     n: int) -> tuple[Array, Array]:
+def latent_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, n: int) -> tuple[Array, Array]:
     """n times ``z_L = net(z_L, z_H + x)``, then ``z_H = net(z_H, z_L)``."""
     injection = z_H + x
 
@@ -35,9 +34,18 @@ def latent_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array,
     return net(z_H, z_L), z_L
 
 
-def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: int,
-                   L_cycles: int, remat: bool = False, saved_activations: str = "matmuls",
-                   frozen_net: NetFn | None = None) -> tuple[Array, Array, Array]:
+def deep_recursion(
+    net: NetFn,
+    z_H: Array,
+    z_L: Array,
+    x: Array,
+    *,
+    H_cycles: int,
+    L_cycles: int,
+    remat: bool = False,
+    saved_activations: str = "matmuls",
+    frozen_net: NetFn | None = None,
+) -> tuple[Array, Array, Array]:
     """T-1 gradient-free cycles, then one differentiated cycle.
 
     Args:
@@ -77,12 +85,10 @@ def deep_recursion(net: NetFn, z_H: Array, z_L: Array, x: Array, *, H_cycles: in
         (z_H, z_L), _ = jax.lax.scan(free_cycle, (z_H0, z_L0), None, length=H_cycles - 1)
         z_H, z_L = jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
     if saved_activations not in SAVED_ACTIVATIONS:
-        raise ValueError(f"saved_activations={saved_activations!r}: expected one of "
-                         f"{SAVED_ACTIVATIONS}")
+        raise ValueError(f"saved_activations={saved_activations!r}: expected one of {SAVED_ACTIVATIONS}")
     grad_net = _differentiated_net(net, remat, saved_activations)
     z_H, z_L = latent_recursion(grad_net, z_H, z_L, x, L_cycles)
     return z_H, jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L)
-
 
 
 def _differentiated_net(net: NetFn, remat: bool, saved_activations: str) -> NetFn:
@@ -100,8 +106,7 @@ def _differentiated_net(net: NetFn, remat: bool, saved_activations: str) -> NetF
     if remat:
         return jax.checkpoint(net, prevent_cse=False)
     if saved_activations == "matmuls":
-        return jax.checkpoint(net, policy=jax.checkpoint_policies.dots_saveable,
-                              prevent_cse=False)
+        return jax.checkpoint(net, policy=jax.checkpoint_policies.dots_saveable, prevent_cse=False)
     if saved_activations == "wide_matmuls":
         return jax.checkpoint(net, policy=saves_wide_dots, prevent_cse=False)
     return net

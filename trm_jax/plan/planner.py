@@ -17,7 +17,6 @@ import warnings
 from typing import Any, Iterator
 
 import jax
-
 import ml_collections
 
 from trm_jax import configs as configs_lib
@@ -68,8 +67,11 @@ class Plan:
                 options.append(f"--config.optim.microbatches={count}")
             if self.remat is not None and self.remat.fits(self.budget_bytes):
                 options.append("--config.model.remat=true")
-            return ("does not fit as configured; fits with " + " or ".join(options) if options
-                    else "does not fit: more devices or a smaller batch")
+            return (
+                "does not fit as configured; fits with " + " or ".join(options)
+                if options
+                else "does not fit: more devices or a smaller batch"
+            )
         return "the train step fits; the eval step does not: set a smaller --config.train.eval_batch_size"
 
     def lines(self) -> list[str]:
@@ -79,14 +81,16 @@ class Plan:
         block = "mlp_t" if m.mlp_t else f"attention ({m.attention_impl})"
         rows = self.optim_config.global_batch_size // t.num_devices
         chunks = "auto" if self.auto_microbatches else str(self.optim_config.microbatches)
-        out = [f"plan of {self.config_name} on {t.describe()}; budget {budget} per device",
-               "  XLA's memory plan of the compiled steps, not a run on the hardware",
-               f"dataset: {self.dataset.source}: seq_len {self.dataset.seq_len}, vocab {self.dataset.vocab_size}, "
-               f"{self.dataset.num_puzzle_identifiers:,} puzzle ids",
-               f"model: {m.hidden_size} wide, {block}, T={m.H_cycles} n={m.L_cycles}, {m.forward_dtype}, "
-               f"saved_activations={'remat' if m.remat else m.saved_activations}",
-               f"batch {self.optim_config.global_batch_size} ({rows} per device), optim.microbatches={chunks}",
-               f"train step: {self._row(self.train)}"]
+        out = [
+            f"plan of {self.config_name} on {t.describe()}; budget {budget} per device",
+            "  XLA's memory plan of the compiled steps, not a run on the hardware",
+            f"dataset: {self.dataset.source}: seq_len {self.dataset.seq_len}, vocab {self.dataset.vocab_size}, "
+            f"{self.dataset.num_puzzle_identifiers:,} puzzle ids",
+            f"model: {m.hidden_size} wide, {block}, T={m.H_cycles} n={m.L_cycles}, {m.forward_dtype}, "
+            f"saved_activations={'remat' if m.remat else m.saved_activations}",
+            f"batch {self.optim_config.global_batch_size} ({rows} per device), optim.microbatches={chunks}",
+            f"train step: {self._row(self.train)}",
+        ]
         if self.microbatches is not None:
             count, memory = self.microbatches
             out.append(f"  with optim.microbatches={count}: {self._row(memory)}")
@@ -94,8 +98,10 @@ class Plan:
             out.append(f"  with model.remat=true: {self._row(self.remat)}")
         if self.largest_rows is not None:
             count, memory = self.largest_rows
-            out.append(f"  largest batch per device that fits as configured: {count} rows "
-                       f"(global {count * t.num_devices}): {self._row(memory)}")
+            out.append(
+                f"  largest batch per device that fits as configured: {count} rows "
+                f"(global {count * t.num_devices}): {self._row(memory)}"
+            )
         out.append(f"eval step ({self.eval_batch} rows, {self._eval_steps()} ACT steps): {self._row(self.eval)}")
         out += [f"note: {note}" for note in self.notes]
         out.append(f"verdict: {self.verdict()}")
@@ -107,24 +113,36 @@ class Plan:
     def _row(self, memory: StepMemory) -> str:
         fits = "fits" if memory.fits(self.budget_bytes) else "does NOT fit"
         return f"{memory.summary()}: {fits}; compiled in {memory.compile_s:.1f} s" + (
-            f" ({memory.note})" if memory.note else "")
+            f" ({memory.note})" if memory.note else ""
+        )
 
     def to_json(self) -> dict[str, Any]:
         def opt(pair):
             return None if pair is None else {"value": pair[0], "memory": pair[1].to_json()}
 
         return {
-            "config": self.config_name, "target": self.target.name, "platform": self.target.platform,
-            "device_kind": self.target.device_kind, "devices": self.target.num_devices, "hosts": self.target.hosts,
-            "device_memory_bytes": self.target.memory_bytes, "budget_bytes": self.budget_bytes,
-            "dataset": dataclasses.asdict(self.dataset), "attention_impl": self.model_config.attention_impl,
-            "saved_activations": self.model_config.saved_activations, "remat_configured": self.model_config.remat,
+            "config": self.config_name,
+            "target": self.target.name,
+            "platform": self.target.platform,
+            "device_kind": self.target.device_kind,
+            "devices": self.target.num_devices,
+            "hosts": self.target.hosts,
+            "device_memory_bytes": self.target.memory_bytes,
+            "budget_bytes": self.budget_bytes,
+            "dataset": dataclasses.asdict(self.dataset),
+            "attention_impl": self.model_config.attention_impl,
+            "saved_activations": self.model_config.saved_activations,
+            "remat_configured": self.model_config.remat,
             "global_batch_size": self.optim_config.global_batch_size,
             "microbatches": "auto" if self.auto_microbatches else self.optim_config.microbatches,
-            "train": self.train.to_json(), "eval": self.eval.to_json(), "eval_batch": self.eval_batch,
+            "train": self.train.to_json(),
+            "eval": self.eval.to_json(),
+            "eval_batch": self.eval_batch,
             "fewest_microbatches": opt(self.microbatches),
             "remat": None if self.remat is None else self.remat.to_json(),
-            "largest_rows_per_device": opt(self.largest_rows), "fits": self.fits, "verdict": self.verdict(),
+            "largest_rows_per_device": opt(self.largest_rows),
+            "fits": self.fits,
+            "verdict": self.verdict(),
             "notes": self.notes,
         }
 
@@ -139,9 +157,17 @@ def memory_budget(target: Target, memory_fraction: float | None = None) -> int |
     return int(target.memory_bytes * fraction)
 
 
-def make_plan(config: ml_collections.ConfigDict, target: Target, *, config_name: str = "",
-              batch_size: int | None = None, dataset_dir: str | None = None, search: bool = True,
-              largest_batch: bool = True, memory_fraction: float | None = None) -> Plan:
+def make_plan(
+    config: ml_collections.ConfigDict,
+    target: Target,
+    *,
+    config_name: str = "",
+    batch_size: int | None = None,
+    dataset_dir: str | None = None,
+    search: bool = True,
+    largest_batch: bool = True,
+    memory_fraction: float | None = None,
+) -> Plan:
     """The memory plan of ``config``'s run on ``target`` (see the module docstring).
 
     ``batch_size`` replaces ``optim.global_batch_size``; ``search=False`` compiles the
@@ -156,38 +182,57 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, config_name:
         configs_lib.validate_config(config, device_count=target.num_devices)
         model_config = configs_lib.model_config(config, shape)
         optim_config = configs_lib.optim_config(config, total_steps=config.optim.total_steps or 1)
-        parallel.check_batch_divisible(optim_config.global_batch_size, parallel.make_mesh(list(target.devices)),
-                                       optim_config.microbatches)
+        parallel.check_batch_divisible(
+            optim_config.global_batch_size, parallel.make_mesh(list(target.devices)), optim_config.microbatches
+        )
     except (ConfigError, ValueError) as err:
         raise PlanError(f"{' '.join(str(err).split())} (on {target.name})") from None
     mesh = parallel.make_mesh(list(target.devices))
     budget = memory_budget(target, memory_fraction)
     notes = []
     if target.platform == "gpu" and target.name != "local":
-        notes.append(f"GPU budget: {budget / GIB:.1f} of {target.memory_bytes / GIB:.1f} GiB, the share JAX's "
-                     f"allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION, default {DEFAULT_GPU_MEMORY_FRACTION})")
+        notes.append(
+            f"GPU budget: {budget / GIB:.1f} of {target.memory_bytes / GIB:.1f} GiB, the share JAX's "
+            f"allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION, default {DEFAULT_GPU_MEMORY_FRACTION})"
+        )
     model_config, train = _train_with_attention(model_config, optim_config, mesh, target, notes)
     plan_fn = _planner(mesh, target)
     eval_batch = config.train.eval_batch_size or optim_config.global_batch_size
     with _compile_only(target):
-        evaluation = eval_step_memory(model_config, optim_config, mesh, target.platform, eval_batch,
-                                      num_steps=config.train.eval_num_steps or None)
-    plan = Plan(config_name or "config", target, budget, shape, model_config, optim_config,
-                configs_lib.auto_microbatches(config), train, evaluation, eval_batch, notes)
+        evaluation = eval_step_memory(
+            model_config, optim_config, mesh, target.platform, eval_batch, num_steps=config.train.eval_num_steps or None
+        )
+    plan = Plan(
+        config_name or "config",
+        target,
+        budget,
+        shape,
+        model_config,
+        optim_config,
+        configs_lib.auto_microbatches(config),
+        train,
+        evaluation,
+        eval_batch,
+        notes,
+    )
     if config.train.eval_halting != "fixed":
-        notes.append("the eval step planned is the batch (fixed-halting) one; adaptive halting runs "
-                     "train.eval_slots rows at a time")
+        notes.append(
+            "the eval step planned is the batch (fixed-halting) one; adaptive halting runs "
+            "train.eval_slots rows at a time"
+        )
     if train.note:
         notes.append(f"train step {train.note}")
     if search and budget is not None:
         if not train.fits(budget):
-            plan.microbatches = fit.fewest_microbatches(plan_fn, model_config, optim_config, target.num_devices,
-                                                        budget, known=train)
+            plan.microbatches = fit.fewest_microbatches(
+                plan_fn, model_config, optim_config, target.num_devices, budget, known=train
+            )
             if not model_config.remat:
                 plan.remat = fit.remat_memory(plan_fn, model_config, optim_config)
         if largest_batch:
-            plan.largest_rows = fit.largest_rows_per_device(plan_fn, model_config, optim_config,
-                                                            target.num_devices, budget, known=train)
+            plan.largest_rows = fit.largest_rows_per_device(
+                plan_fn, model_config, optim_config, target.num_devices, budget, known=train
+            )
     return plan
 
 
@@ -221,8 +266,9 @@ def _compile_only(target: Target) -> Iterator[None]:
         jax.config.update("jax_enable_compilation_cache", enabled)
 
 
-def _train_with_attention(model_config: TRMConfig, optim_config: OptimConfig, mesh, target: Target,
-                          notes: list[str]) -> tuple[TRMConfig, StepMemory]:
+def _train_with_attention(
+    model_config: TRMConfig, optim_config: OptimConfig, mesh, target: Target, notes: list[str]
+) -> tuple[TRMConfig, StepMemory]:
     """The attention a run on ``target`` would use (``auto``: the platform's fused kernel in
     16-bit precision), and the train step's plan with it; a fused kernel chosen by ``auto``
     that cannot be compiled here is replaced by XLA's attention, with a note."""
@@ -245,8 +291,9 @@ def _train_with_attention(model_config: TRMConfig, optim_config: OptimConfig, me
         if not chosen_by_auto or impl == "xla":
             raise
         missing = impl == "cudnn" and "cudnn not found" in str(err).lower()
-        notes.append(f"attention: {impl} could not be planned here ({err}); planned with XLA's attention, which "
-                     f"a run falls back to as well" + (" (cuDNN comes with pip install -e '.[cuda12]')"
-                                                       if missing else ""))
+        notes.append(
+            f"attention: {impl} could not be planned here ({err}); planned with XLA's attention, which "
+            f"a run falls back to as well" + (" (cuDNN comes with pip install -e '.[cuda12]')" if missing else "")
+        )
     planned = model_config.replace(attention_impl="xla")
     return planned, _planner(mesh, target)(planned, optim_config)

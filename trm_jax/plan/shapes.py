@@ -37,10 +37,18 @@ ARC2_PUZZLE_IDENTIFIERS_UPPER_BOUND = _arc_identifiers_upper_bound(1280)
 PAPER_DATASETS: dict[str, DatasetShape] = {
     "sudoku-extreme-1k-aug-1000": DatasetShape(81, 11, 1, "Sudoku-Extreme (81 cells, 11 tokens)"),
     "maze-30x30-hard-1k": DatasetShape(900, 6, 1, "Maze-Hard 30x30 (900 cells, 6 tokens)"),
-    "arc1concept-aug-1000": DatasetShape(900, 12, ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND,
-                                         "ARC-AGI-1 + concept, 1000 augmentations (puzzle ids: upper bound)"),
-    "arc2concept-aug-1000": DatasetShape(900, 12, ARC2_PUZZLE_IDENTIFIERS_UPPER_BOUND,
-                                         "ARC-AGI-2 + concept, 1000 augmentations (puzzle ids: upper bound)"),
+    "arc1concept-aug-1000": DatasetShape(
+        900,
+        12,
+        ARC1_PUZZLE_IDENTIFIERS_UPPER_BOUND,
+        "ARC-AGI-1 + concept, 1000 augmentations (puzzle ids: upper bound)",
+    ),
+    "arc2concept-aug-1000": DatasetShape(
+        900,
+        12,
+        ARC2_PUZZLE_IDENTIFIERS_UPPER_BOUND,
+        "ARC-AGI-2 + concept, 1000 augmentations (puzzle ids: upper bound)",
+    ),
 }
 # What the built-in generators write (data.generate.kind).
 GENERATED: dict[str, DatasetShape] = {
@@ -67,5 +75,7 @@ def dataset_shape(config: ml_collections.ConfigDict, dataset_dir: str | None = N
         return GENERATED[config.data.generate.kind]
     if path.name in PAPER_DATASETS:
         return PAPER_DATASETS[path.name]
-    raise PlanError("the dataset fields of this config are unknown: give --dataset DIR (a built dataset), or set "
-                    "config.model.seq_len, vocab_size and num_puzzle_identifiers")
+    raise PlanError(
+        "the dataset fields of this config are unknown: give --dataset DIR (a built dataset), or set "
+        "config.model.seq_len, vocab_size and num_puzzle_identifiers"
+    )

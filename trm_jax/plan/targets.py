@@ -72,8 +72,9 @@ def resolve_target(name: str, slices: int = 1) -> Target:
     kind, sep, shape = name.partition(":")
     kind = kind.lower()
     if not sep or not shape:
-        raise PlanError(f"--target {name!r}: expected local, a TPU slice such as v5e:2x4, or GPUs such as "
-                        f"h100:4 ({_known_names()})")
+        raise PlanError(
+            f"--target {name!r}: expected local, a TPU slice such as v5e:2x4, or GPUs such as h100:4 ({_known_names()})"
+        )
     if kind in TPU_MEMORY_GIB:
         return tpu_target(kind, shape, slices)
     if kind in gpu_specs.GPUS:
@@ -84,15 +85,21 @@ def resolve_target(name: str, slices: int = 1) -> Target:
 
 
 def _known_names() -> str:
-    return (f"TPU generations: {', '.join(TPU_MEMORY_GIB)}; GPUs: {', '.join(gpu_specs.GPUS)}")
+    return f"TPU generations: {', '.join(TPU_MEMORY_GIB)}; GPUs: {', '.join(gpu_specs.GPUS)}"
 
 
 def local_target() -> Target:
     """This machine's devices (every process's, multi-host), with their runtime memory limit."""
     devices = jax.devices()
-    return Target(name="local", platform=devices[0].platform, device_kind=devices[0].device_kind,
-                  devices=tuple(devices), memory_bytes=device_memory_limit(devices[0]),
-                  hosts=jax.process_count(), note="the limit the runtime reports")
+    return Target(
+        name="local",
+        platform=devices[0].platform,
+        device_kind=devices[0].device_kind,
+        devices=tuple(devices),
+        memory_bytes=device_memory_limit(devices[0]),
+        hosts=jax.process_count(),
+        note="the limit the runtime reports",
+    )
 
 
 def tpu_target(generation: str, shape: str, slices: int) -> Target:
@@ -100,8 +107,10 @@ def tpu_target(generation: str, shape: str, slices: int) -> Target:
     if not re.fullmatch(r"\d+(x\d+){1,2}", shape):
         raise PlanError(f"--target {generation}:{shape}: expected a chip shape such as 2x4 or 2x2x1")
     if importlib.util.find_spec("libtpu") is None:
-        raise PlanError(f"planning for a TPU needs libtpu, which is not installed: "
-                        f"pip install 'jax[tpu]=={jax.__version__}' (or pip install -e '.[tpu]')")
+        raise PlanError(
+            f"planning for a TPU needs libtpu, which is not installed: "
+            f"pip install 'jax[tpu]=={jax.__version__}' (or pip install -e '.[tpu]')"
+        )
     from jax.experimental import topologies  # noqa: PLC0415
 
     kwargs = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
@@ -113,40 +122,61 @@ def tpu_target(generation: str, shape: str, slices: int) -> Target:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         with quiet_native_logs():
-            topology = topologies.get_topology_desc(topology_name=f"{generation}:{shape}", platform="tpu",
-                                                    **kwargs)
+            topology = topologies.get_topology_desc(topology_name=f"{generation}:{shape}", platform="tpu", **kwargs)
     except Exception as err:  # noqa: BLE001 - libtpu's errors: an invalid shape, a version mismatch
-        raise PlanError(f"--target {generation}:{shape}: libtpu cannot make this topology "
-                        f"({first_line(err)})") from None
+        raise PlanError(
+            f"--target {generation}:{shape}: libtpu cannot make this topology ({first_line(err)})"
+        ) from None
     devices = tuple(topology.devices)
     name = f"{generation}:{shape}" + (f" x {slices} slices" if slices > 1 else "")
-    return Target(name=name, platform="tpu", device_kind=devices[0].device_kind, devices=devices,
-                  memory_bytes=int(TPU_MEMORY_GIB[generation] * GIB),
-                  hosts=len({d.process_index for d in devices}), note="HBM per device")
+    return Target(
+        name=name,
+        platform="tpu",
+        device_kind=devices[0].device_kind,
+        devices=devices,
+        memory_bytes=int(TPU_MEMORY_GIB[generation] * GIB),
+        hosts=len({d.process_index for d in devices}),
+        note="HBM per device",
+    )
 
 
 def gpu_target(spec: gpu_specs.GpuSpec, shape: str) -> Target:
     """``N`` or ``HxN`` (H hosts of N) GPUs of ``spec``."""
     match = re.fullmatch(r"(?:(\d+)x)?(\d+)", shape)
     if not match or int(match.group(2)) < 1 or int(match.group(1) or 1) < 1:
-        raise PlanError(f"--target {spec.key}:{shape}: expected a GPU count such as {spec.key}:4, or hosts x "
-                        f"GPUs such as {spec.key}:2x8")
+        raise PlanError(
+            f"--target {spec.key}:{shape}: expected a GPU count such as {spec.key}:4, or hosts x "
+            f"GPUs such as {spec.key}:2x8"
+        )
     hosts, per_host = int(match.group(1) or 1), int(match.group(2))
     if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
-        raise PlanError(f"planning for a GPU needs jax's CUDA plugin, which is not installed: pip install "
-                        f"'jax[cuda12]=={jax.__version__}' (or pip install -e '.[cuda12]')")
+        raise PlanError(
+            f"planning for a GPU needs jax's CUDA plugin, which is not installed: pip install "
+            f"'jax[cuda12]=={jax.__version__}' (or pip install -e '.[cuda12]')"
+        )
     from jax.experimental import topologies  # noqa: PLC0415
 
     try:
         with quiet_native_logs():
-            topology = topologies.get_topology_desc("gpu", platform="cuda", topology=f"1x{hosts}x{per_host}",
-                                                    target_config=gpu_specs.target_config_text(spec))
+            topology = topologies.get_topology_desc(
+                "gpu",
+                platform="cuda",
+                topology=f"1x{hosts}x{per_host}",
+                target_config=gpu_specs.target_config_text(spec),
+            )
     except Exception as err:  # noqa: BLE001
-        raise PlanError(f"--target {spec.key}:{shape}: jax's CUDA plugin cannot describe these GPUs "
-                        f"({first_line(err)})") from None
-    return Target(name=f"{spec.key}:{shape}", platform="gpu", device_kind=spec.name,
-                  devices=tuple(topology.devices), memory_bytes=spec.memory_bytes, hosts=hosts,
-                  note="device memory")
+        raise PlanError(
+            f"--target {spec.key}:{shape}: jax's CUDA plugin cannot describe these GPUs ({first_line(err)})"
+        ) from None
+    return Target(
+        name=f"{spec.key}:{shape}",
+        platform="gpu",
+        device_kind=spec.name,
+        devices=tuple(topology.devices),
+        memory_bytes=spec.memory_bytes,
+        hosts=hosts,
+        note="device memory",
+    )
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:

@@ -46,14 +46,16 @@ def check_platform(impl: str, platform: str) -> None:
     """Raises :class:`ConfigError` when a kernel named explicitly cannot run on ``platform``."""
     wanted = {kernel_impl: p for p, kernel_impl in FUSED_IMPL.items()}.get(impl)
     if wanted is not None and platform != wanted:
-        raise ConfigError(f"config.model.attention_impl={impl!r}: {_KERNEL_NAMES[impl]} runs on "
-                          f"{wanted.upper()}s only, and this run's devices are {platform.upper()}s "
-                          f"(use 'auto' or 'xla')")
+        raise ConfigError(
+            f"config.model.attention_impl={impl!r}: {_KERNEL_NAMES[impl]} runs on "
+            f"{wanted.upper()}s only, and this run's devices are {platform.upper()}s "
+            f"(use 'auto' or 'xla')"
+        )
 
 
-def resolve_attention_impl(config: TRMConfig, *, backend: str | None = None,
-                           fused: Attention | None = None,
-                           reference: Attention | None = None) -> tuple[str, str | None]:
+def resolve_attention_impl(
+    config: TRMConfig, *, backend: str | None = None, fused: Attention | None = None, reference: Attention | None = None
+) -> tuple[str, str | None]:
     """``(impl, warning)``: the attention implementation a run should use.
 
     An explicit ``config.attention_impl`` is kept (a kernel of another platform is a
@@ -81,11 +83,12 @@ def resolve_attention_impl(config: TRMConfig, *, backend: str | None = None,
         got = np.asarray(jax.jit(fused)(q, k, v), np.float32)
     except Exception as err:  # noqa: BLE001 - any compile/run failure means: use XLA
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        return "xla", (f"warning: {name} does not compile here "
-                       f"({type(err).__name__}: {reason}); using XLA attention")
+        return "xla", (f"warning: {name} does not compile here ({type(err).__name__}: {reason}); using XLA attention")
     want = np.asarray(jax.jit(reference)(q, k, v), np.float32)
     worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
     if not worst <= _TOLERANCE[dtype]:
-        return "xla", (f"warning: {name} disagrees with XLA's attention on this machine "
-                       f"(max abs difference {worst:.3g}); using XLA attention")
+        return "xla", (
+            f"warning: {name} disagrees with XLA's attention on this machine "
+            f"(max abs difference {worst:.3g}); using XLA attention"
+        )
     return impl, None

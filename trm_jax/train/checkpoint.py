@@ -87,8 +87,10 @@ def _key_data_sharding(sharding: jax.sharding.Sharding, extra_dims: int) -> jax.
         return jax.sharding.NamedSharding(sharding.mesh, spec)
     if isinstance(sharding, jax.sharding.SingleDeviceSharding):
         return sharding
-    raise TypeError(f"Checkpointer: cannot restore a PRNG key array with sharding {type(sharding).__name__}; "
-                    "use a NamedSharding or SingleDeviceSharding in the target")
+    raise TypeError(
+        f"Checkpointer: cannot restore a PRNG key array with sharding {type(sharding).__name__}; "
+        "use a NamedSharding or SingleDeviceSharding in the target"
+    )
 
 
 def _abstract_leaf(leaf: Any) -> Any:
@@ -102,8 +104,9 @@ def _abstract_leaf(leaf: Any) -> Any:
     sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if _is_key(leaf.dtype):
         data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-        return jax.ShapeDtypeStruct(data.shape, data.dtype,
-                                    sharding=_key_data_sharding(sharding, len(data.shape) - len(leaf.shape)))
+        return jax.ShapeDtypeStruct(
+            data.shape, data.dtype, sharding=_key_data_sharding(sharding, len(data.shape) - len(leaf.shape))
+        )
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
@@ -141,8 +144,7 @@ def _leaf_problems(name: str, leaf: Any, stored: Any, impl: str | None) -> list[
 def _array_checksums(stored: Any) -> dict[str, str]:
     """Checksums of a stored state's arrays by their path (``a/b/c``)."""
     flat = ocp.tree.to_flat_dict(stored)
-    return checksums({"/".join(path): leaf for path, leaf in flat.items()
-                      if isinstance(leaf, (jax.Array, np.ndarray))})
+    return checksums({"/".join(path): leaf for path, leaf in flat.items() if isinstance(leaf, (jax.Array, np.ndarray))})
 
 
 def _json_digest(value: Mapping[str, Any]) -> str:
@@ -162,10 +164,14 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"Checkpointer: max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                               cleanup_tmp_directories=True, create=True)
-        handlers = {_STATE: ocp.StandardCheckpointHandler(), _EXTRAS: ocp.JsonCheckpointHandler(),
-                    _META: ocp.JsonCheckpointHandler()}
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True
+        )
+        handlers = {
+            _STATE: ocp.StandardCheckpointHandler(),
+            _EXTRAS: ocp.JsonCheckpointHandler(),
+            _META: ocp.JsonCheckpointHandler(),
+        }
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # ----------------------------------------------------------------------------------- saving
@@ -184,15 +190,24 @@ class Checkpointer:
         stored = jax.tree.map(_stored_leaf, state)
         meta = {
             "format_version": _FORMAT_VERSION,
-            "prng_keys": [{"path": list(path), "impl": str(jax.random.key_impl(leaf))} for path, leaf in leaves
-                          if isinstance(leaf, jax.Array) and _is_key(leaf.dtype)],
-            "empty_arrays": [{"path": list(path), "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
-                             for path, leaf in leaves if _is_empty(leaf)],
+            "prng_keys": [
+                {"path": list(path), "impl": str(jax.random.key_impl(leaf))}
+                for path, leaf in leaves
+                if isinstance(leaf, jax.Array) and _is_key(leaf.dtype)
+            ],
+            "empty_arrays": [
+                {"path": list(path), "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
+                for path, leaf in leaves
+                if _is_empty(leaf)
+            ],
             "checksums": _array_checksums(stored),
             "extras_sha256": _json_digest(extras),
         }
-        items = {_STATE: ocp.args.StandardSave(stored),
-                 _EXTRAS: ocp.args.JsonSave(extras), _META: ocp.args.JsonSave(meta)}
+        items = {
+            _STATE: ocp.args.StandardSave(stored),
+            _EXTRAS: ocp.args.JsonSave(extras),
+            _META: ocp.args.JsonSave(meta),
+        }
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def wait_until_finished(self) -> None:
@@ -225,8 +240,9 @@ class Checkpointer:
         """
         step = self._resolve_step(step)
         self._check_items(step)
-        meta = self._guarded(step, lambda: self._manager.restore(
-            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
+        meta = self._guarded(
+            step, lambda: self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
+        )
         if not isinstance(meta, Mapping):
             raise self.damaged(step, f"{_META}/ holds {type(meta).__name__}, expected a JSON object")
         prng_keys = {tuple(e["path"]): e["impl"] for e in meta.get("prng_keys", [])}
@@ -261,8 +277,13 @@ class Checkpointer:
         state, extras = self._read(step, ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(abstract)))
         return ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(state), target=abstract), extras
 
-    def _check_matches(self, step: int, target: Any, prng_keys: Mapping[Path, str],
-                       empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def _check_matches(
+        self,
+        step: int,
+        target: Any,
+        prng_keys: Mapping[Path, str],
+        empty: Mapping[Path, tuple[tuple[int, ...], np.dtype]],
+    ) -> None:
         """Raises :class:`CheckpointMismatchError` naming up to three paths whose leaves differ."""
         tree = self._guarded(step, lambda: self._manager.item_metadata(step)[_STATE])
         on_disk = ocp.tree.to_flat_dict(tree.tree)
@@ -276,12 +297,17 @@ class Checkpointer:
             elif not (isinstance(leaf, (bool, int, float)) or isinstance(stored, ocp.metadata.ScalarMetadata)):
                 # Python scalars are stored with orbax's own 64-bit dtype: only kinds matter.
                 problems.extend(_leaf_problems("/".join(path), leaf, stored, prng_keys.get(path)))
-        problems += [f"param {'/'.join(path)} is in the checkpoint but not in the target"
-                     for path in on_disk if path not in wanted]
+        problems += [
+            f"param {'/'.join(path)} is in the checkpoint but not in the target"
+            for path in on_disk
+            if path not in wanted
+        ]
         if problems:
             more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
-            raise CheckpointMismatchError(f"checkpoint at {self.directory} step {step} was written by a different "
-                                          f"architecture: {'; '.join(problems[:3])}{more}")
+            raise CheckpointMismatchError(
+                f"checkpoint at {self.directory} step {step} was written by a different "
+                f"architecture: {'; '.join(problems[:3])}{more}"
+            )
 
     def _verify(self, step: int, meta: Mapping[str, Any], state: Any, extras: Mapping[str, Any]) -> None:
         """Raises :class:`CheckpointDamagedError` naming the first array (or the extras) whose
@@ -294,8 +320,11 @@ class Checkpointer:
         got = _array_checksums(state)
         for name in sorted(expected):
             if expected[name] != got.get(name):
-                raise self.damaged(step, f"array {name} does not match the checksum it was saved with "
-                                         f"(saved {expected.get(name)}, read {got.get(name)})")
+                raise self.damaged(
+                    step,
+                    f"array {name} does not match the checksum it was saved with "
+                    f"(saved {expected.get(name)}, read {got.get(name)})",
+                )
         if meta.get("extras_sha256") != _json_digest(extras):
             raise self.damaged(step, f"{_EXTRAS}/ does not match the checksum it was saved with")
 
@@ -308,8 +337,11 @@ class Checkpointer:
         step_dir = self._step_dir(step)
         if not all(os.path.isdir(os.path.join(step_dir, item)) for item in (_STATE, _EXTRAS, _META)):
             return False
-        return all(json_object(os.path.join(step_dir, item, name)) for item, name in _JSON_FILES.items()
-                   if os.path.exists(os.path.join(step_dir, item, name)))
+        return all(
+            json_object(os.path.join(step_dir, item, name))
+            for item, name in _JSON_FILES.items()
+            if os.path.exists(os.path.join(step_dir, item, name))
+        )
 
     def damaged(self, step: int, reason: str) -> CheckpointDamagedError:
         """The error for a damaged ``step`` (``reason``: what could not be read), listing intact older steps."""
@@ -317,11 +349,17 @@ class Checkpointer:
         return CheckpointDamagedError(self.directory, step, reason, intact)
 
     def _check_items(self, step: int) -> None:
-        missing = [f"{item}/" for item in (_STATE, _EXTRAS, _META)
-                   if not os.path.isdir(os.path.join(self._step_dir(step), item))]
+        missing = [
+            f"{item}/"
+            for item in (_STATE, _EXTRAS, _META)
+            if not os.path.isdir(os.path.join(self._step_dir(step), item))
+        ]
         if missing:
-            raise self.damaged(step, f"its item director{'ies' if len(missing) > 1 else 'y'} "
-                                      f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing")
+            raise self.damaged(
+                step,
+                f"its item director{'ies' if len(missing) > 1 else 'y'} "
+                f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing",
+            )
 
     def _guarded(self, step: int, read: Callable[[], _T]) -> _T:
         """``read()``; damaged files raise :class:`CheckpointDamagedError` naming ``step``."""

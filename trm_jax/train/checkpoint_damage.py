@@ -37,8 +37,9 @@ class CheckpointDamagedError(ValueError):
         self.directory, self.step, self.reason = directory, int(step), reason
         self.intact_steps = [int(s) for s in intact_steps]
         older = ", ".join(map(str, self.intact_steps)) or "none"
-        super().__init__(f"checkpoint step {step} in {directory} is damaged ({reason}); older steps that look "
-                         f"intact: {older}")
+        super().__init__(
+            f"checkpoint step {step} in {directory} is damaged ({reason}); older steps that look intact: {older}"
+        )
 
     @property
     def step_dir(self) -> str:
@@ -47,8 +48,10 @@ class CheckpointDamagedError(ValueError):
 
 
 # A tensorstore error (raised as ValueError) starts with its absl status code.
-_TENSORSTORE_STATUS = re.compile(r"^(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND|INVALID_ARGUMENT|"
-                                 r"UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED): ")
+_TENSORSTORE_STATUS = re.compile(
+    r"^(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND|INVALID_ARGUMENT|"
+    r"UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED): "
+)
 
 
 def _damage_reason(err: BaseException) -> str | None:
@@ -67,7 +70,7 @@ def _damage_reason(err: BaseException) -> str | None:
         status = _TENSORSTORE_STATUS.match(text) if isinstance(current, ValueError) else None
         if status:  # long, innermost cause last: keep the status code and the end
             text = re.split(r" \[(?:source locations|tensorstore_spec)=", text)[0]  # drop the annotations
-            return text if len(text) <= 300 else f"{status.group(0)}...{text[-(296 - len(status.group(0))):]}"
+            return text if len(text) <= 300 else f"{status.group(0)}...{text[-(296 - len(status.group(0))) :]}"
         if isinstance(current, FileNotFoundError):
             return f"missing file: {text}"
         current = current.__cause__ or current.__context__
@@ -76,9 +79,11 @@ def _damage_reason(err: BaseException) -> str | None:
 
 def _pending_orbax_coroutines() -> int:
     """How many of orbax's coroutines are suspended (not finished, not yet collected)."""
-    return sum(1 for obj in gc.get_objects()
-               if isinstance(obj, types.CoroutineType) and obj.cr_frame is not None
-               and "orbax" in obj.cr_code.co_filename)
+    return sum(
+        1
+        for obj in gc.get_objects()
+        if isinstance(obj, types.CoroutineType) and obj.cr_frame is not None and "orbax" in obj.cr_code.co_filename
+    )
 
 
 @contextlib.contextmanager

@@ -7,10 +7,10 @@ own that is checked on read).
 
 The checksum of an array is two 32-bit sums over its elements' bit patterns: of each element
 mixed with its position by murmur3's finaliser, and of each element times an odd weight given
-by its position; a changed, swapped or moved element changes them. Sums modulo 2**32 do not depend on the order they are taken in: the
-value is the same for an array on one device or sharded over many, on any backend. It runs
-as one jitted function over the whole state on the devices holding it, and only the sums
-(8 bytes per array) reach the host.
+by its position; a changed, swapped or moved element changes them. Sums modulo 2**32 do not
+depend on the order they are taken in: the value is the same for an array on one device or
+sharded over many, on any backend. It runs as one jitted function over the whole state on the
+devices holding it, and only the sums (8 bytes per array) reach the host.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def checksums(arrays: Mapping[str, Any]) -> dict[str, str]:
     present = {name: x for name, x in arrays.items() if math.prod(np.shape(x)) > 0}
     if not present:
         return {}
-    sums = jax.device_get(_checksums({name: jnp.asarray(x) if isinstance(x, np.ndarray) else x
-                                      for name, x in present.items()}))
+    sums = jax.device_get(
+        _checksums({name: jnp.asarray(x) if isinstance(x, np.ndarray) else x for name, x in present.items()})
+    )
     return {name: "".join(f"{int(v):08x}" for v in np.asarray(value)) for name, value in sums.items()}

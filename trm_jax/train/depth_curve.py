@@ -36,8 +36,7 @@ DEPTH_JSON = "depth_curve.json"
 DEPTH_PLOT = "depth_curve.png"
 
 
-def depth_trace(config: TRMConfig, variables: Variables, batch: Batch,
-                max_steps: int) -> dict[str, jax.Array]:
+def depth_trace(config: TRMConfig, variables: Variables, batch: Batch, max_steps: int) -> dict[str, jax.Array]:
     """Per row and step, ``exact`` (bool), ``accuracy`` (the row's token accuracy) and
     ``q_halt_logits``, all [B, max_steps].
 
@@ -55,8 +54,12 @@ def depth_trace(config: TRMConfig, variables: Variables, batch: Batch,
         return carry, (rows["exact"], rows["accuracy"], outputs["q_halt_logits"].astype(jnp.float32))
 
     _, (exact, accuracy, q_halt) = jax.lax.scan(body, initial_carry(config, batch), None, length=max_steps)
-    return {"exact": exact.T, "accuracy": accuracy.T, "q_halt_logits": q_halt.T,
-            "valid": jnp.any(batch["labels"] != IGNORE_LABEL_ID, axis=-1)}
+    return {
+        "exact": exact.T,
+        "accuracy": accuracy.T,
+        "q_halt_logits": q_halt.T,
+        "valid": jnp.any(batch["labels"] != IGNORE_LABEL_ID, axis=-1),
+    }
 
 
 def depth_points(max_steps: int, halt_max_steps: int) -> list[int]:
@@ -84,9 +87,11 @@ class DepthCurve:
     def summary(self) -> str:
         """One line: the curve and the halting point, in percent."""
         curve = ", ".join(f"{s}: {100 * a:.1f}%" for s, a in zip(self.steps, self.exact_accuracy))
-        return (f"exact accuracy by test-time supervision steps {{{curve}}}; learned halting: "
-                f"{self.halting_mean_steps:.2f} steps on average, {100 * self.halting_exact_accuracy:.1f}% "
-                f"exact ({self.num_puzzles} test puzzles)")
+        return (
+            f"exact accuracy by test-time supervision steps {{{curve}}}; learned halting: "
+            f"{self.halting_mean_steps:.2f} steps on average, {100 * self.halting_exact_accuracy:.1f}% "
+            f"exact ({self.num_puzzles} test puzzles)"
+        )
 
 
 def summarize_trace(exact: np.ndarray, q_halt_logits: np.ndarray, halt_max_steps: int) -> DepthCurve:
@@ -111,8 +116,13 @@ def summarize_trace(exact: np.ndarray, q_halt_logits: np.ndarray, halt_max_steps
     )
 
 
-def depth_curve(config: TRMConfig, variables: Variables, batches: Iterable[dict[str, np.ndarray]],
-                max_steps: int, mesh: jax.sharding.Mesh | None = None) -> DepthCurve:
+def depth_curve(
+    config: TRMConfig,
+    variables: Variables,
+    batches: Iterable[dict[str, np.ndarray]],
+    max_steps: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> DepthCurve:
     """The depth curve over ``batches`` (e.g. a run's test loader), padding rows left out.
 
     With ``mesh`` each batch is sharded over its devices by rows (this process's rows, as the
@@ -150,10 +160,20 @@ def plot_depth_curve(curve: DepthCurve, out: str | os.PathLike, title: str = "")
     fig = Figure(figsize=(5.6, 3.8))
     ax = fig.subplots()
     ax.plot(curve.steps, [100 * a for a in curve.exact_accuracy], "o-", label="fixed test-time depth")
-    ax.plot([curve.halting_mean_steps], [100 * curve.halting_exact_accuracy], "r*", ms=12,
-            label=f"learned halting ({curve.halting_mean_steps:.2f} steps on average)")
-    ax.axvline(curve.halt_max_steps, color="gray", ls="--", lw=1,
-               label=f"trained depth (halt_max_steps={curve.halt_max_steps})")
+    ax.plot(
+        [curve.halting_mean_steps],
+        [100 * curve.halting_exact_accuracy],
+        "r*",
+        ms=12,
+        label=f"learned halting ({curve.halting_mean_steps:.2f} steps on average)",
+    )
+    ax.axvline(
+        curve.halt_max_steps,
+        color="gray",
+        ls="--",
+        lw=1,
+        label=f"trained depth (halt_max_steps={curve.halt_max_steps})",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks(curve.steps, [str(s) for s in curve.steps])
     ax.set_xlabel("supervision steps at test time")

@@ -25,6 +25,7 @@ def ema_update(ema, params, rate: float | jax.Array = 0.999):
     Called after every optimiser step with the updated parameters. ``ema`` and ``params`` must have
     the same tree structure.
     """
+
     # For a Python float, 1 - rate is formed in float64 before the cast, as the reference does
     # (float32(1 - 0.999) differs from 1 - float32(0.999) in the last bits).
     def mix(e, p):

@@ -27,6 +27,7 @@ def host_rows(x: Any) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils  # noqa: PLC0415
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -42,22 +43,31 @@ class AdaptiveEval:
 def halting_policy(config: ml_collections.ConfigDict) -> HaltingPolicy:
     """The evaluation's :class:`~trm_jax.inference.HaltingPolicy` (``train.eval_halting``,
     ``train.eval_num_steps`` as the cap, ``train.eval_halt_threshold``)."""
-    return HaltingPolicy(config.train.eval_halting, config.train.eval_num_steps,
-                         config.train.eval_halt_threshold)
+    return HaltingPolicy(config.train.eval_halting, config.train.eval_num_steps, config.train.eval_halt_threshold)
 
 
-def make_eval_fn(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-                 mesh: jax.sharding.Mesh, state: TrainState, policy: HaltingPolicy | None = None,
-                 sampling: TrajectorySampling = TrajectorySampling(), seed: int = 0):
+def make_eval_fn(
+    config: ml_collections.ConfigDict,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    policy: HaltingPolicy | None = None,
+    sampling: TrajectorySampling = TrajectorySampling(),
+    seed: int = 0,
+):
     """What :func:`run_evaluation` runs: the batch eval step jitted over ``mesh`` for ``fixed``
     halting (the official evaluation), or an :class:`AdaptiveEval` whose ``train.eval_slots``
     slots (0: the eval batch size) are sharded over ``mesh`` for adaptive halting or several
     noisy trajectories per puzzle (``sampling``, its noise drawn from ``seed``)."""
     policy = halting_policy(config) if policy is None else policy
     if policy.mode == "fixed" and sampling.is_plain:
-        step = compile_on_first_call(parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,
-                                                            num_steps=policy.max_steps or None),
-                                     mesh.devices.flat[0].platform)
+        step = compile_on_first_call(
+            parallel.jit_eval_step(
+                model_config, mesh, state, use_ema=optim_config.ema, num_steps=policy.max_steps or None
+            ),
+            mesh.devices.flat[0].platform,
+        )
         return lambda state, batch: step(state, parallel.shard_batch(batch, mesh))
     slots = config.train.eval_slots or config.train.eval_batch_size or config.optim.global_batch_size
     solve = make_solver(model_config, num_slots=slots, policy=policy, sampling=sampling, mesh=mesh)
@@ -73,8 +83,10 @@ def _with_key(solver: Callable, key: jax.Array, variables: Any, puzzles: Any) ->
 def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.ndarray]:
     """The test split's rows (padding, rows without any label, dropped) as host arrays, in loader order."""
     if jax.process_count() > 1:
-        raise RunDirError("adaptive evaluation (train.eval_halting='adaptive') and noisy trajectories run in one "
-                          "process; use eval_halting='fixed' and one trajectory for multi-host runs")
+        raise RunDirError(
+            "adaptive evaluation (train.eval_halting='adaptive') and noisy trajectories run in one "
+            "process; use eval_halting='fixed' and one trajectory for multi-host runs"
+        )
     parts: dict[str, list[np.ndarray]] = {"inputs": [], "labels": [], "puzzle_identifiers": []}
     for index, batch in enumerate(loader):
         if max_batches and index >= max_batches:
@@ -85,20 +97,33 @@ def collect_puzzles(loader: PuzzleLoader, max_batches: int = 0) -> dict[str, np.
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _run_adaptive(config: ml_collections.ConfigDict, state: TrainState, evaluator: AdaptiveEval,
-                  loader: PuzzleLoader, arc_evaluator: Any) -> dict[str, float]:
+def _run_adaptive(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    evaluator: AdaptiveEval,
+    loader: PuzzleLoader,
+    arc_evaluator: Any,
+) -> dict[str, float]:
     puzzles = collect_puzzles(loader, config.train.eval_max_batches)
     results = jax.device_get(evaluator.solve(state.variables(use_ema=evaluator.use_ema), puzzles))
     metrics = summarize(results, evaluator.cap)
     if arc_evaluator is not None:
-        arc_evaluator.update(puzzles["inputs"], results["preds"], results["q_halt_logits"],
-                             puzzles["puzzle_identifiers"])
+        arc_evaluator.update(
+            puzzles["inputs"], results["preds"], results["q_halt_logits"], puzzles["puzzle_identifiers"]
+        )
     return metrics
 
 
-def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn: Callable | AdaptiveEval,
-                   loader: PuzzleLoader, *, step: int, out_dir: Path | None = None,
-                   arc_evaluator: Any = None) -> dict[str, float]:
+def run_evaluation(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    eval_fn: Callable | AdaptiveEval,
+    loader: PuzzleLoader,
+    *,
+    step: int,
+    out_dir: Path | None = None,
+    arc_evaluator: Any = None,
+) -> dict[str, float]:
     """Metrics over the test split (``eval_max_batches`` batches, 0 = all), EMA weights.
 
     ``eval_fn``: from :func:`make_eval_fn` (or any ``(state, batch) -> (predictions, metric
@@ -124,9 +149,12 @@ def run_evaluation(config: ml_collections.ConfigDict, state: TrainState, eval_fn
         for key, value in jax.device_get(metrics).items():
             sums[key] = sums.get(key, 0.0) + float(value)
         if arc_evaluator is not None:
-            arc_evaluator.update(host_rows(batch["inputs"]), host_rows(predictions["preds"]),
-                                 host_rows(predictions["q_halt_logits"]),
-                                 host_rows(batch["puzzle_identifiers"]))
+            arc_evaluator.update(
+                host_rows(batch["inputs"]),
+                host_rows(predictions["preds"]),
+                host_rows(predictions["q_halt_logits"]),
+                host_rows(batch["puzzle_identifiers"]),
+            )
     result = sums_to_means(sums, steps=max(batches, 1), examples=max(sums.get("count", 0.0), 1.0))
     result.pop("loss", None)  # total / global batch per batch: padding rows skew it; lm_loss is the mean
     return _with_arc(result, arc_evaluator, out_dir, step)
@@ -147,4 +175,5 @@ def make_arc_evaluator(config: ml_collections.ConfigDict, path: Path) -> Any:
     if config.data.evaluator != "arc":
         raise RunDirError(f"config.data.evaluator={config.data.evaluator!r}: expected 'arc' or ''")
     from trm_jax.data.arc_eval import ArcEvaluator  # noqa: PLC0415
+
     return ArcEvaluator.from_dataset_dir(str(path), aggregate_across_evals=False)

@@ -31,6 +31,7 @@ from trm_jax import configs as configs_lib
 from trm_jax.config import TRMConfig
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.fileio import write_json_atomic
+from trm_jax.signals import signals_interrupt
 from trm_jax.train import memory_check, parallel, wandb_log
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
@@ -38,20 +39,42 @@ from trm_jax.train.depth_curve import DEPTH_JSON, DepthCurve, depth_curve, save_
 from trm_jax.train.evaluation import make_arc_evaluator, make_eval_fn, run_evaluation
 from trm_jax.train.metrics import MetricWindow
 from trm_jax.train.metrics_log import CSV_NAME, PLOT_NAME, TB_DIR, MetricsWriter, format_scalars, plot_curves
-from trm_jax.signals import signals_interrupt
 from trm_jax.train.preemption import StopSignal
+from trm_jax.train.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_NAME,
+    RunDirError,
+    check_resume_step,
+    dataset_dir,
+    eval_every_steps,
+    make_eval_loader,
+    make_train_loader,
+    prepare_dataset,
+    resolve_configs,
+    restore_checkpoint,
+    restore_loader,
+)
 from trm_jax.train.run_lock import RunLock
-from trm_jax.train.run_dir import (CHECKPOINT_DIR, CONFIG_NAME, RunDirError, check_resume_step,
-                                   dataset_dir, eval_every_steps, make_eval_loader,
-                                   make_train_loader, prepare_dataset, resolve_configs,
-                                   restore_checkpoint, restore_loader)
 from trm_jax.train.state import OptimConfig, TrainState
 from trm_jax.train.stepping import Stepper
 
-__all__ = ["CHECKPOINT_DIR", "CONFIG_NAME", "RunDirError", "TrainResult", "TrainingError",
-           "dataset_dir", "eval_every_steps", "make_arc_evaluator", "make_eval_loader",
-           "make_train_loader", "prepare_dataset", "resolve_configs", "restore_checkpoint",
-           "run_evaluation", "train"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_NAME",
+    "RunDirError",
+    "TrainResult",
+    "TrainingError",
+    "dataset_dir",
+    "eval_every_steps",
+    "make_arc_evaluator",
+    "make_eval_loader",
+    "make_train_loader",
+    "prepare_dataset",
+    "resolve_configs",
+    "restore_checkpoint",
+    "run_evaluation",
+    "train",
+]
 
 # Entered around the host work of every step (dispatch, metric add, ``on_step``); tests swap in
 # a transfer guard to check that nothing is read from the device there.
@@ -79,9 +102,15 @@ class TrainResult:
     depth_curve: DepthCurve | None = None
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume: bool = False,
-          *, stop_at: int | None = None, step: int | None = None,
-          on_step: Callable[[int], None] | None = None) -> TrainResult:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    resume: bool = False,
+    *,
+    stop_at: int | None = None,
+    step: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
     """Train ``config`` in ``workdir`` (see the module docstring); returns where it stopped.
 
     ``resume``: continue from the newest checkpoint in ``workdir`` (a fresh start when there is
@@ -124,8 +153,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
     ckpt_dir = workdir / CHECKPOINT_DIR
     on_disk = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) if ckpt_dir.is_dir() else []
     if not resume and on_disk:
-        raise RunDirError(f"{workdir} already holds checkpoints: pass --resume to continue that run, "
-                          f"or use another --workdir")
+        raise RunDirError(
+            f"{workdir} already holds checkpoints: pass --resume to continue that run, or use another --workdir"
+        )
     if step is not None:
         check_resume_step(ckpt_dir, on_disk, step, resume)
     lock = RunLock(workdir) if jax.process_index() == 0 else None  # one writer: process 0 holds it
@@ -133,8 +163,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, resume:
         return _prepare_and_run(config, workdir, resume, step, stop_at, on_step, lock)
 
 
-def _prepare_and_run(config: ml_collections.ConfigDict, workdir: Path, resume: bool, step: int | None,
-                     stop_at: int | None, on_step: Callable[[int], None] | None, lock: RunLock | None) -> TrainResult:
+def _prepare_and_run(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    resume: bool,
+    step: int | None,
+    stop_at: int | None,
+    on_step: Callable[[int], None] | None,
+    lock: RunLock | None,
+) -> TrainResult:
     """Everything :func:`train` does once the run directory is locked: data, configs, memory
     check, state (fresh or restored), then the loop."""
     ckpt_dir = workdir / CHECKPOINT_DIR
@@ -148,14 +185,14 @@ def _prepare_and_run(config: ml_collections.ConfigDict, workdir: Path, resume: b
     eval_loader = make_eval_loader(config, data_path)
     arc_evaluator = make_arc_evaluator(config, data_path)
     mesh = parallel.make_mesh()
-    fitted = memory_check.fit_train_step(config, model_config, optim_config, mesh,
-                                         memory_check.memory_budget(config))
+    fitted = memory_check.fit_train_step(config, model_config, optim_config, mesh, memory_check.memory_budget(config))
     optim_config = fitted.optim_config
     if fitted.message and jax.process_index() == 0:
         print(fitted.message, flush=True)
 
-    checkpointer = Checkpointer(ckpt_dir, max_to_keep=config.train.max_to_keep,
-                                async_save=config.train.async_checkpoint)
+    checkpointer = Checkpointer(
+        ckpt_dir, max_to_keep=config.train.max_to_keep, async_save=config.train.async_checkpoint
+    )
     try:
         start = (step if step is not None else checkpointer.latest_step()) if resume else None
         if start is not None:
@@ -163,20 +200,45 @@ def _prepare_and_run(config: ml_collections.ConfigDict, workdir: Path, resume: b
             restore_loader(loader, extras, checkpointer, start)
         else:
             start = 0
-            state = parallel.create_sharded_train_state(model_config, optim_config,
-                                                        jax.random.key(config.train.seed), mesh)
+            state = parallel.create_sharded_train_state(
+                model_config, optim_config, jax.random.key(config.train.seed), mesh
+            )
         if jax.process_index() == 0:
             write_json_atomic(workdir / CONFIG_NAME, configs_lib.config_to_dict(resolved))
         stepper = Stepper(config.train.parallel, model_config, optim_config, mesh, state, compiled=fitted.compiled)
-        return _run(resolved, model_config, optim_config, workdir, mesh, state, stepper, start, loader, eval_loader,
-                    arc_evaluator, checkpointer, stop_at, on_step, lock)
+        return _run(
+            resolved,
+            model_config,
+            optim_config,
+            workdir,
+            mesh,
+            state,
+            stepper,
+            start,
+            loader,
+            eval_loader,
+            arc_evaluator,
+            checkpointer,
+            stop_at,
+            on_step,
+            lock,
+        )
     finally:
         checkpointer.close()
 
 
-def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh,
-                 state: TrainState, workdir: Path, start: int, eval_every: int,
-                 checkpointer: Checkpointer, tensorboard: bool, wandb: str = "") -> list[str]:
+def _start_lines(
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    workdir: Path,
+    start: int,
+    eval_every: int,
+    checkpointer: Checkpointer,
+    tensorboard: bool,
+    wandb: str = "",
+) -> list[str]:
     """What the run says before its first step: hardware, model, batch, where things go."""
     total = optim_config.total_steps
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -189,41 +251,78 @@ def _start_lines(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.s
     else:
         resumed = f"resumed {workdir} at step {start}/{total}; " if start else ""
         chunks = f" in {optim_config.microbatches} microbatches" if optim_config.microbatches > 1 else ""
-        head = (f"{resumed}training {model_config.hidden_size}-wide TRM ({params:,} parameters) to step {total} on "
-                f"{devices}, batch {batch} ({batch // mesh.size} per device{chunks}), evaluation every "
-                f"{eval_every} steps")
+        head = (
+            f"{resumed}training {model_config.hidden_size}-wide TRM ({params:,} parameters) to step {total} on "
+            f"{devices}, batch {batch} ({batch // mesh.size} per device{chunks}), evaluation every "
+            f"{eval_every} steps"
+        )
     metrics = f"{workdir / CSV_NAME}" + (f" (+ {workdir / TB_DIR})" if tensorboard else "")
     metrics += f" (+ {wandb})" if wandb else ""
     return [head, f"checkpoints: {checkpointer.directory}; metrics: {metrics}; curves: {workdir / PLOT_NAME}"]
 
 
-def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-         workdir: Path, mesh: jax.sharding.Mesh, state: TrainState, stepper: Stepper, start: int, loader: PuzzleLoader,
-         eval_loader: PuzzleLoader, arc_evaluator: Any, checkpointer: Checkpointer,
-         stop_at: int | None, on_step: Callable[[int], None] | None, lock: RunLock | None) -> TrainResult:
+def _run(
+    config: ml_collections.ConfigDict,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    workdir: Path,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    stepper: Stepper,
+    start: int,
+    loader: PuzzleLoader,
+    eval_loader: PuzzleLoader,
+    arc_evaluator: Any,
+    checkpointer: Checkpointer,
+    stop_at: int | None,
+    on_step: Callable[[int], None] | None,
+    lock: RunLock | None,
+) -> TrainResult:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     primary = jax.process_index() == 0
     total = optim_config.total_steps
     eval_every = eval_every_steps(config, total)
     eval_fn = make_eval_fn(config, model_config, optim_config, mesh, state)
-    wandb_run = (wandb_log.WandbRun.start(config, workdir, continuing=start > 0)
-                 if primary and config.train.wandb_project else None)
+    wandb_run = (
+        wandb_log.WandbRun.start(config, workdir, continuing=start > 0)
+        if primary and config.train.wandb_project
+        else None
+    )
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=primary, wandb=wandb_run)
     window = MetricWindow(optim_config.global_batch_size)
-    bar = tqdm(total=total, initial=start, disable=not (primary and config.train.progress_bar),
-               dynamic_ncols=True, unit="step", leave=True)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        disable=not (primary and config.train.progress_bar),
+        dynamic_ncols=True,
+        unit="step",
+        leave=True,
+    )
     log = bar.write if not bar.disable else functools.partial(print, flush=True)
     if primary:
-        for line in _start_lines(model_config, optim_config, mesh, state, workdir, start, eval_every,
-                                 checkpointer, writer.has_tensorboard,
-                                 wandb_run.description if wandb_run is not None else ""):
+        for line in _start_lines(
+            model_config,
+            optim_config,
+            mesh,
+            state,
+            workdir,
+            start,
+            eval_every,
+            checkpointer,
+            writer.has_tensorboard,
+            wandb_run.description if wandb_run is not None else "",
+        ):
             log(line)
     saved_steps = set(checkpointer.all_steps())
 
     def save(step: int, state: TrainState) -> None:
-        extras = {"loader": loader.state(), "config": configs_lib.config_to_dict(config),
-                  "model_config": model_config.to_dict(), "step": step}
+        extras = {
+            "loader": loader.state(),
+            "config": configs_lib.config_to_dict(config),
+            "model_config": model_config.to_dict(),
+            "step": step,
+        }
         if step not in saved_steps:  # an evaluation and a signal may both ask at one step
             saved_steps.add(step)
             checkpointer.save(step, stepper.to_canonical(state), extras, force=True)
@@ -235,9 +334,11 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
             lock.heartbeat()
         if nonfinite is not None:
             last = checkpointer.latest_step()
-            raise TrainingError(f"loss is {nonfinite[1]} at step {nonfinite[0]} (steps {window.first_step}-"
-                                f"{window.last_step} read at step {step}): stopping the run "
-                                f"(last checkpoint: {'none' if last is None else f'step {last}'})")
+            raise TrainingError(
+                f"loss is {nonfinite[1]} at step {nonfinite[0]} (steps {window.first_step}-"
+                f"{window.last_step} read at step {step}): stopping the run "
+                f"(last checkpoint: {'none' if last is None else f'step {last}'})"
+            )
         if log_it and means:
             writer.write(step, means, prefix="train/")
             if primary:
@@ -271,8 +372,15 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
                 if at_log or at_eval or stopping:
                     read_window(step, log_it=at_log)
                 if at_eval and (step == total or step // eval_every > config.train.min_eval_interval):
-                    last_eval = run_evaluation(config, stepper.to_canonical(state), eval_fn, eval_loader,
-                                               step=step, out_dir=workdir, arc_evaluator=arc_evaluator)
+                    last_eval = run_evaluation(
+                        config,
+                        stepper.to_canonical(state),
+                        eval_fn,
+                        eval_loader,
+                        step=step,
+                        out_dir=workdir,
+                        arc_evaluator=arc_evaluator,
+                    )
                     writer.write(step, last_eval, prefix="eval/")
                     if primary:
                         log(f"eval step {step}: {format_scalars(last_eval)}")
@@ -286,8 +394,10 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
                     interrupted = True
                     if primary:
                         reason = f"{stop_signal.name} received" if stop_signal else f"stop_at={stop_at} reached"
-                        log(f"{reason}: saved a checkpoint at step {step}/{total} in "
-                            f"{checkpointer.directory}; continue with --resume")
+                        log(
+                            f"{reason}: saved a checkpoint at step {step}/{total} in "
+                            f"{checkpointer.directory}; continue with --resume"
+                        )
                     break
         checkpointer.wait_until_finished()
     finally:
@@ -299,16 +409,30 @@ def _run(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_confi
             print(f"training curves: {path}", flush=True)
     curve = None
     if config.train.depth_curve_steps and step == total:
-        curve = _depth_report(config, model_config, optim_config, stepper.to_canonical(state), eval_loader,
-                              mesh, workdir)
-    return TrainResult(step=step, total_steps=total, interrupted=interrupted, train_metrics=last_train,
-                       eval_metrics=last_eval, workdir=str(workdir),
-                       stop_signal=stop_signal if interrupted else None, depth_curve=curve)
+        curve = _depth_report(
+            config, model_config, optim_config, stepper.to_canonical(state), eval_loader, mesh, workdir
+        )
+    return TrainResult(
+        step=step,
+        total_steps=total,
+        interrupted=interrupted,
+        train_metrics=last_train,
+        eval_metrics=last_eval,
+        workdir=str(workdir),
+        stop_signal=stop_signal if interrupted else None,
+        depth_curve=curve,
+    )
 
 
-def _depth_report(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-                  state: TrainState, eval_loader: PuzzleLoader, mesh: jax.sharding.Mesh,
-                  workdir: Path) -> DepthCurve:
+def _depth_report(
+    config: ml_collections.ConfigDict,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    state: TrainState,
+    eval_loader: PuzzleLoader,
+    mesh: jax.sharding.Mesh,
+    workdir: Path,
+) -> DepthCurve:
     """The finished run's depth curve on its test split: printed, WORKDIR/depth_curve.{json,png}."""
     variables = state.variables(use_ema=optim_config.ema)
     curve = depth_curve(model_config, variables, eval_loader, config.train.depth_curve_steps, mesh)

@@ -52,8 +52,13 @@ def memory_budget(config: ml_collections.ConfigDict, devices: list | None = None
     return None if not limits or None in limits else min(limits)
 
 
-def fit_train_step(config: ml_collections.ConfigDict, model_config: TRMConfig, optim_config: OptimConfig,
-                   mesh: jax.sharding.Mesh, budget: int | None) -> FittedStep:
+def fit_train_step(
+    config: ml_collections.ConfigDict,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    mesh: jax.sharding.Mesh,
+    budget: int | None,
+) -> FittedStep:
     """The run's optimiser settings and compiled step after the memory check (see the module
     docstring). ``optim_config.microbatches`` is the configured count (1 for auto)."""
     auto = configs_lib.auto_microbatches(config)
@@ -69,28 +74,41 @@ def fit_train_step(config: ml_collections.ConfigDict, model_config: TRMConfig, o
 
     memory = plan(model_config, optim_config)
     if memory.fits(budget):
-        return FittedStep(optim_config, compiled_by[(model_config, optim_config)], memory,
-                          f"note: the train step was {memory.note}" if memory.note else None)
+        return FittedStep(
+            optim_config,
+            compiled_by[(model_config, optim_config)],
+            memory,
+            f"note: the train step was {memory.note}" if memory.note else None,
+        )
     limit = f"{budget / GIB:.1f} GiB per device ({_budget_source(config, mesh)})"
     needs = f"the train step plans {memory.summary()} per device, over the {limit}"
     found = fit.fewest_microbatches(plan, model_config, optim_config, mesh.size, budget, known=memory)
     if auto and found is not None:
         count, chosen = found
         optim = dataclasses.replace(optim_config, microbatches=count)
-        return FittedStep(optim, compiled_by[(model_config, optim)], chosen,
-                          f"optim.microbatches=auto: {count} ({needs} in one chunk; in {count} it plans "
-                          f"{chosen.peak_bytes / GIB:.1f} GiB)")
+        return FittedStep(
+            optim,
+            compiled_by[(model_config, optim)],
+            chosen,
+            f"optim.microbatches=auto: {count} ({needs} in one chunk; in {count} it plans "
+            f"{chosen.peak_bytes / GIB:.1f} GiB)",
+        )
     options = []
     if found is not None:
         count, chosen = found
-        options.append(f"--config.optim.microbatches={count} plans {chosen.peak_bytes / GIB:.1f} GiB "
-                       f"(--config.optim.microbatches=auto chooses it at start-up)")
+        options.append(
+            f"--config.optim.microbatches={count} plans {chosen.peak_bytes / GIB:.1f} GiB "
+            f"(--config.optim.microbatches=auto chooses it at start-up)"
+        )
     if not model_config.remat:
         remat = fit.remat_memory(plan, model_config, optim_config)
         if remat.fits(budget):
             options.append(f"--config.model.remat=true plans {remat.peak_bytes / GIB:.1f} GiB")
-    fix = "; ".join(options) if options else (
-        "no microbatch count tried or remat fits: use more devices or a smaller --config.optim.global_batch_size")
+    fix = (
+        "; ".join(options)
+        if options
+        else ("no microbatch count tried or remat fits: use more devices or a smaller --config.optim.global_batch_size")
+    )
     what = "optim.microbatches=auto found no count that fits: " if auto else ""
     raise MemoryPlanError(f"{what}{needs}: {fix}")
 

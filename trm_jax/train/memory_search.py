@@ -27,8 +27,14 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def fewest_microbatches(plan: PlanFn, model_config: TRMConfig, optim_config: OptimConfig, devices: int,
-                        budget: int | None, known: StepMemory | None = None) -> tuple[int, StepMemory] | None:
+def fewest_microbatches(
+    plan: PlanFn,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    devices: int,
+    budget: int | None,
+    known: StepMemory | None = None,
+) -> tuple[int, StepMemory] | None:
     """The smallest ``optim.microbatches`` (a divisor of the rows per device, from the
     configured count up) whose step fits ``budget``, with its plan; None when none of the
     first :data:`MAX_MICROBATCH_TRIALS` candidates does. ``known``: the plan of the configured
@@ -36,8 +42,11 @@ def fewest_microbatches(plan: PlanFn, model_config: TRMConfig, optim_config: Opt
     rows = optim_config.global_batch_size // devices
     candidates = [d for d in divisors(rows) if d >= optim_config.microbatches][:MAX_MICROBATCH_TRIALS]
     for count in candidates:
-        memory = known if (known is not None and count == optim_config.microbatches) else plan(
-            model_config, dataclasses.replace(optim_config, microbatches=count))
+        memory = (
+            known
+            if (known is not None and count == optim_config.microbatches)
+            else plan(model_config, dataclasses.replace(optim_config, microbatches=count))
+        )
         if memory.fits(budget):
             return count, memory
     return None
@@ -48,9 +57,15 @@ def remat_memory(plan: PlanFn, model_config: TRMConfig, optim_config: OptimConfi
     return plan(model_config.replace(remat=True), optim_config)
 
 
-def largest_rows_per_device(plan: PlanFn, model_config: TRMConfig, optim_config: OptimConfig, devices: int,
-                            budget: int, known: StepMemory | None = None,
-                            max_compiles: int = MAX_ROW_TRIALS) -> tuple[int, StepMemory] | None:
+def largest_rows_per_device(
+    plan: PlanFn,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    devices: int,
+    budget: int,
+    known: StepMemory | None = None,
+    max_compiles: int = MAX_ROW_TRIALS,
+) -> tuple[int, StepMemory] | None:
     """The largest rows per device (a multiple of ``optim.microbatches``) found to fit
     ``budget``, with its plan; None when no count tried fits.
 
@@ -87,11 +102,11 @@ def largest_rows_per_device(plan: PlanFn, model_config: TRMConfig, optim_config:
     return best, plans[best]
 
 
-def _next_rows(plans: dict[int, StepMemory], low: int | None, high: int | None, budget: int,
-               chunk: int) -> int | None:
+def _next_rows(plans: dict[int, StepMemory], low: int | None, high: int | None, budget: int, chunk: int) -> int | None:
     """The next row count to compile: the linear guess through the nearest plans, if it lies
     strictly between ``low`` (fits) and ``high`` (does not); else their midpoint, or double /
     half when one side is still unknown."""
+
     def down(x: float) -> int:
         return max(chunk, int(x) // chunk * chunk)
 

@@ -20,8 +20,7 @@ EXAMPLE_LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")
 STEP_MEAN_KEYS = ("loss", "lr")
 
 
-def sums_to_means(sums: Mapping[str, Any], *, steps: int = 1,
-                  examples: float | None = None) -> dict[str, float]:
+def sums_to_means(sums: Mapping[str, Any], *, steps: int = 1, examples: float | None = None) -> dict[str, float]:
     """Host-side means of metric sums accumulated over ``steps`` steps (or eval batches).
 
     Rates are divided by ``count``; the per-example loss terms by ``examples`` (the global
@@ -44,16 +43,16 @@ def sums_to_means(sums: Mapping[str, Any], *, steps: int = 1,
     return out
 
 
-def _first_bad(loss: jax.Array, step: jax.Array, bad_step: jax.Array,
-               bad_loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _first_bad(
+    loss: jax.Array, step: jax.Array, bad_step: jax.Array, bad_loss: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     new = (bad_step == 0) & ~jnp.isfinite(loss)
     return jnp.where(new, step, bad_step), jnp.where(new, loss, bad_loss)
 
 
 @jax.jit
 def _start(metrics: dict, step: jax.Array) -> dict:
-    bad_step, bad_loss = _first_bad(metrics["loss"], step, jnp.zeros((), jnp.int32),
-                                    jnp.zeros_like(metrics["loss"]))
+    bad_step, bad_loss = _first_bad(metrics["loss"], step, jnp.zeros((), jnp.int32), jnp.zeros_like(metrics["loss"]))
     return {"sums": metrics, "bad_step": bad_step, "bad_loss": bad_loss}
 
 

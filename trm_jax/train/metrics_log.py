@@ -33,8 +33,14 @@ class MetricsWriter:
     and is finished by :meth:`close` (None: no W&B logging).
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True,
-                 wandb: WandbRun | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        wandb: WandbRun | None = None,
+    ):
         self.workdir = Path(workdir)
         self.enabled = enabled  # False on non-zero processes of a multi-host run
         self.csv_path = self.workdir / CSV_NAME
@@ -125,8 +131,11 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
     if not csv_path.exists():
         return None
     series = read_metrics(csv_path)
-    names = [n for n in ("loss", "lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
-             if f"train/{n}" in series or f"eval/{n}" in series]
+    names = [
+        n
+        for n in ("loss", "lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
+        if f"train/{n}" in series or f"eval/{n}" in series
+    ]
     names += sorted({t.split("/", 1)[1] for t in series if t.startswith("eval/ARC")})
     if not names:
         return None
@@ -143,7 +152,7 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     return save_png(fig, out or workdir / PLOT_NAME)

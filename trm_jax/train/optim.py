@@ -113,7 +113,9 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTran
         raise ValueError(f"scale_by_adam_atan2: betas must lie in [0, 1), got b1={b1}, b2={b2}")
 
     def init_fn(params: optax.Params) -> ScaleByAdamATan2State:
-        zeros = lambda p: jnp.zeros(jnp.shape(p), at_least_float32(jnp.result_type(p)))
+        def zeros(p):
+            return jnp.zeros(jnp.shape(p), at_least_float32(jnp.result_type(p)))
+
         return ScaleByAdamATan2State(
             count=jnp.zeros((), jnp.int32),
             mu=jax.tree.map(zeros, params),
@@ -203,8 +205,7 @@ def warmup_cosine_schedule(
     """
     if warmup_steps < 0 or total_steps < 0:
         raise ValueError(
-            f"warmup_cosine_schedule: warmup_steps and total_steps must be >= 0, "
-            f"got {warmup_steps} and {total_steps}"
+            f"warmup_cosine_schedule: warmup_steps and total_steps must be >= 0, got {warmup_steps} and {total_steps}"
         )
 
     def schedule(count: int | jax.Array) -> jax.Array:
@@ -241,8 +242,7 @@ def sparse_signsgd_update(
     ids = ids.astype(jnp.int32)
     dtype = at_least_float32(table.dtype)
     same_id = (ids[:, None] == ids[None, :]).astype(dtype)
-    grad_sum = jnp.dot(same_id, row_grads.astype(dtype),
-                       precision=jax.lax.Precision.HIGHEST)
+    grad_sum = jnp.dot(same_id, row_grads.astype(dtype), precision=jax.lax.Precision.HIGHEST)
     lr = jnp.asarray(lr, dtype)
     decay = 1.0 - lr * jnp.asarray(weight_decay, dtype)
     rows = jnp.take(table, ids, axis=0).astype(dtype)
@@ -269,9 +269,7 @@ class SparseSignSGD(NamedTuple):
             return jnp.asarray(self.schedule(step), jnp.float32)
         return jnp.asarray(self.schedule, jnp.float32)
 
-    def update(
-        self, table: jax.Array, ids: jax.Array, row_grads: jax.Array, step: int | jax.Array
-    ) -> jax.Array:
+    def update(self, table: jax.Array, ids: jax.Array, row_grads: jax.Array, step: int | jax.Array) -> jax.Array:
         """Returns the table after one update with these rows' gradients.
 
         ``step`` is the number of updates already applied (0 for the first one), the same count

@@ -71,9 +71,11 @@ class StopSignal:
     def _all_max(self, value: int) -> jax.Array:
         if self._reduce is None:
             from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
             self._reduce = jax.jit(jax.numpy.max, out_shardings=NamedSharding(self._mesh, PartitionSpec()))
         if value not in self._flags:  # one transfer per distinct value, not one per check
             local = np.full((len(self._mesh.local_devices),), value, np.int32)
             self._flags[value] = jax.make_array_from_process_local_data(
-                parallel.batch_sharding(self._mesh), local, (self._mesh.size,))
+                parallel.batch_sharding(self._mesh), local, (self._mesh.size,)
+            )
         return self._reduce(self._flags[value])

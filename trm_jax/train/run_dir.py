@@ -55,34 +55,43 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     built = (path / "train" / "dataset.json").is_file()
     if not built and exists:
         where = "config.data.dataset_dir" if config.data.dataset_dir else "--workdir"
-        raise RunDirError(f"{path} exists but holds no train/dataset.json (not a dataset): remove it, "
-                          f"or point {where} elsewhere")
+        raise RunDirError(
+            f"{path} exists but holds no train/dataset.json (not a dataset): remove it, or point {where} elsewhere"
+        )
     if not built and not gen.kind:
         raise RunDirError(f"dataset directory {path} does not exist (build it with `trm-jax data ...`)")
     if not built and jax.process_index() == 0:
         _generate_dataset(gen, path)
     if gen.kind and jax.process_count() > 1:  # every process reaches it, whatever it saw on disk
         from jax.experimental import multihost_utils  # noqa: PLC0415
+
         multihost_utils.sync_global_devices(f"trm_jax generated dataset {path}")
         if not (path / "train" / "dataset.json").is_file():
-            raise RunDirError(f"{path}: process 0 generated the dataset but process "
-                              f"{jax.process_index()} cannot see it (is WORKDIR on a shared filesystem?)")
+            raise RunDirError(
+                f"{path}: process 0 generated the dataset but process "
+                f"{jax.process_index()} cannot see it (is WORKDIR on a shared filesystem?)"
+            )
     return path
 
 
 def _generate_dataset(gen: ml_collections.ConfigDict, out: Path) -> None:
-    print(f"generating a {gen.kind} dataset into {out} "
-          f"({gen.num_train} train / {gen.num_test} test puzzles, {gen.num_aug} augmentations)", flush=True)
+    print(
+        f"generating a {gen.kind} dataset into {out} "
+        f"({gen.num_train} train / {gen.num_test} test puzzles, {gen.num_aug} augmentations)",
+        flush=True,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".csv-") as csv_dir:
         if gen.kind == "sudoku":
             from trm_jax.data.generate_sudoku import generate_sudoku_csvs  # noqa: PLC0415
             from trm_jax.data.sudoku import build_sudoku_dataset  # noqa: PLC0415
+
             generate_sudoku_csvs(csv_dir, gen.num_train, gen.num_test, gen.seed, gen.workers, gen.blanks)
             build_sudoku_dataset(out, source_dir=csv_dir, hub_repo=None, num_aug=gen.num_aug, seed=gen.seed)
         elif gen.kind == "maze":
             from trm_jax.data.generate_maze import generate_maze_csvs  # noqa: PLC0415
             from trm_jax.data.maze import build_maze_dataset  # noqa: PLC0415
+
             generate_maze_csvs(csv_dir, gen.num_train, gen.num_test, gen.seed)
             build_maze_dataset(out, source_dir=csv_dir, hub_repo=None, aug=gen.num_aug > 0, seed=gen.seed)
         else:
@@ -92,14 +101,21 @@ def _generate_dataset(gen: ml_collections.ConfigDict, out: Path) -> None:
 def make_train_loader(config: ml_collections.ConfigDict, path: Path) -> PuzzleLoader:
     """This process's training loader; fails clearly when an epoch cannot fill one batch."""
     try:
-        loader = PuzzleLoader(path, "train", config.optim.global_batch_size, seed=config.train.seed,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+        loader = PuzzleLoader(
+            path,
+            "train",
+            config.optim.global_batch_size,
+            seed=config.train.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     except (FileNotFoundError, DatasetFormatError) as err:
         raise RunDirError(f"dataset {path}: {err}") from None
     if loader.batches_per_epoch(0) == 0:
         raise RunDirError(
             f"dataset {path}: an epoch has fewer examples than config.optim.global_batch_size="
-            f"{config.optim.global_batch_size}; use a smaller batch (--config.optim.global_batch_size=N)")
+            f"{config.optim.global_batch_size}; use a smaller batch (--config.optim.global_batch_size=N)"
+        )
     return loader
 
 
@@ -107,8 +123,9 @@ def make_eval_loader(config: ml_collections.ConfigDict, path: Path) -> PuzzleLoa
     """This process's test-split loader (``eval_batch_size``, else the training batch), padded."""
     size = config.train.eval_batch_size or config.optim.global_batch_size
     try:
-        return PuzzleLoader(path, "test", size, test_mode=True, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+        return PuzzleLoader(
+            path, "test", size, test_mode=True, process_index=jax.process_index(), process_count=jax.process_count()
+        )
     except (FileNotFoundError, DatasetFormatError) as err:
         raise RunDirError(f"dataset {path}: {err}") from None
 
@@ -116,13 +133,16 @@ def make_eval_loader(config: ml_collections.ConfigDict, path: Path) -> PuzzleLoa
 # ------------------------------------------------------------------------ configs of a run
 
 
-def resolve_configs(config: ml_collections.ConfigDict, loader: PuzzleLoader
-                    ) -> tuple[ml_collections.ConfigDict, TRMConfig, OptimConfig]:
+def resolve_configs(
+    config: ml_collections.ConfigDict, loader: PuzzleLoader
+) -> tuple[ml_collections.ConfigDict, TRMConfig, OptimConfig]:
     """The config with dataset fields and total_steps filled in, and the model/optim configs."""
     total = config.optim.total_steps or loader.total_steps(config.train.epochs)
     if total < 1:
-        raise RunDirError(f"total steps = {total}: config.train.epochs={config.train.epochs} is too few "
-                          f"for this dataset and batch size")
+        raise RunDirError(
+            f"total steps = {total}: config.train.epochs={config.train.epochs} is too few "
+            f"for this dataset and batch size"
+        )
     model_config = configs_lib.model_config(config, loader.metadata)
     optim_config = configs_lib.optim_config(config, total)
     resolved = ml_collections.ConfigDict(configs_lib.config_to_dict(config))
@@ -142,8 +162,13 @@ def eval_every_steps(config: ml_collections.ConfigDict, total_steps: int) -> int
     return max(1, total_steps * config.train.eval_interval // max(config.train.epochs, 1))
 
 
-def restore_checkpoint(checkpointer: Checkpointer, model_config: TRMConfig, optim_config: OptimConfig,
-                       mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[TrainState, dict]:
+def restore_checkpoint(
+    checkpointer: Checkpointer,
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    mesh: jax.sharding.Mesh,
+    step: int | None = None,
+) -> tuple[TrainState, dict]:
     """``(state, extras)`` of a checkpoint, laid out on ``mesh``.
 
     Raises :class:`~trm_jax.train.checkpoint.CheckpointMismatchError` when the checkpoint was
@@ -160,8 +185,9 @@ def restore_loader(loader: PuzzleLoader, extras: dict, checkpointer: Checkpointe
     try:
         loader.restore(position)
     except ValueError as err:  # a seed, split or batch size other than the run's
-        raise RunDirError(f"checkpoint step {step} in {checkpointer.directory} was saved by another data "
-                          f"setup: {err}") from None
+        raise RunDirError(
+            f"checkpoint step {step} in {checkpointer.directory} was saved by another data setup: {err}"
+        ) from None
 
 
 def check_resume_step(ckpt_dir: Path, on_disk: list[int], step: int, resume: bool) -> None:
@@ -169,13 +195,14 @@ def check_resume_step(ckpt_dir: Path, on_disk: list[int], step: int, resume: boo
     if not resume:
         raise RunDirError(f"step={step} (--step) needs resume (--resume)")
     if step not in on_disk:
-        raise RunDirError(f"no checkpoint for step {step} in {ckpt_dir} "
-                          f"(steps there: {', '.join(map(str, on_disk)) or 'none'})")
+        raise RunDirError(
+            f"no checkpoint for step {step} in {ckpt_dir} (steps there: {', '.join(map(str, on_disk)) or 'none'})"
+        )
     newer = [s for s in on_disk if s > step]
     if newer:
         moves = "; ".join(f"mv {ckpt_dir / str(s)} {ckpt_dir / str(s)}.aside" for s in newer)
-        raise RunDirError(f"cannot resume from step {step}: {ckpt_dir} also holds newer step(s) "
-                          f"{', '.join(map(str, newer))}, which later saves would meet; move them aside "
-                          f"({moves}) and resume again")
-
-
+        raise RunDirError(
+            f"cannot resume from step {step}: {ckpt_dir} also holds newer step(s) "
+            f"{', '.join(map(str, newer))}, which later saves would meet; move them aside "
+            f"({moves}) and resume again"
+        )

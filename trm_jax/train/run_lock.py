@@ -113,19 +113,29 @@ class RunLock:
             return float("inf")
 
     def _refusal(self, holder: dict | None) -> str:
-        who = (f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('started')}"
-               if holder else "a process that has not written its name yet")
+        who = (
+            f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('started')}"
+            if holder
+            else "a process that has not written its name yet"
+        )
         stale = ""
         if holder and holder.get("host") != socket.gethostname():
-            stale = (f"; its lock was refreshed {self._silent_s():.0f} s ago: if it is gone, remove {self.path} "
-                     f"or retry after {STALE_AFTER_S:.0f} s without a refresh")
-        return (f"{self.workdir} is in use by another trm-jax train ({who}): wait for it to finish or stop it, "
-                f"or train in another --workdir{stale}")
+            stale = (
+                f"; its lock was refreshed {self._silent_s():.0f} s ago: if it is gone, remove {self.path} "
+                f"or retry after {STALE_AFTER_S:.0f} s without a refresh"
+            )
+        return (
+            f"{self.workdir} is in use by another trm-jax train ({who}): wait for it to finish or stop it, "
+            f"or train in another --workdir{stale}"
+        )
 
 
 def _me() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _read_holder(fd: int) -> dict | None:

@@ -25,20 +25,19 @@ Array = jax.Array
 
 
 def schedule(config: OptimConfig, base_lr: float) -> optax.Schedule:
-    return optim.warmup_cosine_schedule(base_lr, config.lr_warmup_steps, config.total_steps,
-                                        config.lr_min_ratio)
+    return optim.warmup_cosine_schedule(base_lr, config.lr_warmup_steps, config.total_steps, config.lr_min_ratio)
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """AdamATan2 with decoupled weight decay on the warm-up + cosine schedule."""
-    return optim.adam_atan2(schedule(config, config.lr), b1=config.beta1, b2=config.beta2,
-                            weight_decay=config.weight_decay)
+    return optim.adam_atan2(
+        schedule(config, config.lr), b1=config.beta1, b2=config.beta2, weight_decay=config.weight_decay
+    )
 
 
 def make_puzzle_optimizer(config: OptimConfig) -> optim.SparseSignSGD:
     """Sparse sign-SGD of the puzzle-embedding table, on the same schedule shape."""
-    return optim.SparseSignSGD(schedule(config, config.puzzle_emb_lr),
-                               config.puzzle_emb_weight_decay)
+    return optim.SparseSignSGD(schedule(config, config.puzzle_emb_lr), config.puzzle_emb_weight_decay)
 
 
 @flax.struct.dataclass
@@ -67,9 +66,13 @@ def example_batch(model_config: TRMConfig, batch_size: int) -> dict[str, Array]:
     }
 
 
-def create_train_state(model_config: TRMConfig, optim_config: OptimConfig, rng: Array,
-                       variables: Variables | None = None,
-                       batch_size: int | None = None) -> TrainState:
+def create_train_state(
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    rng: Array,
+    variables: Variables | None = None,
+    batch_size: int | None = None,
+) -> TrainState:
     """A fresh train state; ``variables`` (e.g. from a PyTorch checkpoint) replace the init.
 
     ``batch_size`` is the global batch the carry is sized for (default: the optimiser's

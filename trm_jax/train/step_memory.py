@@ -39,8 +39,8 @@ from trm_jax.train import parallel
 GPU_WITHOUT_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 _TRITON_TILING_ERROR = "Couldn't find output tile sizes"
 _EXHAUSTED = re.compile(r"HLO temporaries \(([\d.]+)([KMGT]?)\)")
-_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-GIB = 2 ** 30
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,10 @@ class StepMemory:
     def summary(self) -> str:
         """``29.4 GiB (state 2.3, batch 0.0, temporaries 27.1)``."""
         over = " (the compiler's limit exceeded)" if self.exhausted else ""
-        return (f"{self.peak_bytes / GIB:.1f} GiB (state {self.state_bytes / GIB:.1f}, batch "
-                f"{self.batch_bytes / GIB:.2f}, temporaries {self.temp_bytes / GIB:.1f}){over}")
+        return (
+            f"{self.peak_bytes / GIB:.1f} GiB (state {self.state_bytes / GIB:.1f}, batch "
+            f"{self.batch_bytes / GIB:.2f}, temporaries {self.temp_bytes / GIB:.1f}){over}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -93,8 +95,9 @@ def _itemsize(dtype: Any) -> int:
     return dtype.itemsize
 
 
-def train_step_memory(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh,
-                      platform: str, quiet: bool = True) -> StepMemory:
+def train_step_memory(
+    model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh, platform: str, quiet: bool = True
+) -> StepMemory:
     """The memory plan of the sharded, state-donating train step at the global batch of
     ``optim_config`` (each device's ``global / devices`` rows).
 
@@ -105,27 +108,41 @@ def train_step_memory(model_config: TRMConfig, optim_config: OptimConfig, mesh: 
     return compile_train_step(model_config, optim_config, mesh, platform, quiet)[0]
 
 
-def compile_train_step(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh,
-                       platform: str, quiet: bool = True) -> tuple[StepMemory, Any]:
+def compile_train_step(
+    model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh, platform: str, quiet: bool = True
+) -> tuple[StepMemory, Any]:
     """:func:`train_step_memory` and the compiled step (None when the compiler refused it for
     memory): on real devices it runs the train state and batches a run lays out on ``mesh``."""
     parallel.check_batch_divisible(optim_config.global_batch_size, mesh, optim_config.microbatches)
     state = parallel.abstract_state(model_config, optim_config, mesh)
     batch = parallel.abstract_batch(model_config, optim_config.global_batch_size, mesh)
-    return _plan(lambda: parallel.jit_train_step(model_config, optim_config, mesh, state), (state, batch),
-                 optim_config.global_batch_size // mesh.size, platform, quiet)
+    return _plan(
+        lambda: parallel.jit_train_step(model_config, optim_config, mesh, state),
+        (state, batch),
+        optim_config.global_batch_size // mesh.size,
+        platform,
+        quiet,
+    )
 
 
-def eval_step_memory(model_config: TRMConfig, optim_config: OptimConfig, mesh: jax.sharding.Mesh,
-                     platform: str, batch_size: int, num_steps: int | None = None,
-                     quiet: bool = True) -> StepMemory:
+def eval_step_memory(
+    model_config: TRMConfig,
+    optim_config: OptimConfig,
+    mesh: jax.sharding.Mesh,
+    platform: str,
+    batch_size: int,
+    num_steps: int | None = None,
+    quiet: bool = True,
+) -> StepMemory:
     """The memory plan of the batch eval step (every row runs ``num_steps`` ACT steps, default
     ``halt_max_steps``) on ``batch_size`` rows; the train state is an argument, not donated."""
     parallel.check_batch_divisible(batch_size, mesh)
     state = parallel.abstract_state(model_config, optim_config, mesh)
     batch = parallel.abstract_batch(model_config, batch_size, mesh)
-    step = lambda: parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema,  # noqa: E731
-                                          num_steps=num_steps)
+
+    def step():
+        return parallel.jit_eval_step(model_config, mesh, state, use_ema=optim_config.ema, num_steps=num_steps)
+
     return _plan(step, (state, batch), batch_size // mesh.size, platform, quiet)[0]
 
 
@@ -141,8 +158,10 @@ def compile_step(jitted: Any, args: tuple, platform: str) -> tuple[Any, str]:
     except Exception as err:  # noqa: BLE001 - XLA raises its own runtime error types
         if platform != "gpu" or _TRITON_TILING_ERROR not in str(err):
             raise
-    return (lowered.compile(compiler_options=GPU_WITHOUT_TRITON_GEMM),
-            "compiled with cuBLAS GEMMs (XLA could not tile a Triton GEMM fusion)")
+    return (
+        lowered.compile(compiler_options=GPU_WITHOUT_TRITON_GEMM),
+        "compiled with cuBLAS GEMMs (XLA could not tile a Triton GEMM fusion)",
+    )
 
 
 def compile_on_first_call(jitted: Any, platform: str) -> Callable:
@@ -169,8 +188,9 @@ def exhausted_temp_bytes(err: BaseException) -> int | None:
     return int(float(match.group(1)) * _UNITS[match.group(2)]) if match else -1
 
 
-def _plan(make_step: Callable[[], Any], args: tuple, rows_per_device: int, platform: str,
-          quiet: bool) -> tuple[StepMemory, Any]:
+def _plan(
+    make_step: Callable[[], Any], args: tuple, rows_per_device: int, platform: str, quiet: bool
+) -> tuple[StepMemory, Any]:
     state, batch = args
     state_bytes, batch_bytes = bytes_per_device(state), bytes_per_device(batch)
     start = time.perf_counter()
@@ -181,14 +201,29 @@ def _plan(make_step: Callable[[], Any], args: tuple, rows_per_device: int, platf
         temp = exhausted_temp_bytes(err)
         if temp is None:
             raise
-        return StepMemory(rows_per_device, state_bytes, batch_bytes, state_bytes + batch_bytes, output_bytes=0,
-                          aliased_bytes=0, temp_bytes=max(temp, 0), compile_s=time.perf_counter() - start,
-                          exhausted=True), None
+        return StepMemory(
+            rows_per_device,
+            state_bytes,
+            batch_bytes,
+            state_bytes + batch_bytes,
+            output_bytes=0,
+            aliased_bytes=0,
+            temp_bytes=max(temp, 0),
+            compile_s=time.perf_counter() - start,
+            exhausted=True,
+        ), None
     stats = compiled.memory_analysis()
-    return StepMemory(rows_per_device, state_bytes, batch_bytes, stats.argument_size_in_bytes,
-                      output_bytes=stats.output_size_in_bytes,
-                      aliased_bytes=stats.alias_size_in_bytes, temp_bytes=stats.temp_size_in_bytes,
-                      compile_s=time.perf_counter() - start, note=note), compiled
+    return StepMemory(
+        rows_per_device,
+        state_bytes,
+        batch_bytes,
+        stats.argument_size_in_bytes,
+        output_bytes=stats.output_size_in_bytes,
+        aliased_bytes=stats.alias_size_in_bytes,
+        temp_bytes=stats.temp_size_in_bytes,
+        compile_s=time.perf_counter() - start,
+        note=note,
+    ), compiled
 
 
 def device_memory_limit(device) -> int | None:

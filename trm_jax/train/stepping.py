@@ -21,8 +21,15 @@ class Stepper:
     canonical (jit-sharded) state, so both modes share one evaluation.
     """
 
-    def __init__(self, mode: str, model_config: TRMConfig, optim_config: OptimConfig,
-                 mesh: jax.sharding.Mesh, state: TrainState, compiled: Any = None):
+    def __init__(
+        self,
+        mode: str,
+        model_config: TRMConfig,
+        optim_config: OptimConfig,
+        mesh: jax.sharding.Mesh,
+        state: TrainState,
+        compiled: Any = None,
+    ):
         """``compiled``: the jitted train step already compiled for this state and its
         batches (by the start-up memory check); used as is in ``"jit"`` mode."""
         if mode not in ("jit", "pmap"):
@@ -51,4 +58,3 @@ class Stepper:
             return self._train(state, parallel.shard_batch(batch, self.mesh))
         state, metrics = self._train(state, parallel.split_batch_for_pmap(batch, self._devices))
         return state, jax.tree_util.tree_map(lambda x: x[0], metrics)
-

@@ -39,8 +39,10 @@ def check_available(config: ml_collections.ConfigDict) -> None:
         import wandb  # noqa: F401, PLC0415 - optional
     except ImportError as err:
         reason = " ".join(str(err).split())
-        raise ConfigError(f"config.train.wandb_project={project!r} needs the wandb package, which does not "
-                          f"import ({reason}): {INSTALL}, or leave train.wandb_project empty") from None
+        raise ConfigError(
+            f"config.train.wandb_project={project!r} needs the wandb package, which does not "
+            f"import ({reason}): {INSTALL}, or leave train.wandb_project empty"
+        ) from None
 
 
 def run_id(workdir: Path, continuing: bool) -> str:
@@ -73,9 +75,13 @@ class WandbRun:
 
         train = config.train
         kwargs: dict[str, Any] = dict(
-            project=train.wandb_project, entity=train.wandb_entity or None,
-            name=train.wandb_run_name or workdir.resolve().name, id=run_id(workdir, continuing),
-            resume="allow", config=config_to_dict(config))
+            project=train.wandb_project,
+            entity=train.wandb_entity or None,
+            name=train.wandb_run_name or workdir.resolve().name,
+            id=run_id(workdir, continuing),
+            resume="allow",
+            config=config_to_dict(config),
+        )
         if not os.environ.get("WANDB_DIR"):
             kwargs["dir"] = str(workdir)
         run = wandb.init(**kwargs)
