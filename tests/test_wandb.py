@@ -9,33 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from test_cli import SUDOKU_CSV
+from test_cli import TINY as CLI_TINY
 from trm_jax import cli
 from trm_jax.data.sudoku import build_sudoku_dataset
 from trm_jax.train.metrics_log import read_metrics
 from trm_jax.train.wandb_log import ID_NAME, INSTALL, STEP_METRIC
 
-SUDOKU_CSV = Path(__file__).parent / "data" / "sudoku_small"
-# The quickstart shrunk: 4 steps per run, a train line every 2 steps, an evaluation every 4.
-TINY = [
-    "--config.model.hidden_size=16",
-    "--config.model.num_heads=2",
-    "--config.model.expansion=1",
-    "--config.model.H_cycles=1",
-    "--config.model.L_cycles=1",
-    "--config.model.L_layers=1",
-    "--config.model.halt_max_steps=2",
-    "--config.model.puzzle_emb_ndim=16",
-    "--config.model.puzzle_emb_len=1",
-    "--config.optim.global_batch_size=4",
-    "--config.optim.total_steps=4",
-    "--config.train.eval_every_steps=4",
-    "--config.train.log_every=2",
-    "--config.train.eval_batch_size=4",
-    "--config.train.progress_bar=false",
-    "--config.train.tensorboard=false",
-    "--config.train.depth_curve_steps=0",
-    "--config.data.generate.kind=",
-]
+# test_cli's tiny run, with a train line every 2 steps and no depth curve.
+TINY = [*CLI_TINY, "--config.train.log_every=2", "--config.train.depth_curve_steps=0"]
 PROJECT = "trm-test"
 
 
