@@ -13,6 +13,8 @@ POINT (the checkpoint save of step 4 of a 6-step run that saves at steps 2, 4 an
 * ``term-during-generation``: SIGTERM halfway through generating the run's dataset;
 * ``term-during-build``: SIGTERM while the generated puzzles are turned into the dataset;
 * ``term-during-compile``: SIGTERM while the train step compiles (start-up memory check);
+* ``term-swallowed-during-compile``: SIGTERM raised inside a garbage-collector callback just
+  after that compile (its exception is swallowed there);
 * ``hold``: train for ever, slowly (a live holder of the run directory).
 
 The hooks wrap the library's own functions at those points; nothing in the package knows of
@@ -21,6 +23,7 @@ them. Exits as ``trm-jax train`` does (the CLI's main).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -100,6 +103,28 @@ def _inject(point: str) -> None:
             return real_compile(*args, **kwargs)
 
         memory_check.compile_train_step = compile_train_step
+    elif point == "term-swallowed-during-compile":
+        real_compile = memory_check.compile_train_step
+
+        def compile_train_step(*args, **kwargs):
+            # What CI met once: the handler ran inside jax's gc callback, which swallowed its
+            # exception. Here deterministically: SIGTERM raised in a gc callback after the compile.
+            compiled = real_compile(*args, **kwargs)
+            gc.callbacks.append(_term_once)
+            gc.collect()
+            gc.callbacks.remove(_term_once)
+            return compiled
+
+        memory_check.compile_train_step = compile_train_step
+
+
+_TERM_SENT: list[bool] = []
+
+
+def _term_once(phase: str, info: dict) -> None:
+    if phase == "start" and not _TERM_SENT:
+        _TERM_SENT.append(True)
+        signal.raise_signal(signal.SIGTERM)  # runs the handler here, inside the callback
 
 
 def main() -> int:
@@ -119,7 +144,7 @@ def main() -> int:
                 "data.generate.blanks": 45,
             }
         )
-    if point == "term-during-compile":
+    if point in ("term-during-compile", "term-swallowed-during-compile"):
         overrides["train.device_memory_gib"] = 1000.0  # a budget: the check compiles before the loop
     if point == "hold":
         overrides.update({"optim.total_steps": 1_000_000, "train.eval_every_steps": 1_000_000})

@@ -13,7 +13,8 @@ Each case asserts its outcome:
   holder, the holder's files unchanged; once the holder is SIGKILLed, its stale lock is taken
   over;
 * SIGTERM while the run's dataset is generated, while it is built, and while the train step
-  compiles: exit status 143, one line, no dataset or run file left half-written.
+  compiles, also when the handler's exception is swallowed (a garbage-collector callback):
+  exit status 143, one line, no dataset or run file left half-written.
 
 The runs are subprocesses of tests/fault_worker.py (a 6-step tiny run on CPU).
 """
@@ -205,12 +206,16 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(dataset, tmp_path
 # --------------------------------------------------------------------- signals before the loop
 
 
-@pytest.mark.parametrize("point", ["term-during-generation", "term-during-build", "term-during-compile"])
+@pytest.mark.parametrize(
+    "point", ["term-during-generation", "term-during-build", "term-during-compile", "term-swallowed-during-compile"]
+)
 def test_sigterm_before_the_loop_leaves_nothing_half_written(point, dataset, tmp_path):
     workdir = tmp_path / "run"
     result = run_worker(workdir, dataset, point)
     err = result.stderr.strip().splitlines()
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    if point == "term-swallowed-during-compile":  # the case is what it says: the exception was lost there
+        assert "Exception ignored" in result.stderr and "Interrupted" in result.stderr, result.stderr[-3000:]
     assert len([line for line in err if line.startswith("error: ")]) == 1, result.stderr[-3000:]
     assert "interrupted by SIGTERM before the first training step" in err[-1]
     # Nothing at all: the dataset's and CSVs' temporary directories are removed, and so is the

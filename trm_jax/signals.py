@@ -8,6 +8,13 @@ temporary-directory writers (:func:`trm_jax.data.format.atomic_output_dir`) clea
 command exits with 128 + the signal number, as a shell reports a death by that signal. The
 training loop installs its own handlers for its duration (:class:`trm_jax.train.preemption.StopSignal`:
 stop at a step, with a checkpoint).
+
+A handler's exception can be lost: Python runs the handler between any two bytecodes of the
+main thread, also inside a garbage-collector callback, a ``__del__`` or a weakref finaliser,
+where an exception is printed as "ignored" and execution goes on (jax's ``_xla_gc_callback``
+swallowed a SIGTERM delivered right after an XLA compile). So the handler also records the
+signal, and the code calls :func:`raise_if_interrupted` before it commits anything (a dataset's
+rename, a run's first file, the training loop's start): a swallowed signal is raised there.
 """
 
 from __future__ import annotations
@@ -30,6 +37,20 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {self.signal.name}")
 
 
+_received: list[signal.Signals] = []  # signals whose Interrupted has not yet left a signals_interrupt context
+_depth = 0  # nested signals_interrupt contexts (a train that builds its dataset)
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived within :func:`signals_interrupt` and its
+    exception was swallowed where the handler happened to run (a gc callback, a ``__del__``).
+
+    Call it before committing work; outside the context, and when no signal came, it returns.
+    """
+    if _received:
+        raise Interrupted(_received[0])
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within this context (main thread only), SIGINT and SIGTERM raise :class:`Interrupted`;
@@ -39,12 +60,19 @@ def signals_interrupt() -> Iterator[None]:
         yield
         return
 
+    global _depth
+
     def interrupt(signum: int, frame: Any) -> None:
+        _received.append(signal.Signals(signum))
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        if _depth == 0:
+            _received.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -44,6 +44,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from trm_jax.fileio import make_temp_dir, read_json
+from trm_jax.signals import raise_if_interrupted
 
 FIELDS: tuple[str, ...] = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 TOKEN_FIELDS: tuple[str, ...] = ("inputs", "labels")
@@ -201,6 +202,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         yield tmp
+        raise_if_interrupted()  # a SIGINT/SIGTERM whose exception was swallowed: commit nothing
         if out.exists():
             if not overwrite:
                 raise FileExistsError(f"{out}: output directory appeared while building")

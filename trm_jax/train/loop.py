@@ -31,7 +31,7 @@ from trm_jax import configs as configs_lib
 from trm_jax.config import TRMConfig
 from trm_jax.data.loader import PuzzleLoader
 from trm_jax.fileio import write_json_atomic
-from trm_jax.signals import signals_interrupt
+from trm_jax.signals import raise_if_interrupted, signals_interrupt
 from trm_jax.train import memory_check, parallel, wandb_log
 from trm_jax.train.attention_check import resolve_attention_impl
 from trm_jax.train.checkpoint import Checkpointer
@@ -189,6 +189,7 @@ def _prepare_and_run(
     optim_config = fitted.optim_config
     if fitted.message and jax.process_index() == 0:
         print(fitted.message, flush=True)
+    raise_if_interrupted()  # a signal swallowed during compilation (see trm_jax.signals): write nothing
 
     checkpointer = Checkpointer(
         ckpt_dir, max_to_keep=config.train.max_to_keep, async_save=config.train.async_checkpoint
@@ -355,6 +356,7 @@ def _run(
     step = start
     state = stepper.to_running(state)
     batches: Iterator = iter(loader)
+    raise_if_interrupted()  # the loop's handlers take over: a swallowed signal must not be lost there
     try:
         with StopSignal(mesh, config.train.stop_check_every) as stop:
             while step < total:
