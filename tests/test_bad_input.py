@@ -100,8 +100,10 @@ def _garble_data(step_dir: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    # The storage layer's status code: the line shortens a long message in its middle, so a
+    # phrase from there ("Error reading ...") may be cut out when the paths are long.
     "truncated data files": (_truncate_data, "OUT_OF_RANGE"),
-    "garbled data files": (_garble_data, "Error reading"),
+    "garbled data files": (_garble_data, "DATA_LOSS"),
     "missing state directory": (lambda d: shutil.rmtree(d / "state"), "its item directory state/ is missing"),
     "truncated manifest": (lambda d: _truncate(d / "state" / "manifest.ocdbt"), "manifest"),
     "truncated tree metadata": (lambda d: _truncate(d / "state" / "_METADATA"), "malformed JSON"),
