@@ -23,7 +23,6 @@ them. Exits as ``trm-jax train`` does (the CLI's main).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trm_test_utils import tiny_run_config  # noqa: E402
+from trm_test_utils import sigterm_in_gc_callback, tiny_run_config  # noqa: E402
 
 KILL_STEP = 4
 RUN = {"optim.total_steps": 6, "train.eval_every_steps": 2, "train.log_every": 1, "train.max_to_keep": 5}
@@ -107,24 +106,11 @@ def _inject(point: str) -> None:
         real_compile = memory_check.compile_train_step
 
         def compile_train_step(*args, **kwargs):
-            # What CI met once: the handler ran inside jax's gc callback, which swallowed its
-            # exception. Here deterministically: SIGTERM raised in a gc callback after the compile.
             compiled = real_compile(*args, **kwargs)
-            gc.callbacks.append(_term_once)
-            gc.collect()
-            gc.callbacks.remove(_term_once)
+            sigterm_in_gc_callback()
             return compiled
 
         memory_check.compile_train_step = compile_train_step
-
-
-_TERM_SENT: list[bool] = []
-
-
-def _term_once(phase: str, info: dict) -> None:
-    if phase == "start" and not _TERM_SENT:
-        _TERM_SENT.append(True)
-        signal.raise_signal(signal.SIGTERM)  # runs the handler here, inside the callback
 
 
 def main() -> int:

@@ -6,7 +6,6 @@ The end-to-end case (a run's compile) is in tests/test_faults.py; these are the 
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
 
@@ -14,24 +13,14 @@ import pytest
 
 from trm_jax.data.format import atomic_output_dir
 from trm_jax.signals import Interrupted, raise_if_interrupted, signals_interrupt
+from trm_test_utils import sigterm_in_gc_callback
 
 
 def swallow_sigterm_in_gc_callback(monkeypatch) -> list:
-    """Raise SIGTERM inside a gc callback (its handler runs there); returns what was swallowed."""
+    """SIGTERM raised inside a gc callback (its handler runs there); returns what was swallowed."""
     swallowed: list = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_value))
-    sent: list[bool] = []
-
-    def term_once(phase: str, info: dict) -> None:
-        if phase == "start" and not sent:
-            sent.append(True)
-            signal.raise_signal(signal.SIGTERM)
-
-    gc.callbacks.append(term_once)
-    try:
-        gc.collect()
-    finally:
-        gc.callbacks.remove(term_once)
+    sigterm_in_gc_callback()
     return swallowed
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 
 import jax
 import ml_collections
@@ -140,3 +142,24 @@ def pallas_hlo_interpret():
             setting.set_local(previous)
 
     return context()
+
+
+def sigterm_in_gc_callback() -> None:
+    """Raise SIGTERM inside a garbage-collector callback, once, during one ``gc.collect()``.
+
+    The signal's handler runs there, where Python swallows an exception it raises (reports it
+    through ``sys.unraisablehook``, "Exception ignored ...") and goes on: what jax's
+    ``_xla_gc_callback`` once did to a SIGTERM that arrived during a compile.
+    """
+    sent: list[bool] = []
+
+    def term_once(phase: str, info: dict) -> None:
+        if phase == "start" and not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGTERM)  # runs the handler here, inside the callback
+
+    gc.callbacks.append(term_once)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(term_once)
